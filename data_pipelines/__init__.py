@@ -1,0 +1,1 @@
+"""Offline data jobs (corpus builders, demo corpus)."""
