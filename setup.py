@@ -5,7 +5,7 @@ import setuptools
 setuptools.setup(
     name="glmvoice_jax",
     version="0.1.0",
-    description="Pretrain GLM-4-Voice (Whisper-VQ tokenizer + GLM-4 decoder) with JAX, Flax NNX, Grain, Orbax.",
+    description="Pretrain GLM-4-Voice (Whisper-VQ tokenizer + GLM-4 decoder) with JAX/Flax NNX.",
     packages=setuptools.find_packages(include=["glmvoice_jax", "glmvoice_jax.*", "data_pipelines"]),
     python_requires=">=3.11",
     install_requires=[

@@ -164,3 +164,38 @@ def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[s
         parts = int(np.prod([mesh_shape[a] for a in axes])) if axes else 1
         out.append(-(-dim // parts))
     return tuple(out)
+
+
+def param_shardings(make_model, mesh: Mesh, preset: str):
+    """(graphdef, abstract params, NamedShardings) of a model, without allocating it.
+
+    Params and shardings are nested dicts (``nnx.to_pure_dict`` layout), the form in which train
+    state is stepped and checkpointed.
+    """
+    with activate(mesh, preset):
+        abs_model = nnx.eval_shape(make_model)
+        graphdef, abs_state = nnx.split(abs_model)
+        specs = nnx.get_partition_spec(abs_state)
+    abs_params = nnx.to_pure_dict(abs_state)
+    spec_tree = nnx.to_pure_dict(specs)
+    shardings = jax.tree.map(
+        lambda s: NamedSharding(mesh, s),
+        spec_tree,
+        is_leaf=lambda x: isinstance(x, PartitionSpec),
+    )
+    return graphdef, abs_params, shardings
+
+
+def init_params(make_model, mesh: Mesh, preset: str):
+    """Creates parameters already sharded, as (graphdef, params, shardings).
+
+    The constructor is jitted with out_shardings, so no full copy ever lives on one device.
+    """
+    graphdef, _, shardings = param_shardings(make_model, mesh, preset)
+
+    def create():
+        return nnx.to_pure_dict(nnx.state(make_model()))
+
+    with activate(mesh, preset):
+        params = jax.jit(create, out_shardings=shardings)()
+    return graphdef, params, shardings

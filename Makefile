@@ -1,0 +1,39 @@
+# glmvoice_jax: the two commands of a fresh clone are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/demo
+export JAX_PLATFORMS ?= cpu
+
+.PHONY: install demo test lint format bench clean-demo
+
+$(STAMP): setup.py pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Tiny GLM on a generated demo corpus, on CPU; running it again resumes from the checkpoints.
+demo: $(STAMP)
+	$(PY) -m data_pipelines.demo_corpus --out $(WORKDIR)/corpus
+	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)
+
+test: $(STAMP) lint
+	$(VENV)/bin/pytest 
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: $(STAMP)
+	$(PY) bench/train_step.py
+
+clean-demo:
+	rm -rf $(WORKDIR)

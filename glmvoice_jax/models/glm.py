@@ -1,0 +1,384 @@
+"""GLM-4 decoder (the GLM-4-9B / GLM-4-Voice-9B backbone) in Flax NNX.
+
+Ref: THUDM modeling_chatglm.py (GLM-4 remote code, glm4voice.md §4.2 [MC]) and transformers
+``models/glm/modeling_glm.py``. Math, exactly as the reference:
+  * fused QKV with bias (stored here as separate q/k/v leaves so each shards by heads), GQA;
+  * rotary on the first ``rotary_fraction`` of each head's dims, adjacent pairs (2i, 2i+1) rotated
+    (GPT-J style), base 10000 * rope_ratio; positions restart per packed document;
+  * RMSNorm with float32 statistics, the normalised value cast back before the weight multiply;
+  * SwiGLU with [gate | up] halves, no biases outside QKV; untied output head;
+  * attention softmax in float32 (see attention.py).
+
+Parameter names follow glm4voice.md §4.6 (embed.embedding, layers.attn.q.kernel, ...). Layers are
+always stored stacked with a leading ``layers`` axis; ``scan_layers`` only chooses between
+``nnx.scan`` and an unrolled Python loop over slices, so checkpoints do not depend on it.
+
+Axes: B batch, T length, D embed, F mlp, N query heads, K kv heads, H head dim, V vocab, R rotary
+dims.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from glmvoice_jax import sharding
+from glmvoice_jax.models import attention
+
+ACT = ("act_batch", "act_len", "act_embed")
+
+REMAT_POLICIES = {
+    "none": None,
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_saveable,
+    "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GLMConfig:
+    """Hyperparameters of a GLM-4 decoder.
+
+    Attributes:
+      vocab_size: rows of the embedding and of the output head (padded vocab).
+      embed_dim: model width D (chatglm ``hidden_size``).
+      num_layers: number of GLM blocks.
+      num_heads: query heads N.
+      num_kv_heads: key/value heads K (chatglm ``multi_query_group_num``).
+      head_dim: H (chatglm ``kv_channels``).
+      mlp_dim: F, the SwiGLU inner width (chatglm ``ffn_hidden_size``).
+      rope_ratio: RoPE base is 10000 * rope_ratio.
+      rotary_fraction: fraction of each head's dims that get rotary (GLM-4: 0.5).
+      norm_eps: RMSNorm epsilon (chatglm ``layernorm_epsilon``).
+      qkv_bias: bias on q/k/v (chatglm ``add_qkv_bias``).
+      init_std: stddev of the normal initializer of kernels and embeddings.
+      param_dtype: dtype parameters are stored in.
+      dtype: compute dtype of matmuls and activations (softmax, norms and loss stay float32).
+      scan_layers: run layers with nnx.scan (True) or an unrolled loop (same parameters).
+      remat_policy: one of REMAT_POLICIES.
+      attention_impl: "xla" or "chunked" (attention.py).
+      attention_chunk: query block of the chunked attention.
+    """
+
+    vocab_size: int
+    embed_dim: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    mlp_dim: int
+    rope_ratio: float = 1.0
+    rotary_fraction: float = 0.5
+    norm_eps: float = 1.5625e-07
+    qkv_bias: bool = True
+    init_std: float = 0.02
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    scan_layers: bool = True
+    remat_policy: str = "full"
+    attention_impl: str = "xla"
+    attention_chunk: int = 512
+
+    def __post_init__(self):
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(
+                f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
+                f"({self.num_kv_heads})"
+            )
+        rot = self.rotary_dim
+        if rot % 2 or rot > self.head_dim:
+            raise ValueError(
+                f"rotary dims ({rot} = head_dim {self.head_dim} * rotary_fraction "
+                f"{self.rotary_fraction}) must be even and at most head_dim"
+            )
+        if self.remat_policy not in REMAT_POLICIES:
+            raise ValueError(
+                f"unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}"
+            )
+        if self.attention_impl not in ("xla", "chunked"):
+            raise ValueError(
+                f"attention_impl must be 'xla' or 'chunked', not {self.attention_impl!r}"
+            )
+        for f in ("param_dtype", "dtype"):
+            if getattr(self, f) not in ("float32", "bfloat16", "float16"):
+                raise ValueError(
+                    f"{f} must be float32, bfloat16 or float16, not {getattr(self, f)!r}"
+                )
+
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.rotary_fraction)
+
+    def param_count(self) -> int:
+        """Exact parameter count (glm4voice.md §4.3)."""
+        d, n, k, h, f, v = (
+            self.embed_dim,
+            self.num_heads,
+            self.num_kv_heads,
+            self.head_dim,
+            self.mlp_dim,
+            self.vocab_size,
+        )
+        qkv = d * (n + 2 * k) * h + ((n + 2 * k) * h if self.qkv_bias else 0)
+        per_layer = qkv + n * h * d + 3 * d * f + 2 * d
+        return self.num_layers * per_layer + d + 2 * v * d
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token: 6 * (params that do matmuls) + causal attention.
+
+        Matmul params exclude the input embedding (a gather). Attention counts QK^T and PV over a
+        causal half of the row: 2 matmuls * 2 flops * 3 (fwd + bwd) * (T / 2) * N * H per layer.
+        """
+        matmul_params = self.param_count() - self.vocab_size * self.embed_dim
+        attn = 6.0 * self.num_layers * self.num_heads * self.head_dim * seq_len
+        return 6.0 * matmul_params + attn
+
+
+VARIANTS: dict[str, GLMConfig] = {
+    # The CPU demo / test model: byte-level text + 512 speech codes (token_layout "demo").
+    "tiny": GLMConfig(
+        vocab_size=1024,
+        embed_dim=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=32,
+        mlp_dim=352,
+    ),
+    # THUDM/glm-4-9b: 9,399,951,360 parameters.
+    "glm4_9b": GLMConfig(
+        vocab_size=151552,
+        embed_dim=4096,
+        num_layers=40,
+        num_heads=32,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_dim=13696,
+        norm_eps=1.5625e-07,
+    ),
+    # THUDM/glm-4-voice-9b: 9,542,557,696 parameters (glm4voice.md §4.3).
+    "glm4_voice_9b": GLMConfig(
+        vocab_size=168960,
+        embed_dim=4096,
+        num_layers=40,
+        num_heads=32,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_dim=13696,
+        norm_eps=3.90625e-08,
+    ),
+}
+
+
+def _param(rngs, init, shape, axes, dtype):
+    # Not eagerly sharded: models also run outside a mesh (scoring, tests); the trainer places
+    # parameters by jitting the constructor with out_shardings (sharding.init_sharded).
+    init = nnx.with_partitioning(init, axes, eager_sharding=False)
+    return nnx.Param(init(rngs.params(), shape, dtype))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, *, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = _param(rngs, nnx.initializers.ones, (dim,), ("norm",), param_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        var = jnp.mean(jnp.square(x32), axis=-1, keepdims=True)
+        normed = (x32 * jax.lax.rsqrt(var + self.eps)).astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * normed
+
+
+class _Proj(nnx.Module):
+    """A kernel (and optional bias) with logical axes; applied by einsum in the caller."""
+
+    def __init__(self, shape, axes, bias_shape=None, bias_axes=None, *, cfg: GLMConfig, rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.kernel = _param(rngs, nnx.initializers.normal(cfg.init_std), shape, axes, pd)
+        if bias_shape is not None:
+            self.bias = _param(rngs, nnx.initializers.zeros, bias_shape, bias_axes, pd)
+        else:
+            self.bias = None
+
+
+def rotary_tables(positions: jax.Array, cfg: GLMConfig) -> tuple[jax.Array, jax.Array]:
+    """cos, sin of shape [B, T, R/2] in float32 (glm4voice.md §12 #19)."""
+    r = cfg.rotary_dim
+    base = 10000.0 * cfg.rope_ratio
+    inv_freq = 1.0 / (base ** (jnp.arange(0, r, 2, dtype=jnp.float32) / r))  # (R/2,)
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # (B, T, R/2)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates adjacent pairs (2i, 2i+1) of the first R dims of x [B, T, heads, H]."""
+    r = cos.shape[-1] * 2
+    rot, rest = x[..., :r], x[..., r:]
+    pairs = rot.astype(jnp.float32).reshape(*rot.shape[:-1], r // 2, 2)  # (B, T, heads, R/2, 2)
+    x0, x1 = pairs[..., 0], pairs[..., 1]
+    c, s = cos[:, :, None, :], sin[:, :, None, :]  # (B, T, 1, R/2)
+    out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1).reshape(rot.shape)
+    return jnp.concatenate([out.astype(x.dtype), rest], axis=-1)
+
+
+class GLMAttention(nnx.Module):
+    def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
+        d, n, k, h = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        b = cfg.qkv_bias
+        self.cfg = cfg
+        self.q = _Proj(
+            (d, n, h),
+            ("embed", "heads", "head_dim"),
+            (n, h) if b else None,
+            ("heads", "head_dim"),
+            cfg=cfg,
+            rngs=rngs,
+        )
+        self.k = _Proj(
+            (d, k, h),
+            ("embed", "kv_heads", "head_dim"),
+            (k, h) if b else None,
+            ("kv_heads", "head_dim"),
+            cfg=cfg,
+            rngs=rngs,
+        )
+        self.v = _Proj(
+            (d, k, h),
+            ("embed", "kv_heads", "head_dim"),
+            (k, h) if b else None,
+            ("kv_heads", "head_dim"),
+            cfg=cfg,
+            rngs=rngs,
+        )
+        self.out = _Proj((n, h, d), ("heads", "head_dim", "embed"), cfg=cfg, rngs=rngs)
+
+    def __call__(self, x, segment_ids, cos, sin):
+        dt = x.dtype
+
+        def proj(p: _Proj):
+            y = jnp.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
+            return y if p.bias is None else y + p.bias[...].astype(dt)
+
+        q = apply_rotary(proj(self.q), cos, sin)  # (B, T, N, H)
+        k = apply_rotary(proj(self.k), cos, sin)  # (B, T, K, H)
+        v = proj(self.v)
+        o = attention.dot_product_attention(
+            q,
+            k,
+            v,
+            segment_ids,
+            impl=self.cfg.attention_impl,
+            chunk_size=self.cfg.attention_chunk,
+        )
+        return jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
+
+
+class GLMMLP(nnx.Module):
+    def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
+        d, f = cfg.embed_dim, cfg.mlp_dim
+        self.gate = _Proj((d, f), ("embed", "mlp"), cfg=cfg, rngs=rngs)
+        self.up = _Proj((d, f), ("embed", "mlp"), cfg=cfg, rngs=rngs)
+        self.down = _Proj((f, d), ("mlp", "embed"), cfg=cfg, rngs=rngs)
+
+    def __call__(self, x):
+        dt = x.dtype
+        a = x @ self.gate.kernel[...].astype(dt)  # (B, T, F)
+        b = x @ self.up.kernel[...].astype(dt)
+        return (jax.nn.silu(a) * b) @ self.down.kernel[...].astype(dt)
+
+
+class GLMBlock(nnx.Module):
+    def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
+        pd = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.embed_dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.attn = GLMAttention(cfg, rngs=rngs)
+        self.mlp_norm = RMSNorm(cfg.embed_dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.mlp = GLMMLP(cfg, rngs=rngs)
+
+    def __call__(self, x, segment_ids, cos, sin):
+        x = x + self.attn(self.attn_norm(x), segment_ids, cos, sin)
+        x = x + self.mlp(self.mlp_norm(x))
+        return sharding.constrain(x, ACT)
+
+
+class Embedding(nnx.Module):
+    def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
+        self.embedding = _param(
+            rngs,
+            nnx.initializers.normal(cfg.init_std),
+            (cfg.vocab_size, cfg.embed_dim),
+            ("vocab", "embed"),
+            jnp.dtype(cfg.param_dtype),
+        )
+
+
+class GLMDecoder(nnx.Module):
+    """Token ids -> hidden states / logits. See the module docstring for the math."""
+
+    def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = jnp.dtype(cfg.param_dtype)
+        self.embed = Embedding(cfg, rngs=rngs)
+
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(rngs):
+            return GLMBlock(cfg, rngs=rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(cfg.embed_dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
+        self.head = _Proj((cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), cfg=cfg, rngs=rngs)
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,
+        segment_ids: jax.Array | None = None,
+        positions: jax.Array | None = None,
+    ) -> jax.Array:
+        """[B, T] ids -> [B, T, D] final-normed hidden states (compute dtype).
+
+        segment_ids: [B, T] (0 = padding; default: one document per row).
+        positions: [B, T] per-document positions (default: 0..T-1).
+        """
+        cfg = self.cfg
+        b, t = tokens.shape
+        if segment_ids is None:
+            segment_ids = jnp.ones((b, t), jnp.int32)
+        if positions is None:
+            positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+        dt = jnp.dtype(cfg.dtype)
+        x = jnp.take(self.embed.embedding[...], tokens, axis=0).astype(dt)  # (B, T, D)
+        x = sharding.constrain(x, ACT)
+        cos, sin = rotary_tables(positions, cfg)
+        policy = REMAT_POLICIES[cfg.remat_policy]
+
+        def body(x, block):
+            return block(x, segment_ids, cos, sin)
+
+        if cfg.remat_policy != "none":
+            body = nnx.remat(body, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            run = nnx.scan(
+                body,
+                in_axes=(nnx.Carry, 0),
+                out_axes=nnx.Carry,
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            x = run(x, self.layers)
+        else:
+            graphdef, state = nnx.split(self.layers)
+            for i in range(cfg.num_layers):
+                block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+                x = body(x, block)
+        return self.final_norm(x)
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """[B, T, D] -> [B, T, V] float32 logits (untied head)."""
+        w = self.head.kernel[...].astype(hidden.dtype)
+        return jnp.einsum("BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
+
+    def __call__(self, tokens, segment_ids=None, positions=None) -> jax.Array:
+        return self.logits(self.hidden_states(tokens, segment_ids, positions))

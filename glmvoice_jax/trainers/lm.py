@@ -1,0 +1,445 @@
+"""The canonical trainer: GLM decoder pre-training on packed, mixed token records.
+
+``train(config, workdir)`` reads top to bottom in banner sections (big_vision style). The same
+function runs the tiny CPU demo and the 9B model on a pod; only the config differs.
+
+Train state is a pytree of plain dicts, stepped by one ``jax.jit`` with explicit in/out shardings
+that donates it: ``params`` (nnx.to_pure_dict layout) and ``train`` = {opt, step, rng}.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+import optax
+from absl import logging
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+
+from glmvoice_jax import (
+    checkpoint,
+    config_lib,
+    input_pipeline,
+    losses,
+    metrics,
+    optim,
+    sharding,
+    token_layout,
+)
+from glmvoice_jax.models import glm
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the message names the step."""
+
+
+def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.ConfigDict):
+    """The pure step: (params, train, batch) -> (params, train, metrics)."""
+    accum = config.optim.grad_accum_steps
+    chunk = config.loss.chunk_size
+    skip_nonfinite = config.metrics.on_nonfinite == "skip"
+    lr_fn = optim.schedule(config.schedule, config.total_steps)
+
+    def loss_sums(params, mb):
+        model = nnx.merge(graphdef, params)
+        hidden = model.hidden_states(mb["tokens"], mb["segment_ids"], mb["positions"])
+        targets, weights = losses.shift_targets(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
+        sums = losses.chunked_xent_sums(
+            hidden,
+            params["head"]["kernel"],
+            targets,
+            weights,
+            layout.is_audio(targets),
+            chunk_size=chunk,
+        )
+        return sums["loss_sum"], sums
+
+    grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
+
+    def step_fn(params, train, batch):
+        if accum == 1:
+            (_, sums), grads = grad_fn(params, batch)
+        else:
+            # Microbatch a takes rows {i : i % accum == a}, so each keeps the batch sharding.
+            def split(x):
+                b = x.shape[0]
+                return x.reshape(b // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+            mbs = jax.tree.map(split, batch)  # (A, B / A, T)
+
+            def body(carry, mb):
+                g_acc, s_acc = carry
+                (_, sums), g = grad_fn(params, mb)
+                g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
+                return (g_acc, jax.tree.map(jnp.add, s_acc, sums)), None
+
+            zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+            zeros_s = {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS}
+            (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
+        count = jnp.maximum(sums["count"], 1.0)
+        grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
+        grad_norm = optax.global_norm(grads)
+        updates, new_opt = tx.update(grads, train["opt"], params)
+        new_params = optax.apply_updates(params, updates)
+        stats = losses.summarize(sums)
+        finite = jnp.isfinite(stats["loss"]) & jnp.isfinite(grad_norm)
+        if skip_nonfinite:
+            keep = functools.partial(jax.tree.map, lambda new, old: jnp.where(finite, new, old))
+            new_params, new_opt = keep(new_params, params), keep(new_opt, train["opt"])
+        new_train = {"opt": new_opt, "step": train["step"] + 1, "rng": train["rng"]}
+        out = dict(stats, grad_norm=grad_norm, lr=lr_fn(train["step"]), finite=finite)
+        return new_params, new_train, out
+
+    return step_fn
+
+
+def _check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_probe")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can write to"
+        ) from e
+
+
+def dry_run(config: mlc.ConfigDict) -> dict:
+    """Shapes only: parameter count and per-device bytes of params + AdamW state on the mesh.
+
+    Nothing is allocated; the mesh may be larger than this machine (sizes must be explicit).
+    """
+    model_cfg = config_lib.model_config(config)
+    mesh_cfg = dict(config.mesh)
+    if any(v == -1 for v in mesh_cfg.values()):
+        num = jax.device_count()
+        logging.info("dry run: resolving mesh -1 against the %d local devices", num)
+    else:
+        num = int(np.prod(list(mesh_cfg.values())))
+    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(mesh_cfg, num)))
+    with nnx.logical_axis_rules(sharding.rules(config.axis_rules)):
+        abs_model = nnx.eval_shape(lambda: glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(0)))
+        state = nnx.state(abs_model)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    abs_params = nnx.to_pure_dict(state)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+    leaves = zip(
+        jax.tree.leaves(abs_params),
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+    )
+    param_bytes = sum(
+        int(np.prod(sharding.shard_shape(x.shape, s, shape))) * x.dtype.itemsize for x, s in leaves
+    )
+    opt_bytes = 2 * param_bytes  # AdamW mu and nu, sharded like the params
+    out = {
+        "parameters": n_params,
+        "mesh": shape,
+        "param_bytes_per_device": param_bytes,
+        "opt_bytes_per_device": opt_bytes,
+        "total_bytes_per_device": param_bytes + opt_bytes,
+    }
+    print(f"model: {config.model.variant}  ({model_cfg.param_dtype} params)")
+    print(f"parameters: {n_params:,}")
+    print(f"mesh: {shape} ({int(np.prod(list(shape.values())))} devices)")
+    print(
+        f"per-device bytes: params {param_bytes / 2**20:,.1f} MiB + optimizer state "
+        f"{opt_bytes / 2**20:,.1f} MiB = {(param_bytes + opt_bytes) / 2**20:,.1f} MiB"
+    )
+    return out
+
+
+def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics."""
+    ####################################################################################
+    # Validate, workdir
+    ####################################################################################
+    config_lib.validate(config)
+    _check_workdir(workdir)
+    model_cfg = config_lib.model_config(config)
+    layout = token_layout.get(config.tokens.layout)
+    is_main = jax.process_index() == 0
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json_best_effort(indent=2))
+
+    ####################################################################################
+    # Mesh
+    ####################################################################################
+    mesh = sharding.make_mesh(config.mesh)
+    preset = config.axis_rules
+    dp = sharding.data_parallel_size(mesh, preset)
+    gbs, accum = config.input.global_batch_size, config.optim.grad_accum_steps
+    if gbs % (dp * accum):
+        raise ValueError(
+            f"input.global_batch_size ({gbs}) must be divisible by the data-parallel shards "
+            f"({dp} = mesh data x fsdp) times optim.grad_accum_steps ({accum}); use a multiple of "
+            f"{dp * accum}"
+        )
+    if gbs % jax.process_count():
+        raise ValueError(
+            f"input.global_batch_size ({gbs}) must be divisible by the process count "
+            f"({jax.process_count()})"
+        )
+    seq_len = config.input.seq_len
+
+    ####################################################################################
+    # Model & optimizer, created sharded
+    ####################################################################################
+    def make_model():
+        return glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(config.seed))
+
+    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
+    tx = optim.make(config.optim, optim.schedule(config.schedule, config.total_steps), abs_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_train(params):
+        return {
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed)),
+        }
+
+    abs_train = jax.eval_shape(init_train, abs_params)
+    # Optimizer leaves mirror the params (mu, nu) or are scalars (counts).
+    train_sh = _train_shardings(abs_train, abs_params, param_sh, replicated)
+
+    ####################################################################################
+    # Input pipeline
+    ####################################################################################
+    sources = input_pipeline.sources_from_config(config.input.sources, workdir)
+    data_iter = input_pipeline.make_iterator(
+        sources,
+        seq_len=seq_len,
+        batch_size=gbs // jax.process_count(),
+        vocab_size=layout.vocab_size,
+        seed=config.seed,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+        num_workers=config.input.num_workers,
+        prefetch_buffer_size=config.input.prefetch_buffer_size,
+    )
+    batch_sh = sharding.batch_sharding(mesh, preset)
+
+    ####################################################################################
+    # Restore (resume) or initialise (fresh / init_from)
+    ####################################################################################
+    ckpt = checkpoint.Checkpointer(
+        os.path.join(workdir, "checkpoints"),
+        keep=config.ckpt.keep,
+        async_save=config.ckpt.async_save,
+    )
+    meta = checkpoint.model_meta(model_cfg, layout, extra={"config": config.to_dict()})
+    start_step = ckpt.latest_step()
+    with sharding.activate(mesh, preset):
+        if start_step is not None:
+            params, train_state, _ = ckpt.restore(
+                start_step,
+                abstract_params=checkpoint.abstract_like(abs_params, param_sh),
+                abstract_train=checkpoint.abstract_like(abs_train, train_sh),
+                data_iter=data_iter,
+            )
+            logging.info("resumed from %s at step %d", ckpt.directory, start_step)
+            print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
+        else:
+            start_step = 0
+            if config.init_from:
+                params = _load_init_params(config.init_from, model_cfg, abs_params, param_sh)
+                print(f"initialised weights from {config.init_from}", flush=True)
+            else:
+                params = jax.jit(
+                    lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=param_sh
+                )()
+            train_state = jax.jit(init_train, out_shardings=train_sh)(params)
+
+    ####################################################################################
+    # Update step
+    ####################################################################################
+    step_fn = make_train_step(graphdef, tx, model_cfg, layout, config)
+    batch_shardings = {k: batch_sh for k in ("tokens", "segment_ids", "positions", "loss_mask")}
+    jit_step = jax.jit(
+        step_fn,
+        in_shardings=(param_sh, train_sh, batch_shardings),
+        out_shardings=(param_sh, train_sh, replicated),
+        donate_argnums=(0, 1),
+    )
+
+    ####################################################################################
+    # Train loop
+    ####################################################################################
+    writer = metrics.MetricWriter(workdir, resume_step=start_step, enabled=is_main)
+    progress = metrics.Progress(
+        config.total_steps, start_step, enabled=is_main and config.metrics.console
+    )
+    peak = metrics.peak_flops(jax.devices()[0], config.metrics.peak_flops_per_device)
+    flops_per_step = model_cfg.flops_per_token(seq_len) * gbs * seq_len
+    tokens_per_step = gbs * seq_len
+    stop = _StopFlag()
+    pending: list[tuple[int, dict]] = []
+    last = {}
+    step = start_step
+    t_log, steps_since_log, skipped = None, 0, 0
+    prev: tuple[int, Any] | None = None
+
+    def to_global(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        return {
+            k: jax.make_array_from_process_local_data(batch_sh, np.asarray(local[k], np.int32))
+            for k in batch_shardings
+        }
+
+    with sharding.activate(mesh, preset):
+        while step < config.total_steps:
+            batch = to_global(next(data_iter))
+            params, train_state, out = jit_step(params, train_state, batch)
+            step += 1
+            if t_log is None:  # first step: compile; time from its end
+                jax.block_until_ready(out["loss"])
+                t_log = time.time()
+                steps_since_log = 0
+            else:
+                steps_since_log += 1
+            pending.append((step, out))
+            # The finiteness check lags one step so the host never stalls the device queue.
+            if prev is not None:
+                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+            prev = (step, out["finite"])
+            if step % config.log_every_steps == 0 or step == config.total_steps:
+                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+                prev = None
+                fetched = jax.device_get([o for _, o in pending])
+                now = time.time()
+                dt = (now - t_log) / max(steps_since_log, 1)
+                scalars = {
+                    k: float(np.mean([f[k] for f in fetched]))
+                    for k in ("loss", "text_loss", "speech_loss", "grad_norm")
+                }
+                scalars["lr"] = float(fetched[-1]["lr"])
+                scalars["step_time"] = dt
+                scalars["tokens_per_sec"] = tokens_per_step / dt
+                scalars["tokens_per_sec_per_device"] = tokens_per_step / dt / jax.device_count()
+                scalars["mfu"] = flops_per_step / dt / jax.device_count() / peak
+                scalars["skipped_steps"] = float(skipped)
+                writer.write(step, scalars)
+                progress.update(step, scalars)
+                last = dict(scalars, step=step)
+                pending.clear()
+                t_log, steps_since_log = now, 0
+            if step % config.ckpt.every_steps == 0 or step == config.total_steps or stop.set:
+                ckpt.save(
+                    step,
+                    params=params,
+                    train=train_state,
+                    data_iter=data_iter,
+                    meta=meta,
+                )
+            if step == config.debug.sigkill_at_step:
+                ckpt.wait()  # test hook: die hard once the checkpoint of this step is committed
+                os.kill(os.getpid(), signal.SIGKILL)
+            if stop.set:
+                print(f"\nreceived {stop.name}: saved step {step}, exiting", flush=True)
+                break
+    ckpt.close()
+    progress.finish()
+    writer.close()
+    stop.restore()
+    if is_main:
+        png = metrics.plot_losses(workdir, os.path.join(workdir, "loss.png"))
+        summary = {"workdir": workdir, "step": step, "loss_plot": png, **last}
+        with open(os.path.join(workdir, "summary.json"), "w") as f:
+            json.dump(summary, f, indent=2)
+    return last
+
+
+def _train_shardings(abs_train, abs_params, param_sh, replicated):
+    """Opt-state leaves shaped like a param (AdamW mu/nu) take its sharding; others replicate."""
+    flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    param_paths = {
+        jax.tree_util.keystr(p): s
+        for (p, _), s in zip(jax.tree_util.tree_leaves_with_path(abs_params), flat_s)
+    }
+
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for ppath, s in param_paths.items():
+            if key.endswith(ppath) and leaf.ndim > 0:
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abs_train)
+
+
+def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh):
+    """Weights-only init from a checkpoint (fresh optimizer); shapes must match the model."""
+    meta = checkpoint.read_meta(path)
+    src = checkpoint.model_config_from_meta(meta)
+    arch = (
+        "vocab_size",
+        "embed_dim",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "mlp_dim",
+    )
+    diff = {
+        f: (getattr(src, f), getattr(model_cfg, f))
+        for f in arch
+        if getattr(src, f) != getattr(model_cfg, f)
+    }
+    if diff:
+        raise ValueError(
+            f"init_from checkpoint {path} has another architecture: "
+            + ", ".join(f"{k} {a} (checkpoint) vs {b} (config)" for k, (a, b) in diff.items())
+        )
+    # Restore in the checkpoint's dtype, then cast to the configured parameter dtype.
+    src_dtype = jnp.dtype(src.param_dtype)
+    target = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, src_dtype, sharding=s), abs_params, param_sh
+    )
+    params = checkpoint.restore_params(path, target)
+    return jax.tree.map(lambda x, a: x.astype(a.dtype), params, abs_params)
+
+
+def _check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
+    if prev is None:
+        return 0
+    step, finite = prev
+    if bool(jax.device_get(finite)):
+        return 0
+    if mode == "raise":
+        raise NonFiniteLossError(
+            f"loss or gradient norm became NaN/inf at step {step}; the update was not applied. "
+            "Lower the learning rate, check the data, or set --config.metrics.on_nonfinite=skip"
+        )
+    logging.warning("non-finite loss at step %d: update skipped", step)
+    return 1
+
+
+class _StopFlag:
+    """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
+
+    def __init__(self):
+        self.set = False
+        self.name = ""
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.set = True
+        self.name = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
