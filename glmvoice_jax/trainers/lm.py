@@ -88,7 +88,7 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
             (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
         count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, train["opt"], params)
         new_params = optax.apply_updates(params, updates)
         stats = losses.summarize(sums)

@@ -1,0 +1,115 @@
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from glmvoice_jax.models import attention, glm
+
+SMALL = dataclasses.replace(
+    glm.VARIANTS["tiny"],
+    embed_dim=64,
+    num_layers=3,
+    num_heads=4,
+    num_kv_heads=2,
+    head_dim=16,
+    mlp_dim=96,
+    vocab_size=200,
+    init_std=0.1,
+)
+
+
+def _model(cfg):
+    return glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))
+
+
+def _copy(src, cfg):
+    dst = _model(cfg)
+    nnx.update(dst, nnx.state(src))
+    return dst
+
+
+def test_param_counts_of_presets_are_exact():
+    assert glm.VARIANTS["glm4_voice_9b"].param_count() == 9_542_557_696
+    assert glm.VARIANTS["glm4_9b"].param_count() == 9_399_951_360
+    abstract = nnx.eval_shape(lambda: _model(glm.VARIANTS["glm4_voice_9b"]))
+    n = sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param)))
+    assert n == 9_542_557_696
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_shapes_and_dtypes(dtype):
+    cfg = dataclasses.replace(SMALL, dtype=dtype)
+    m = _model(cfg)
+    tokens = jnp.zeros((2, 24), jnp.int32)
+    h = m.hidden_states(tokens)
+    assert h.shape == (2, 24, 64) and h.dtype == jnp.dtype(dtype)
+    logits = m(tokens)
+    assert logits.shape == (2, 24, 200) and logits.dtype == jnp.float32
+    params = nnx.state(m, nnx.Param)
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    assert nnx.state(m)["layers"]["attn"]["q"]["kernel"][...].shape == (3, 64, 4, 16)
+
+
+def test_scanned_and_unrolled_give_same_logits():
+    tokens = jax.random.randint(jax.random.key(1), (2, 40), 0, 200)
+    scanned = _model(dataclasses.replace(SMALL, scan_layers=True, remat_policy="full"))
+    unrolled = _copy(scanned, dataclasses.replace(SMALL, scan_layers=False, remat_policy="none"))
+    np.testing.assert_allclose(scanned(tokens), unrolled(tokens), atol=1e-5, rtol=1e-5)
+
+
+def test_chunked_attention_equals_full():
+    tokens = jax.random.randint(jax.random.key(2), (2, 64), 0, 200)
+    seg = jnp.array([[1] * 20 + [2] * 30 + [3] * 14, [1] * 64])
+    full = _model(SMALL)
+    chunked = _copy(full, dataclasses.replace(SMALL, attention_impl="chunked", attention_chunk=16))
+    np.testing.assert_allclose(full(tokens, seg), chunked(tokens, seg), atol=1e-5, rtol=1e-5)
+
+
+def test_packed_row_equals_documents_alone():
+    """No token attends across a document boundary; rotary positions restart per document."""
+    m = _model(SMALL)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 200, n) for n in (11, 17, 6)]
+    row = np.concatenate(docs + [np.zeros(6, np.int64)])  # 34 tokens + 6 padding
+    seg = np.concatenate([np.full(len(d), i + 1) for i, d in enumerate(docs)] + [np.zeros(6)])
+    pos = np.concatenate([np.arange(len(d)) for d in docs] + [np.arange(6)])
+    packed = m(jnp.array(row[None]), jnp.array(seg[None], jnp.int32), jnp.array(pos[None]))
+    start = 0
+    for d in docs:
+        alone = m(jnp.array(d[None]))
+        np.testing.assert_allclose(packed[0, start : start + len(d)], alone[0], atol=2e-5)
+        start += len(d)
+
+
+def test_partial_interleaved_rotary_matches_formula():
+    cfg = SMALL
+    x = jax.random.normal(jax.random.key(3), (1, 5, 2, 16))
+    pos = jnp.arange(5)[None]
+    cos, sin = glm.rotary_tables(pos, cfg)
+    out = np.asarray(glm.apply_rotary(x, cos, sin))
+    xn = np.asarray(x)
+    theta = 1.0 / 10000 ** (np.arange(0, 8, 2) / 8)
+    for p in range(5):
+        for i in range(4):
+            c, s = np.cos(p * theta[i]), np.sin(p * theta[i])
+            a, b = xn[0, p, :, 2 * i], xn[0, p, :, 2 * i + 1]
+            np.testing.assert_allclose(out[0, p, :, 2 * i], a * c - b * s, atol=1e-6)
+            np.testing.assert_allclose(out[0, p, :, 2 * i + 1], b * c + a * s, atol=1e-6)
+    np.testing.assert_array_equal(out[..., 8:], xn[..., 8:])  # second half passes through
+
+
+def test_padding_rows_stay_finite():
+    q = jnp.ones((1, 4, 2, 8))
+    k = v = jnp.ones((1, 4, 1, 8))
+    seg = jnp.zeros((1, 4), jnp.int32)
+    assert np.isfinite(np.asarray(attention.dot_product_attention(q, k, v, seg))).all()
+
+
+def test_config_validation_errors():
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        dataclasses.replace(SMALL, num_heads=5)
+    with pytest.raises(ValueError, match="remat_policy"):
+        dataclasses.replace(SMALL, remat_policy="sometimes")
