@@ -128,9 +128,14 @@ def test_train_writes_everything_and_resumes(corpus, tmp_path):
         assert key in row and np.isfinite(row[key]), key
     meta = checkpoint.read_meta(os.path.join(wd, "checkpoints"))
     assert checkpoint.model_config_from_meta(meta).embed_dim == 32
+    # What a kill -9 during an async save leaves behind: a temporary step directory. It is
+    # never taken as the latest checkpoint, and it is cleaned up on the next start.
+    partial = os.path.join(wd, "checkpoints", "8.orbax-checkpoint-tmp-1234567")
+    os.makedirs(os.path.join(partial, "params"))
     # Running again with more steps resumes from step 4.
     out = lm.train(_config(corpus, total_steps=6), wd)
     assert out["step"] == 6 and sorted(_losses(wd)) == [1, 2, 3, 4, 5, 6]
+    assert not os.path.exists(partial)
 
 
 def test_restore_onto_another_mesh(corpus, tmp_path):
