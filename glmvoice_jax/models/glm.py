@@ -275,6 +275,33 @@ class GLMAttention(nnx.Module):
         )
         return jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
 
+    def decode(self, x, cos, sin, k_cache, v_cache, index):
+        """Cached step: x [B, T, D] at slots index[b] + t; caches [B, S, K, H] -> updated."""
+        dt = x.dtype
+
+        def proj(p: _Proj):
+            y = jnp.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
+            return y if p.bias is None else y + p.bias[...].astype(dt)
+
+        q = apply_rotary(proj(self.q), cos, sin)  # (B, T, N, H)
+        k = apply_rotary(proj(self.k), cos, sin).astype(k_cache.dtype)  # (B, T, K, H)
+        v = proj(self.v).astype(v_cache.dtype)
+
+        def write(cache, new, i):
+            return jax.lax.dynamic_update_slice(cache, new, (i, 0, 0))
+
+        k_cache = jax.vmap(write)(k_cache, k, index)
+        v_cache = jax.vmap(write)(v_cache, v, index)
+        b, t, n, h = q.shape
+        kh, s = k_cache.shape[2], k_cache.shape[1]
+        slot = index[:, None] + jnp.arange(t)[None]  # (B, T) cache slot of each query
+        mask = jnp.arange(s)[None, None, :] <= slot[:, :, None]  # (B, T, S)
+        qg = q.reshape(b, t, kh, n // kh, h)  # (B, T, K, G, H)
+        o = attention._attend(qg, k_cache.astype(dt), v_cache.astype(dt), mask, h**-0.5)
+        o = o.reshape(b, t, n, h)
+        out = jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
+        return out, k_cache, v_cache
+
 
 class GLMMLP(nnx.Module):
     def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
@@ -302,6 +329,12 @@ class GLMBlock(nnx.Module):
         x = x + self.attn(self.attn_norm(x), segment_ids, cos, sin)
         x = x + self.mlp(self.mlp_norm(x))
         return sharding.constrain(x, ACT)
+
+    def decode(self, x, cos, sin, k_cache, v_cache, index):
+        h, k_cache, v_cache = self.attn.decode(self.attn_norm(x), cos, sin, k_cache, v_cache, index)
+        x = x + h
+        x = x + self.mlp(self.mlp_norm(x))
+        return x, k_cache, v_cache
 
 
 class Embedding(nnx.Module):
@@ -382,3 +415,36 @@ class GLMDecoder(nnx.Module):
 
     def __call__(self, tokens, segment_ids=None, positions=None) -> jax.Array:
         return self.logits(self.hidden_states(tokens, segment_ids, positions))
+
+    def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+        """Empty KV cache for ``decode``: k, v of shape [L, B, S, K, H] in the compute dtype."""
+        c = self.cfg
+        shape = (c.num_layers, batch, max_len, c.num_kv_heads, c.head_dim)
+        return {"k": jnp.zeros(shape, c.dtype), "v": jnp.zeros(shape, c.dtype)}
+
+    def decode(
+        self, tokens: jax.Array, cache: dict[str, jax.Array], index: jax.Array
+    ) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Incremental forward with a KV cache (prefill and sampling).
+
+        Args:
+          tokens: [B, T] new tokens of each row, at positions index[b] .. index[b] + T - 1 (one
+            document per row; rows may be at different positions).
+          cache: from ``init_cache``; slots >= index[b] of row b are ignored until written.
+          index: [B] int32, tokens already in the cache for each row.
+
+        Returns:
+          (float32 logits [B, T, V], updated cache).
+        """
+        cfg = self.cfg
+        t = tokens.shape[1]
+        positions = index[:, None] + jnp.arange(t, dtype=jnp.int32)[None]  # (B, T)
+        x = jnp.take(self.embed.embedding[...], tokens, axis=0).astype(jnp.dtype(cfg.dtype))
+        cos, sin = rotary_tables(positions, cfg)
+
+        def body(x, block, k_cache, v_cache):
+            return block.decode(x, cos, sin, k_cache, v_cache, index)
+
+        run = nnx.scan(body, in_axes=(nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0))
+        x, k, v = run(x, self.layers, cache["k"], cache["v"])
+        return self.logits(self.final_norm(x)), {"k": k, "v": v}
