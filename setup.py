@@ -29,6 +29,9 @@ setuptools.setup(
         # The PNG loss plot of the demo and the benchmark/ablation reports.
         "matplotlib>=3.9",
         "pyyaml>=6.0",
+        # GLM-4's tokenizer.model is tiktoken BPE; tiktoken is its reference implementation.
+        "tiktoken>=0.14.0",
+        "regex>=2024.0",
         "psutil>=5.9",
     ],
     extras_require={
@@ -41,6 +44,9 @@ setuptools.setup(
     entry_points={
         "console_scripts": [
             "glmvoice-train=glmvoice_jax.cli.train:run",
+            "glmvoice-import=glmvoice_jax.cli.import_checkpoint:run",
+            "glmvoice-export=glmvoice_jax.cli.export_checkpoint:run",
+            "glmvoice-score=glmvoice_jax.cli.score:run",
         ],
     },
 )

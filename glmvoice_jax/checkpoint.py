@@ -5,7 +5,7 @@ Layout of a checkpoint directory (an Orbax CheckpointManager root, e.g. WORKDIR/
   <step>/params   model parameters (nested dict of arrays, OCDBT)
   <step>/train    optimizer state, step, RNG key (absent in imported weight-only checkpoints)
   <step>/data     Grain iterator state, one JSON per process (absent in imported checkpoints)
-  <step>/meta     JSON: {"model_class", "model", "token_layout", "tokenizer"?, "extra"?}
+  <step>/meta     JSON: {"model_class", "model", "token_layout"?, "tokenizer"?, "extra"?}
 
 A step directory appears only once complete: Orbax writes to a temporary name and renames it on
 commit, so a save interrupted by kill -9 is never taken as the latest (leftover temporaries are
@@ -30,14 +30,21 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from glmvoice_jax import token_layout as token_layout_lib
-from glmvoice_jax.models import glm
+from glmvoice_jax.models import glm, whisper_vq
+from glmvoice_jax.models.decoder import config as decoder_config
 
-MODEL_CLASSES = {"GLMConfig": glm.GLMConfig}
+MODEL_CLASSES = {
+    "GLMConfig": glm.GLMConfig,
+    "WhisperVQConfig": whisper_vq.WhisperVQConfig,
+    "DecoderConfig": decoder_config.DecoderConfig,
+}
+# Configs that nest dataclasses are rebuilt by their own from-dict (which rejects unknown fields).
+_FROM_DICT = {"DecoderConfig": decoder_config.config_from_dict}
 
 
 def model_meta(
     model_cfg: Any,
-    layout: token_layout_lib.TokenLayout,
+    layout: token_layout_lib.TokenLayout | None,
     tokenizer: Mapping | None = None,
     extra: Mapping | None = None,
 ) -> dict:
@@ -45,8 +52,9 @@ def model_meta(
     meta = {
         "model_class": type(model_cfg).__name__,
         "model": dataclasses.asdict(model_cfg),
-        "token_layout": layout.to_json(),
     }
+    if layout is not None:  # None for models without an LM vocabulary (the speech tokenizer)
+        meta["token_layout"] = layout.to_json()
     if tokenizer:
         meta["tokenizer"] = dict(tokenizer)
     if extra:
@@ -61,6 +69,8 @@ def model_config_from_meta(meta: Mapping) -> Any:
         raise ValueError(
             f"checkpoint meta names model class {cls_name!r}; known: {sorted(MODEL_CLASSES)}"
         )
+    if cls_name in _FROM_DICT:
+        return _FROM_DICT[cls_name](meta["model"])
     cls = MODEL_CLASSES[cls_name]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = set(meta["model"]) - fields
@@ -165,11 +175,10 @@ def resolve(path: str) -> tuple[epath.Path, int]:
 
 def read_meta(path: str) -> dict:
     root, step = resolve(path)
-    meta_dir = root / str(step) / "meta"
-    files = [f for f in meta_dir.iterdir() if f.name != "_METADATA"] if meta_dir.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"checkpoint {root / str(step)} has no meta item")
-    return json.loads(files[0].read_text())
+    meta_file = root / str(step) / "meta" / "metadata"  # where ocp.args.JsonSave writes
+    if not meta_file.exists():
+        raise FileNotFoundError(f"checkpoint {root / str(step)} has no meta item ({meta_file})")
+    return json.loads(meta_file.read_text())
 
 
 def restore_params(path: str, abstract_params: Any) -> Any:

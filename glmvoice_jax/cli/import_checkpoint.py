@@ -1,0 +1,145 @@
+r"""glmvoice-import: convert a released checkpoint directory into a project checkpoint.
+
+Usage:
+    glmvoice-import --src HF_DIR --dst CKPT_DIR [--add_speech_tokens 16384] [--param_dtype bfloat16]
+
+The source kind is detected from ``config.json`` ``architectures`` (house_style.md §12):
+ChatGLM* -> chatglm layout, GlmForCausalLM -> transformers layout. The result is a weight-only
+Orbax checkpoint at step 0 (params + meta, plus the tokenizer files when the source has them),
+assembled next to --dst and renamed into place at the end.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from absl import flags
+
+from glmvoice_jax.convert import chatglm, glm_weights, hf_glm, safetensors_dir
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string("src", None, "Source directory (config.json + safetensors).", flag_values=FLAGS)
+flags.DEFINE_string("dst", None, "Checkpoint directory to create.", flag_values=FLAGS)
+flags.DEFINE_integer(
+    "add_speech_tokens",
+    0,
+    "Append <|begin_of_audio|>, <|end_of_audio|> and this many <|audio_k|> tokens "
+    "(16384 for GLM-4-Voice; see glmvoice_jax/convert/speech_vocab.py).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_enum(
+    "param_dtype",
+    None,
+    ["float32", "bfloat16", "float16"],
+    "Stored parameter dtype (default: the source dtype).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("seed", 0, "Seed of the new-row initialisation.", flag_values=FLAGS)
+
+Importer = Callable[..., dict]
+
+# config.json "architectures" value -> importer(src, dst, *, add_speech_tokens, param_dtype, seed).
+IMPORTERS: dict[str, Importer] = {
+    "ChatGLMModel": functools.partial(glm_weights.import_glm, fmt=chatglm.FORMAT),
+    "ChatGLMForConditionalGeneration": functools.partial(
+        glm_weights.import_glm, fmt=chatglm.FORMAT
+    ),
+    "GlmForCausalLM": functools.partial(glm_weights.import_glm, fmt=hf_glm.FORMAT),
+}
+# Kinds of the project contract whose importers live in other modules and are not wired here yet.
+PENDING = {
+    "WhisperForConditionalGeneration": "glmvoice_jax/convert/whisper.py",
+    "WhisperVQEncoder": "glmvoice_jax/convert/whisper.py",
+    "decoder": "glmvoice_jax/convert/decoder_pt.py",
+}
+DECODER_FILES = ("config.yaml", "flow.pt", "hift.pt")
+
+
+def detect(src: str) -> str:
+    """The source kind: a config.json architecture, or "decoder" for a CosyVoice-style dir.
+
+    Raises:
+      FileNotFoundError / ValueError: naming the directory or file and what was expected.
+    """
+    if not os.path.isdir(src):
+        raise FileNotFoundError(f"--src {src} is not a directory")
+    cfg_path = os.path.join(src, safetensors_dir.CONFIG_FILE)
+    if not os.path.exists(cfg_path):
+        if all(os.path.exists(os.path.join(src, f)) for f in DECODER_FILES):
+            return "decoder"
+        raise FileNotFoundError(
+            f"{cfg_path} does not exist; --src must be a checkpoint directory with config.json "
+            f"(or a decoder directory with {', '.join(DECODER_FILES)})"
+        )
+    arch = safetensors_dir.read_json(cfg_path).get("architectures")
+    if not isinstance(arch, list) or not arch:
+        raise ValueError(f"{cfg_path}: field 'architectures' is missing or not a list")
+    known = [a for a in arch if a in IMPORTERS or a in PENDING]
+    if not known:
+        raise ValueError(
+            f"{cfg_path}: architectures = {arch} is not supported; supported: "
+            f"{sorted(IMPORTERS) + sorted(PENDING)}"
+        )
+    return known[0]
+
+
+def import_checkpoint(
+    src: str, dst: str, *, add_speech_tokens: int = 0, param_dtype: str | None = None, seed: int = 0
+) -> dict:
+    """Detects the kind of ``src`` and runs its importer. Returns the checkpoint meta."""
+    kind = detect(src)
+    if kind in PENDING:
+        raise NotImplementedError(
+            f"{src}: {kind} checkpoints are imported by {PENDING[kind]}, which is not wired into "
+            "glmvoice-import yet"
+        )
+    return IMPORTERS[kind](
+        src, dst, add_speech_tokens=add_speech_tokens, param_dtype=param_dtype, seed=seed
+    )
+
+
+def main(argv: Sequence[str]) -> dict:
+    """Parses ``argv`` (program name first) and imports. Errors propagate as exceptions."""
+    FLAGS.unparse_flags()
+    FLAGS(list(argv))
+    for name in ("src", "dst"):
+        if not FLAGS[name].value:
+            raise flags.IllegalFlagValueError(f"--{name} is required")
+    meta = import_checkpoint(
+        FLAGS.src,
+        FLAGS.dst,
+        add_speech_tokens=FLAGS.add_speech_tokens,
+        param_dtype=FLAGS.param_dtype,
+        seed=FLAGS.seed,
+    )
+    m = meta["model"]
+    print(
+        f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']} {m['num_layers']} layers, "
+        f"d={m['embed_dim']}, vocab {m['vocab_size']}, {m['param_dtype']}, token layout "
+        f"{meta['token_layout']['name']}"
+    )
+    return meta
+
+
+def run() -> None:
+    """Console-script entry point: user errors exit 1 with one line on stderr."""
+    try:
+        main(sys.argv)
+    except (
+        flags.Error,
+        FileExistsError,
+        FileNotFoundError,
+        KeyError,
+        ValueError,
+        NotImplementedError,
+    ) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"glmvoice-import: error: {msg}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    run()
