@@ -70,16 +70,49 @@ def model_section(variant: str, **values: Any) -> mlc.ConfigDict:
     return mlc.ConfigDict(section)
 
 
+INIT_FROM = "init_from"  # model.variant / tokens.layout value: take it from the init checkpoint
+
+
+def _init_meta(config: mlc.ConfigDict, what: str) -> dict:
+    from glmvoice_jax import checkpoint  # local: checkpoint imports every model module
+
+    if not config.init_from:
+        raise ValueError(
+            f"{what} = {INIT_FROM!r} needs --config.init_from=CKPT (the checkpoint to read it from)"
+        )
+    return checkpoint.read_meta(config.init_from)
+
+
 def model_config(config: mlc.ConfigDict) -> glm.GLMConfig:
-    """The one place where the trainer turns ``config.model`` into the model's dataclass."""
+    """The one place where the trainer turns ``config.model`` into the model's dataclass.
+
+    ``model.variant = "init_from"`` takes the architecture from the ``init_from`` checkpoint (e.g.
+    an imported GLM-4-9B); the other ``model.*`` fields still override it (dtype, remat, ...).
+    """
     variant = config.model.variant
+    if variant == INIT_FROM:
+        from glmvoice_jax import checkpoint
+
+        base = checkpoint.model_config_from_meta(_init_meta(config, "model.variant"))
+        overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
+        return dataclasses.replace(base, **overrides)
     if variant not in glm.VARIANTS:
         raise ValueError(
-            f"unknown model.variant {variant!r}; known: {sorted(glm.VARIANTS)}"
+            f"unknown model.variant {variant!r}; known: {sorted(glm.VARIANTS)} or {INIT_FROM!r}"
             + _near(variant, glm.VARIANTS)
         )
     overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
     return dataclasses.replace(glm.VARIANTS[variant], **overrides)
+
+
+def token_layout_of(config: mlc.ConfigDict) -> token_layout.TokenLayout:
+    """``tokens.layout``: a preset name, or "init_from" for the layout the checkpoint carries."""
+    if config.tokens.layout == INIT_FROM:
+        meta = _init_meta(config, "tokens.layout")
+        if "token_layout" not in meta:
+            raise ValueError(f"checkpoint {config.init_from} carries no token layout")
+        return token_layout.TokenLayout.from_json(meta["token_layout"])
+    return token_layout.get(config.tokens.layout)
 
 
 def load_config_file(spec: str) -> mlc.ConfigDict:
@@ -167,7 +200,7 @@ def validate(config: mlc.ConfigDict) -> None:
         f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
     )
     sharding.rules(config.axis_rules)  # raises with the known presets
-    layout = token_layout.get(config.tokens.layout)
+    layout = token_layout_of(config)
     model_cfg = model_config(config)  # raises on a bad variant / field value
     need(
         layout.vocab_size <= model_cfg.vocab_size,

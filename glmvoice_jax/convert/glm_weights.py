@@ -534,11 +534,43 @@ def export_glm(
         for f in (meta.get("tokenizer") or {}).get("files", []):
             shutil.copyfile(os.path.join(tok_dir, f), os.path.join(tmp, f))
             files.append(f)
+        if "tokenizer_config.json" in files and meta.get("token_layout"):
+            _add_layout_tokens(os.path.join(tmp, "tokenizer_config.json"), meta["token_layout"])
         os.rename(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
+
+
+def _add_layout_tokens(path: str, layout_json: dict) -> None:
+    """Lists the layout's specials and speech tokens in ``added_tokens_decoder``.
+
+    After ``--add_speech_tokens`` the source tokenizer_config.json does not know
+    ``<|begin_of_audio|>``, ``<|end_of_audio|>`` and ``<|audio_k|>``; HF tokenizers add the entries
+    of ``added_tokens_decoder`` by id, as glm-4-voice-9b's own tokenizer_config.json does.
+    Entries already present are kept unchanged; the file is untouched when nothing is missing.
+    """
+    layout = token_layout_lib.TokenLayout.from_json(layout_json)
+    tc = safetensors_dir.read_json(path)
+    added = tc.setdefault("added_tokens_decoder", {})
+    wanted = list(layout.specials) + [
+        (f"<|audio_{k}|>", layout.audio_offset + k) for k in range(layout.num_audio_tokens)
+    ]
+    missing = [(t, i) for t, i in wanted if str(i) not in added]
+    if not missing:
+        return
+    for t, i in missing:
+        added[str(i)] = {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": True,
+        }
+    tc["added_tokens_decoder"] = dict(sorted(added.items(), key=lambda kv: int(kv[0])))
+    _write_json(path, tc)
 
 
 def _export_entry(reader, writer, entry, cfg, block_rows, dtype) -> None:

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -108,3 +109,31 @@ def test_extension_errors():
         speech_vocab.extended_layout(token_layout_lib.LAYOUTS["glm4_voice"], 16384)
     with pytest.raises(ValueError, match="must be positive"):
         speech_vocab.extended_layout(token_layout_lib.LAYOUTS["glm4"], 0)
+
+
+def test_export_lists_the_new_tokens_in_tokenizer_config(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(os.path.join(FIXTURES, "glm_chatglm"), src)
+    entry = {
+        "content": "<|endoftext|>",
+        "lstrip": False,
+        "normalized": False,
+        "rstrip": False,
+        "single_word": False,
+        "special": True,
+    }
+    (src / "tokenizer_config.json").write_text(
+        json.dumps({"added_tokens_decoder": {"600": entry}, "model_max_length": 8192})
+    )
+    meta = glm_weights.import_glm(
+        str(src), str(tmp_path / "ck"), chatglm.FORMAT, add_speech_tokens=4
+    )
+    layout = token_layout_lib.TokenLayout.from_json(meta["token_layout"])
+    glm_weights.export_glm(str(tmp_path / "ck"), str(tmp_path / "hf"), chatglm.FORMAT)
+    tc = json.loads((tmp_path / "hf" / "tokenizer_config.json").read_text())
+    added = {int(i): e["content"] for i, e in tc["added_tokens_decoder"].items()}
+    assert added[600] == "<|endoftext|>" and tc["model_max_length"] == 8192
+    assert added[layout.special("<|begin_of_audio|>")] == "<|begin_of_audio|>"
+    assert added[layout.special("<|end_of_audio|>")] == "<|end_of_audio|>"
+    codes = [added[layout.audio_offset + k] for k in range(4)]
+    assert codes == [f"<|audio_{k}|>" for k in range(4)]
