@@ -32,6 +32,8 @@ setuptools.setup(
         # GLM-4's tokenizer.model is tiktoken BPE; tiktoken is its reference implementation.
         "tiktoken>=0.14.0",
         "regex>=2024.0",
+        # jax.export (de)serialisation of the decoder artifact imports it; jax does not require it.
+        "flatbuffers>=24.3",
         "psutil>=5.9",
     ],
     extras_require={
@@ -47,6 +49,8 @@ setuptools.setup(
             "glmvoice-import=glmvoice_jax.cli.import_checkpoint:run",
             "glmvoice-export=glmvoice_jax.cli.export_checkpoint:run",
             "glmvoice-score=glmvoice_jax.cli.score:run",
+            "glmvoice-decode=glmvoice_jax.cli.decode:run",
+            "glmvoice-export-decoder=glmvoice_jax.cli.export_decoder:run",
         ],
     },
 )

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from glmvoice_jax.convert import chatglm, glm_weights, hf_glm, safetensors_dir
+from glmvoice_jax.convert import chatglm, decoder_checkpoint, glm_weights, hf_glm, safetensors_dir
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("src", None, "Source directory (config.json + safetensors).", flag_values=FLAGS)
@@ -49,11 +49,24 @@ IMPORTERS: dict[str, Importer] = {
     ),
     "GlmForCausalLM": functools.partial(glm_weights.import_glm, fmt=hf_glm.FORMAT),
 }
+
+
+def _import_decoder(src, dst, *, add_speech_tokens=0, param_dtype=None, seed=0) -> dict:
+    """The glm-4-voice-decoder release layout (config.yaml, flow.pt, hift.pt), as released."""
+    del seed
+    if add_speech_tokens or param_dtype not in (None, "float32"):
+        raise ValueError(
+            f"{src} is a speech-decoder directory: --add_speech_tokens and --param_dtype apply to "
+            "GLM checkpoints only; drop them"
+        )
+    return decoder_checkpoint.import_decoder(src, dst)
+
+
+IMPORTERS["decoder"] = _import_decoder
 # Kinds of the project contract whose importers live in other modules and are not wired here yet.
 PENDING = {
     "WhisperForConditionalGeneration": "glmvoice_jax/convert/whisper.py",
     "WhisperVQEncoder": "glmvoice_jax/convert/whisper.py",
-    "decoder": "glmvoice_jax/convert/decoder_pt.py",
 }
 DECODER_FILES = ("config.yaml", "flow.pt", "hift.pt")
 
@@ -116,11 +129,14 @@ def main(argv: Sequence[str]) -> dict:
         seed=FLAGS.seed,
     )
     m = meta["model"]
-    print(
-        f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']} {m['num_layers']} layers, "
-        f"d={m['embed_dim']}, vocab {m['vocab_size']}, {m['param_dtype']}, token layout "
-        f"{meta['token_layout']['name']}"
-    )
+    if meta["model_class"] == "GLMConfig":
+        print(
+            f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']} {m['num_layers']} "
+            f"layers, d={m['embed_dim']}, vocab {m['vocab_size']}, {m['param_dtype']}, token "
+            f"layout {meta['token_layout']['name']}"
+        )
+    else:
+        print(f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']}")
     return meta
 
 

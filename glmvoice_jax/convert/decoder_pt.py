@@ -522,6 +522,13 @@ class _FixedKeyRngs:
         return self._key
 
 
+def param_shapes(config: DecoderConfig) -> dict[str, tuple[int, ...]]:
+    """{Flax path: shape} of every parameter of ``SpeechDecoder(config)``, without allocating."""
+    abstract = nnx.eval_shape(lambda: SpeechDecoder(config, rngs=_FixedKeyRngs()))
+    flat = nnx.to_flat_state(nnx.split(abstract)[1])
+    return {_join(path): tuple(var.get_value().shape) for path, var in flat}
+
+
 def build_decoder(config: DecoderConfig, params: dict[str, np.ndarray]) -> SpeechDecoder:
     """A ``SpeechDecoder`` whose every parameter comes from ``params`` (Flax path → array).
 

@@ -11,35 +11,36 @@ H heads, K head width (D = H·K), F FFN width.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax.models.decoder.layers import layer_norm, linear, partitioned
+from glmvoice_jax.models.decoder.layers import is_static, layer_norm, linear, partitioned
 
 
-def rel_pos_table(n: int, d: int) -> np.ndarray:
+def rel_pos_table(n: Any, d: int) -> np.ndarray | jax.Array:
     """ESPnet relative-position table (decoder.md §4.1), float32 (P, D).
 
     Row k encodes the relative distance r = n - 1 - k (positive distances first):
     pe(r)[2m] = sin(r ω_m), pe(r)[2m + 1] = cos(r ω_m), ω_m = exp(-2m ln(1e4) / d).
+    A static n gives a numpy constant; a symbolic n (``jax.export``) the same formula in jnp.
     """
     f32 = np.float32
+    xp = np if is_static(n) else jnp
     omega = np.exp(np.arange(0, d, 2, dtype=f32) * f32(-(math.log(10000.0) / d)))  # (D/2,)
-    r = np.arange(n - 1, -n, -1, dtype=f32)  # (P,): n-1 ... -(n-1)
+    r = ((n - 1) - xp.arange(2 * n - 1)).astype(f32)  # (P,): n-1 ... -(n-1)
     angle = r[:, None] * omega[None, :]  # (P, D/2)
-    pe = np.empty((2 * n - 1, d), dtype=f32)
-    pe[:, 0::2] = np.sin(angle)
-    pe[:, 1::2] = np.cos(angle)
-    return pe
+    return xp.stack([xp.sin(angle), xp.cos(angle)], axis=-1).reshape(2 * n - 1, d)  # interleave
 
 
-def block_causal_mask(n: int, block_size: int) -> np.ndarray:
+def block_causal_mask(n: Any, block_size: int) -> np.ndarray | jax.Array:
     """allowed[i, j] = j < block · (⌊i / block⌋ + 1): causal, plus the rest of i's block (§4.4)."""
-    i = np.arange(n)[:, None]
-    j = np.arange(n)[None, :]
+    xp = np if is_static(n) else jnp
+    i = xp.arange(n)[:, None]
+    j = xp.arange(n)[None, :]
     return j < block_size * (i // block_size + 1)
 
 
@@ -77,7 +78,8 @@ class RelPosMHA(nnx.Module):
         ac = jnp.einsum("bnhk,bmhk->bhnm", q + self.pos_bias_u[...], key)
         bd = jnp.einsum("bnhk,phk->bhnp", q + self.pos_bias_v[...], p)  # (B, H, N, P)
         # rel_shift: bd'[i, j] = bd[i, N - 1 - i + j], the column of relative distance i - j.
-        shift = (n - 1) - np.arange(n)[:, None] + np.arange(n)[None, :]  # (N, M)
+        xp = np if is_static(n) else jnp
+        shift = (n - 1) - xp.arange(n)[:, None] + xp.arange(n)[None, :]  # (N, M)
         bd = jnp.take_along_axis(bd, jnp.asarray(shift)[None, None], axis=-1)  # (B, H, N, M)
         scores = (ac + bd) / jnp.float32(math.sqrt(k))
         mask = allowed[:, None, :, :]  # (B, 1, N, M)

@@ -21,6 +21,7 @@ from glmvoice_jax.models.decoder.layers import (
     Conv1d,
     ConvTranspose1d,
     group_norm,
+    is_static,
     layer_norm,
     linear,
     mish,
@@ -54,6 +55,27 @@ class ResnetBlock1D(nnx.Module):
         h = h + self.mlp(mish(temb))[:, None, :]
         h = self.block2(h, mask)
         return h + self.res_conv(x * mask)
+
+
+def _downsample_mask(mask: jax.Array, conv: Conv1d | ConvTranspose1d | None) -> jax.Array:
+    """The mask at the resolution after ``conv``'s stride: mask[:, ::stride], (B, T2, 1).
+
+    Under ``jax.export`` the length ⌈T/2⌉ of ``mask[:, ::2]`` and the conv's ⌊(T - 1)/2⌋ + 1
+    are different symbolic expressions that jax cannot prove equal, so there the frames are
+    picked by a one-hot convolution with the conv's own window (taps K, padding p, stride s:
+    out[i] = mask[s·i]), which has the conv's length expression and the same values.
+    """
+    stride = conv.stride if isinstance(conv, Conv1d) else 1
+    if is_static(mask.shape[1]):
+        return mask[:, ::stride]
+    taps = jnp.zeros((conv.kernel.shape[0], 1, 1), mask.dtype).at[conv.padding].set(1.0)
+    return jax.lax.conv_general_dilated(
+        mask,
+        taps,
+        window_strides=(stride,),
+        padding=[(conv.padding, conv.padding)],
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
 
 
 class TransformerBlock(nnx.Module):
@@ -205,7 +227,7 @@ class ConditionalUNet1D(nnx.Module):
             x = stage.body(x, m, temb)
             skips.append(x)
             x = stage.sample(x * m)
-            masks.append(m[:, ::2])  # (B, T2, 1)
+            masks.append(_downsample_mask(m, stage.sample))  # (B, T2, 1)
         masks = masks[:-1]
         for stage in self.mid_blocks:
             x = stage.body(x, masks[-1], temb)

@@ -183,7 +183,7 @@ class Flow(nnx.Module):
         b, n = tokens.shape
         t_frames = frames_from_tokens(n, cfg.input_frame_rate)
         p = 0 if prompt_feat is None else prompt_feat.shape[1]
-        if p > t_frames:
+        if p and p > t_frames:
             raise ValueError(f"prompt_feat has {p} frames but {n} tokens give only {t_frames}")
         if embedding is None:
             embedding = jnp.zeros((b, cfg.spk_embed_dim), jnp.float32)

@@ -12,13 +12,21 @@ M mel bins, G = nb_harmonics + 1 sines, Q = n_fft/2 + 1 frequency bins, W = n_ff
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
 from glmvoice_jax.models.decoder.config import HiFTConfig
-from glmvoice_jax.models.decoder.layers import Conv1d, ConvTranspose1d, linear, partitioned
+from glmvoice_jax.models.decoder.layers import (
+    Conv1d,
+    ConvTranspose1d,
+    is_static,
+    linear,
+    partitioned,
+)
 
 
 def snake(x: jax.Array, alpha: jax.Array) -> jax.Array:
@@ -110,9 +118,12 @@ def repeated_cumsum(inc: jax.Array, repeat: int) -> jax.Array:
         jax.lax.bitcast_convert_type(inc, jnp.uint32) & jnp.uint32(0xFFFFF000), jnp.float32
     )
     inc_lo = inc - inc_hi
-    frame_hi, frame_lo = jax.lax.associative_scan(
-        _dd_add, (inc_hi * repeat, inc_lo * repeat), axis=1
-    )  # inclusive sums of whole frames, (B, T, G) each
+    frame = (inc_hi * repeat, inc_lo * repeat)
+    if is_static(t):
+        frame_hi, frame_lo = jax.lax.associative_scan(_dd_add, frame, axis=1)
+    else:  # jax.export: no associative_scan over a symbolic axis, so a sequential scan
+        frame_hi, frame_lo = _dd_cumsum_sequential(frame)
+    # frame_hi, frame_lo: inclusive sums of whole frames, (B, T, G) each
     zero = jnp.zeros((b, 1, g), jnp.float32)
     start_hi = jnp.concatenate([zero, frame_hi[:, :-1]], axis=1)[:, :, None]  # (B, T, 1, G)
     start_lo = jnp.concatenate([zero, frame_lo[:, :-1]], axis=1)[:, :, None]
@@ -120,6 +131,23 @@ def repeated_cumsum(inc: jax.Array, repeat: int) -> jax.Array:
     s, e = _two_sum(start_hi, inc_hi[:, :, None] * k)  # (B, T, R, G)
     e = e + (start_lo + inc_lo[:, :, None] * k)
     return (s + e).reshape(b, t * repeat, g)  # (B, T·R, G)
+
+
+def _dd_cumsum_sequential(x: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+    """Inclusive double-float32 prefix sums along axis 1 by ``lax.scan`` (any length).
+
+    Same terms as the associative scan in another order; both stay far below one float32 ulp of
+    the exact sum, so the rounded phases agree except at rare ties.
+    """
+
+    def step(acc: tuple, item: tuple) -> tuple:
+        out = _dd_add(acc, item)
+        return out, out
+
+    xs = (jnp.moveaxis(x[0], 1, 0), jnp.moveaxis(x[1], 1, 0))  # (T, B, G) each
+    init = (jnp.zeros_like(xs[0][0]), jnp.zeros_like(xs[1][0]))
+    _, (hi, lo) = jax.lax.scan(step, init, xs)
+    return jnp.moveaxis(hi, 0, 1), jnp.moveaxis(lo, 0, 1)
 
 
 def hann_window(n: int) -> np.ndarray:
@@ -141,7 +169,8 @@ def stft(x: jax.Array, n_fft: int, hop: int) -> jax.Array:
     half = n_fft // 2
     xp = jnp.pad(x, ((0, 0), (half, half)), mode="reflect")  # (B, L + n_fft)
     n_frames = (xp.shape[1] - n_fft) // hop + 1
-    idx = hop * np.arange(n_frames)[:, None] + np.arange(n_fft)[None, :]  # (F, W)
+    ar = np if is_static(n_frames) else jnp  # symbolic lengths under jax.export
+    idx = hop * ar.arange(n_frames)[:, None] + ar.arange(n_fft)[None, :]  # (F, W)
     frames = xp[:, idx] * jnp.asarray(hann_window(n_fft))  # (B, F, W)
     spec = jnp.fft.rfft(frames, axis=-1)  # (B, F, Q)
     return jnp.concatenate([spec.real, spec.imag], axis=-1).astype(jnp.float32)
@@ -171,13 +200,37 @@ def istft(magnitude: jax.Array, phase: jax.Array, n_fft: int, hop: int) -> jax.A
     for q in range(r):
         out = out.at[:, q : q + n_frames].add(blocks[:, :, q])
     out = out.reshape(b, -1)  # (B, n_fft + hop (F - 1))
-    env = np.zeros((n_frames + r - 1, hop), np.float32)
-    for q in range(r):
-        env[q : q + n_frames] += np.square(window).reshape(r, hop)[q]
-    env = env.reshape(-1)
     half = n_fft // 2
     end = out.shape[1] - half
-    return out[:, half:end] / jnp.asarray(env[half:end])
+    return out[:, half:end] / _ola_envelope(window, n_frames, hop)[half:end]
+
+
+def _ola_envelope(window: np.ndarray, n_frames: Any, hop: int) -> np.ndarray | jax.Array:
+    """Overlap-added window² of ``n_frames`` frames at ``hop``, (n_fft + hop (F - 1),).
+
+    Block j (of ``hop`` samples) sums w²-block q of every frame f = j - q, q = 0..r - 1, added
+    in increasing q from 0 in float32. A static F gives that numpy array. A symbolic F
+    (``jax.export``, F ≥ r) gives the same values as [r - 1 head blocks, the full sum repeated
+    F - r + 1 times, r - 1 tail blocks], which XLA need not constant-fold element by element.
+    """
+    r = window.size // hop
+    w2 = np.square(window).reshape(r, hop)
+    if is_static(n_frames):
+        env = np.zeros((n_frames + r - 1, hop), np.float32)
+        for q in range(r):
+            env[q : q + n_frames] += w2[q]
+        return env.reshape(-1)
+
+    def partial_sum(qs: range) -> np.ndarray:
+        acc = np.zeros(hop, np.float32)
+        for q in qs:
+            acc += w2[q]
+        return acc
+
+    head = np.stack([partial_sum(range(j + 1)) for j in range(r - 1)]).reshape(r - 1, hop)
+    tail = np.stack([partial_sum(range(k + 1, r)) for k in range(r - 1)]).reshape(r - 1, hop)
+    body = jnp.broadcast_to(partial_sum(range(r)), (n_frames - r + 1, hop))
+    return jnp.concatenate([head, body, tail], axis=0).reshape(-1)
 
 
 class HiFT(nnx.Module):

@@ -14,6 +14,8 @@ Parameter layout (what ``convert/decoder_pt.py`` writes):
 from __future__ import annotations
 
 import math
+from fractions import Fraction
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -171,12 +173,29 @@ def mish(x: jax.Array) -> jax.Array:
     return x * jnp.tanh(jax.nn.softplus(x))
 
 
-def frames_from_tokens(num_tokens: int, input_frame_rate: float = 12.5) -> int:
+def is_static(n: Any) -> bool:
+    """True for a concrete length; False for a ``jax.export`` symbolic dimension."""
+    return isinstance(n, (int, np.integer))
+
+
+def frames_per_token(input_frame_rate: float = 12.5) -> Fraction:
+    """Exact mel frames per token, (22050 / 256) / rate: 441/64 at 12.5 Hz."""
+    return Fraction(22050, 256) / Fraction(input_frame_rate).limit_denominator(10**6)
+
+
+def frames_from_tokens(num_tokens: Any, input_frame_rate: float = 12.5) -> Any:
     """Mel frames for N tokens: int32(f32(f32(f32(N) / rate) · 22050) / 256) (decoder.md §2).
 
     The float32 rounding is part of the spec: float64 gives another T at 43 values of N ≤ 20000
     (e.g. 2240 → 15435 in f32, 15434 in f64).
+
+    A symbolic N (``jax.export``) gives the dimension expression ⌊N · p / q⌋ with p / q =
+    ``frames_per_token(rate)``; it equals the float32 rule only up to a limit (3391 tokens at
+    12.5 Hz; the exporter checks the range it promises).
     """
+    if not is_static(num_tokens):
+        ratio = frames_per_token(input_frame_rate)
+        return (num_tokens * ratio.numerator) // ratio.denominator
     f32 = np.float32
     seconds = f32(num_tokens) / f32(input_frame_rate)
     return int(f32(f32(seconds) * f32(22050)) / f32(256))
@@ -193,9 +212,18 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.minimum(idx, n_in - 1)
 
 
-def nearest_resize(x: jax.Array, n_out: int) -> jax.Array:
-    """Nearest-neighbour resize of (B, N, C) along time to (B, n_out, C), torch's index rule."""
-    return jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], n_out)), axis=1)
+def nearest_resize(x: jax.Array, n_out: Any) -> jax.Array:
+    """Nearest-neighbour resize of (B, N, C) along time to (B, n_out, C), torch's index rule.
+
+    Static lengths use ``nearest_indices``; symbolic ones (``jax.export``) the same float32
+    formula in jnp, which gives the same integers.
+    """
+    n_in = x.shape[1]
+    if is_static(n_in) and is_static(n_out):
+        return jnp.take(x, jnp.asarray(nearest_indices(n_in, n_out)), axis=1)
+    scale = jnp.asarray(n_in, jnp.float32) / jnp.asarray(n_out, jnp.float32)
+    idx = jnp.floor(jnp.arange(n_out, dtype=jnp.float32) * scale).astype(jnp.int32)
+    return jnp.take(x, jnp.minimum(idx, n_in - 1), axis=1)
 
 
 def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0) -> jax.Array:

@@ -8,7 +8,10 @@ Every chunk re-runs the flow on the whole history (prompt tokens + their returne
 ``cond``), cross-fades the first 34 new frames with the held-back overlap (a symmetric Hamming
 window on log-mel values), prepends the 1-frame HiFT cache and overwrites the first 256 source
 samples with the cached source. The state machine runs on the host in numpy; flow and HiFT are
-jitted per shape. Deterministic mode only (§14): z = 0, no NSF noise, zero phases.
+jitted per shape. Deterministic mode (§14: z = 0, no NSF noise, zero phases) unless a PRNG key is
+given; then every call draws its own flow noise, harmonic phases and NSF noise from
+fold_in(key, call index) (the reference reseeds torch with 42 per call; JAX cannot reproduce
+that stream).
 
 Axes: N tokens, T mel frames, M mel bins, L samples.
 """
@@ -24,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glmvoice_jax.models.decoder.layers import frames_from_tokens
 from glmvoice_jax.models.decoder.speech_decoder import SpeechDecoder, check_tokens
 
 MEL_OVERLAP_LEN = 34  # int(5 / 12.5 * 22050 / 256): 5 tokens of mel
@@ -38,15 +42,20 @@ def _flow(
     tokens: jax.Array,
     prompt_tokens: jax.Array | None,
     prompt_feat: jax.Array | None,
+    noise: jax.Array | None,
 ) -> jax.Array:
-    return model.flow.inference(tokens, prompt_tokens, prompt_feat)[0]  # (T_new, M)
+    return model.flow.inference(tokens, prompt_tokens, prompt_feat, noise=noise)[0]  # (T_new, M)
 
 
 @nnx.jit
 def _hift(
-    model: SpeechDecoder, mel: jax.Array, cache_source: jax.Array | None
+    model: SpeechDecoder,
+    mel: jax.Array,
+    cache_source: jax.Array | None,
+    phases: jax.Array | None,
+    noise: jax.Array | None,
 ) -> tuple[jax.Array, jax.Array]:
-    wav, s = model.hift(mel[None], cache_source)
+    wav, s = model.hift(mel[None], cache_source, phases=phases, noise=noise)
     return wav[0], s[0]  # (L,), (L,)
 
 
@@ -59,6 +68,7 @@ class Token2Wav:
         flow_fn: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray] | None = None,
         hift_fn: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
         | None = None,
+        key: jax.Array | None = None,
     ):
         """Creates an empty state.
 
@@ -68,6 +78,7 @@ class Token2Wav:
             (T_new, M); default: the model's flow, jitted per shape. Tests inject stubs.
           hift_fn: (mel (T, M), cache_source (K,) or None) → (speech (L,), source (L,));
             default: the model's HiFT, jitted per shape.
+          key: PRNG key for the default flow / HiFT noise; None → deterministic mode (§14).
         """
         self.model = model
         self.flow_fn = flow_fn or self._flow
@@ -76,6 +87,8 @@ class Token2Wav:
         self.overlap: np.ndarray | None = None  # (34, M)
         self.cache_mel: np.ndarray | None = None  # (1, M)
         self.cache_source: np.ndarray | None = None  # (256,)
+        self.key = key
+        self.calls = 0  # token2wav calls so far: the key of call i is fold_in(key, i)
 
     def __call__(
         self,
@@ -110,6 +123,7 @@ class Token2Wav:
             self.overlap = mel[-MEL_OVERLAP_LEN:]
             mel = mel[:-MEL_OVERLAP_LEN]
         speech, source = self.hift_fn(mel, cache_source)
+        self.calls += 1
         if finalize:
             self.overlap = self.cache_mel = self.cache_source = None
             return speech, mel
@@ -117,15 +131,28 @@ class Token2Wav:
         self.cache_source = source[-SOURCE_CACHE_LEN:]
         return speech[:-SOURCE_CACHE_LEN], mel
 
+    def _keys(self) -> jax.Array | None:
+        """(3,) keys (flow z, phases, NSF noise) of the current call, or None."""
+        if self.key is None:
+            return None
+        return jax.random.split(jax.random.fold_in(self.key, self.calls), 3)
+
     def _flow(
         self, tokens: np.ndarray, prompt_tokens: np.ndarray, prompt_feat: np.ndarray
     ) -> np.ndarray:
+        noise = None
+        keys = self._keys()
+        if keys is not None:
+            cfg = self.model.config.flow
+            t_frames = frames_from_tokens(tokens.size + prompt_tokens.size, cfg.input_frame_rate)
+            noise = jax.random.normal(keys[0], (1, t_frames, cfg.output_size), jnp.float32)
         with jax.default_matmul_precision("highest"):
             mel = _flow(
                 self.model,
                 jnp.asarray(tokens)[None],
                 jnp.asarray(prompt_tokens)[None] if prompt_tokens.size else None,
                 jnp.asarray(prompt_feat)[None] if prompt_feat.shape[0] else None,
+                noise,
             )
         return np.asarray(mel)
 
@@ -133,8 +160,17 @@ class Token2Wav:
         self, mel: np.ndarray, cache_source: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
         cache = None if cache_source is None else jnp.asarray(cache_source)[None]
+        phases = noise = None
+        keys = self._keys()
+        if keys is not None:
+            cfg = self.model.config.hift
+            g = cfg.nb_harmonics + 1
+            phases = jax.random.uniform(keys[1], (1, g), jnp.float32, -np.pi, np.pi)
+            noise = jax.random.normal(
+                keys[2], (1, mel.shape[0] * cfg.upsample_factor, g), jnp.float32
+            )
         with jax.default_matmul_precision("highest"):
-            speech, source = _hift(self.model, jnp.asarray(mel), cache)
+            speech, source = _hift(self.model, jnp.asarray(mel), cache, phases, noise)
         return np.asarray(speech), np.asarray(source)
 
 
@@ -156,6 +192,9 @@ def stream_decode(
     block_sizes: Sequence[int] = WEB_DEMO_BLOCK_SIZES,
     parity: bool = True,
     token2wav: Token2Wav | None = None,
+    *,
+    key: jax.Array | None = None,
+    on_chunk: Callable[[np.ndarray, np.ndarray, Chunk], None] | None = None,
 ) -> tuple[np.ndarray, list[Chunk]]:
     """Decodes like web_demo.py: flush full blocks, then the remainder with finalize=True.
 
@@ -168,7 +207,11 @@ def stream_decode(
       block_sizes: chunk sizes; the last one repeats.
       parity: True reproduces the reference's prompt_feat (every returned mel, including the
         duplicated cache frame, §12.3); False drops that duplicate ("fixed mode").
-      token2wav: the state machine to drive; default ``Token2Wav(model)``.
+      token2wav: the state machine to drive; default ``Token2Wav(model, key=key)``.
+      key: PRNG key of the default state machine; None → deterministic mode (§14).
+      on_chunk: called after every call as on_chunk(speech, mel, chunk) with the samples just
+        emitted (L,), the returned mel (T, M) and the call's ``Chunk``; the emitted samples are
+        the audio of ``emitted_mel(mel, chunk)``.
 
     Returns:
       (the concatenated emitted waveform, one ``Chunk`` per call).
@@ -180,7 +223,7 @@ def stream_decode(
     if not block_sizes or min(block_sizes) <= 0:
         raise ValueError(f"block_sizes must be positive, got {tuple(block_sizes)}")
     sizes = itertools.chain(block_sizes, itertools.repeat(block_sizes[-1]))
-    state = token2wav or Token2Wav(model)
+    state = token2wav or Token2Wav(model, key=key)
     n_mels = model.config.flow.output_size
     feats: list[np.ndarray] = []
     speech: list[np.ndarray] = []
@@ -199,5 +242,17 @@ def stream_decode(
         duplicate = not parity and len(chunks) > 1
         feats.append(mel[MEL_CACHE_LEN:] if duplicate else mel)
         speech.append(wav)
+        if on_chunk is not None:
+            on_chunk(wav, mel, chunks[-1])
         start += size
     return np.concatenate(speech), chunks
+
+
+def emitted_mel(mel: np.ndarray, chunk: Chunk) -> np.ndarray:
+    """The frames of a returned mel whose audio was emitted: all but the held-back cache frame.
+
+    A non-final call vocodes ``mel`` but keeps its last frame's 256 samples for the next call,
+    which prepends that frame as its cache; concatenating these over a stream gives a mel with
+    exactly samples / 256 frames, aligned with the streamed audio.
+    """
+    return mel if chunk.finalize else mel[:-MEL_CACHE_LEN]

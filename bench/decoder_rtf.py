@@ -1,0 +1,208 @@
+"""Real-time factor of the speech decoder on this machine, whole-utterance and streaming.
+
+The model has the release config's dimensions (VARIANTS["glm4_voice_decoder"]: flow 111 M +
+HiFT 20 M parameters) with random weights; speed does not depend on the values. Deterministic
+mode (decoder.md §14), float32. Default input: 125 tokens = 10.0 s of audio (861 mel frames).
+
+* whole: ``tokens_to_audio`` (one flow call: 10 Euler steps x 2 CFG passes of the U-Net, then
+  HiFT), as glmvoice-decode does.
+* streaming: ``stream_decode`` with the web-demo schedule (25, 50, then the remaining 50 tokens
+  finalized for N = 125). Every chunk re-runs the flow on the whole history (decoder.md §12.1),
+  so the flow work grows to (172 + 516 + 861) / 861 = 1.8x the whole-utterance work.
+  first-chunk latency = time from the call to the first emitted audio (25 tokens, 1.59 s).
+RTF = wall time / audio duration, median of --repeats warm runs (compile excluded and reported
+separately). Also reported: the largest |whole - streaming| sample difference. --modes export
+adds the jax.export artifact (size, export time, RTF of ``call``, difference to whole).
+
+    python bench/decoder_rtf.py [--tokens 125] [--repeats 3] [--out FILE]
+
+Not a test. Other processes on the machine slow it down: the load average before and after is
+printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from glmvoice_jax.convert import decoder_pt
+from glmvoice_jax.models.decoder import (
+    VARIANTS,
+    DecoderConfig,
+    SpeechDecoder,
+    export,
+    tokens_to_audio,
+)
+from glmvoice_jax.models.decoder.layers import frames_from_tokens
+from glmvoice_jax.models.decoder.stream import stream_decode
+
+
+def machine() -> dict:
+    cpu = platform.processor() or "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if "model name" in line)
+    except (OSError, StopIteration):
+        pass
+    return {
+        "cpu": cpu,
+        "cores_visible": len(os.sched_getaffinity(0)),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()[:1]],
+        "loadavg_before": os.getloadavg(),
+    }
+
+
+def random_decoder(cfg: DecoderConfig, seed: int = 0) -> SpeechDecoder:
+    """Random weights at init-like scales, drawn in numpy (tracing nnx.Rngs takes minutes).
+
+    Kernels N(0, 1/fan_in), embeddings N(0, 1), norm scales and Snake alphas 1, biases 0.
+    """
+    rng = np.random.default_rng(seed)
+    params = {}
+    for path, shape in decoder_pt.param_shapes(cfg).items():
+        name = path.rsplit("/", 1)[-1]
+        if name == "kernel":
+            value = rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))
+        elif name in ("embedding", "pos_bias_u", "pos_bias_v"):
+            value = rng.standard_normal(shape) * (1.0 if name == "embedding" else 0.1)
+        elif name == "bias":
+            value = np.zeros(shape)
+        else:  # LayerNorm / GroupNorm scale, Snake alpha
+            value = np.ones(shape)
+        params[path] = value.astype(np.float32)
+    return decoder_pt.build_decoder(cfg, params)
+
+
+def timed(fn, repeats: int) -> tuple[float, list[float]]:
+    """(compile + first run secs, warm run secs)."""
+    t = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t
+    runs = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        runs.append(time.perf_counter() - t)
+    return first, runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tokens", type=int, default=125)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--variant", default="glm4_voice_decoder", choices=sorted(VARIANTS))
+    parser.add_argument("--modes", default="whole,streaming", help="whole,streaming,export")
+    parser.add_argument("--out", default=None, help="also append the JSON result to this file")
+    args = parser.parse_args()
+
+    info = machine()
+    cfg = VARIANTS[args.variant]
+    t = time.perf_counter()
+    model = random_decoder(cfg)
+    init_secs = time.perf_counter() - t
+    tokens = np.random.default_rng(0).integers(0, cfg.flow.vocab_size, args.tokens)
+    frames = frames_from_tokens(args.tokens, cfg.flow.input_frame_rate)
+    audio_secs = frames * cfg.hift.upsample_factor / cfg.hift.sampling_rate
+    result = {
+        "machine": info,
+        "variant": args.variant,
+        "params": int(sum(x.size for x in jax.tree.leaves(nnx.state(model)))),
+        "tokens": args.tokens,
+        "frames": frames,
+        "audio_secs": round(audio_secs, 3),
+        "init_secs": round(init_secs, 1),
+    }
+    modes = args.modes.split(",")
+    wavs = {}
+    if "whole" in modes:
+        out = {}
+
+        def whole() -> None:
+            out["wav"] = tokens_to_audio(model, tokens)[1]
+
+        first, runs = timed(whole, args.repeats)
+        wavs["whole"] = out["wav"]
+        med = statistics.median(runs)
+        result["whole"] = {
+            "first_call_secs": round(first, 2),
+            "warm_secs": [round(r, 2) for r in runs],
+            "rtf": round(med / audio_secs, 3),
+        }
+    if "streaming" in modes:
+        latencies: list[float] = []
+        out = {}
+
+        def streaming() -> None:
+            start = time.perf_counter()
+            seen = []
+
+            def on_chunk(speech, mel, chunk) -> None:
+                if not seen:
+                    latencies.append(time.perf_counter() - start)
+                seen.append(chunk)
+
+            out["wav"], out["chunks"] = stream_decode(model, tokens, on_chunk=on_chunk)
+
+        first, runs = timed(streaming, args.repeats)
+        wavs["streaming"] = out["wav"]
+        streamed_secs = out["wav"].size / cfg.hift.sampling_rate
+        result["streaming"] = {
+            "chunks": [c.new_tokens for c in out["chunks"]],
+            "audio_secs": round(streamed_secs, 3),
+            "first_call_secs": round(first, 2),
+            "warm_secs": [round(r, 2) for r in runs],
+            "rtf": round(statistics.median(runs) / streamed_secs, 3),
+            "first_chunk_latency_secs_warm": round(statistics.median(latencies[1:]), 3),
+            "first_chunk_latency_secs_cold": round(latencies[0], 2),
+        }
+    if "export" in modes:
+        t = time.perf_counter()
+        platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+        blob = export.export_decoder(model, platforms=(platform,)).serialize()
+        export_secs = time.perf_counter() - t
+        exported = jax.export.deserialize(bytearray(blob))
+        ids = np.asarray(tokens, np.int32)
+        out = {}
+
+        def call() -> None:
+            out["wav"] = np.asarray(exported.call(ids))
+
+        first, runs = timed(call, args.repeats)
+        result["export"] = {
+            "artifact_mb": round(len(blob) / 1e6, 1),
+            "export_and_serialize_secs": round(export_secs, 1),
+            "first_call_secs": round(first, 2),
+            "warm_secs": [round(r, 2) for r in runs],
+            "rtf": round(statistics.median(runs) / audio_secs, 3),
+        }
+        if "whole" in wavs:
+            diff = np.abs(out["wav"] - wavs["whole"])
+            result["export"]["max_abs_vs_whole"] = float(np.nanmax(diff))
+    if "whole" in wavs and "streaming" in wavs:
+        n = min(w.size for w in wavs.values())
+        diff = np.abs(wavs["whole"][:n] - wavs["streaming"][:n])
+        result["whole_vs_streaming"] = {
+            "max_abs": float(diff.max()),
+            "rms_diff": float(np.sqrt(np.mean(diff**2))),
+            "rms_whole": float(np.sqrt(np.mean(wavs["whole"][:n] ** 2))),
+        }
+    result["machine"]["loadavg_after"] = os.getloadavg()
+    line = json.dumps(result)
+    print(line)
+    if args.out:
+        with open(args.out, "a") as f:
+            f.write(line + "\n")
+
+
+if __name__ == "__main__":
+    main()

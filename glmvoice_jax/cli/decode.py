@@ -1,0 +1,101 @@
+r"""glmvoice-decode: speech tokens -> 22.05 kHz waveforms with the GLM-4-Voice speech decoder.
+
+Usage:
+    glmvoice-decode --checkpoint CKPT --input TOKENS.jsonl --output_dir DIR \
+        [--noise zeros] [--save_mel] [--streaming]
+
+CKPT: a decoder checkpoint made by glmvoice-import (manager root or step dir) or, for
+convenience, the release directory itself (config.yaml + flow.pt + hift.pt).
+TOKENS lines: ``{"id": str, "tokens": [int, ...]}`` with codebook indices 0..16383.
+Writes ``DIR/<id>.wav`` (float32 WAV, 22050 Hz), with --save_mel ``DIR/<id>.mel.npy`` [80, T],
+and ``DIR/errors.jsonl`` (one ``{"line", "id", "error"}`` per skipped line; empty if none).
+
+--noise random (default) draws the flow noise and the NSF phases / noise from --seed and the line
+number; --noise zeros is the deterministic mode (zero flow noise, no NSF noise).
+--streaming decodes with the GLM-4-Voice web-demo chunk schedule (25, 50, 100, 150, then 200
+tokens per chunk; mel cross-fade; vocoder cache), writes each chunk's audio as soon as it exists
+and reports the first-chunk latency. Its audio differs slightly from the whole-utterance audio
+(docs/decoder_export.md).
+
+Exit status: 0 when every line was decoded; 2 when at least one line was skipped (bad JSON, empty
+token list, id outside the codebook, duplicate id, ...; the other lines are still decoded and
+the skipped ones are listed in DIR/errors.jsonl); 1 for a usage error or an unreadable
+checkpoint / input file (nothing decoded).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from absl import flags
+
+from glmvoice_jax import decoding
+from glmvoice_jax.convert import decoder_checkpoint
+
+FLAGS = flags.FlagValues()
+flags.DEFINE_string(
+    "checkpoint",
+    None,
+    "Decoder checkpoint (manager root or step dir) or a release dir (config.yaml, flow.pt, "
+    "hift.pt).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string("input", None, 'TOKENS.jsonl: lines {"id", "tokens"}.', flag_values=FLAGS)
+flags.DEFINE_string("output_dir", None, "Directory for <id>.wav (created).", flag_values=FLAGS)
+flags.DEFINE_enum(
+    "noise",
+    "random",
+    list(decoding.NOISE_MODES),
+    "random: seeded flow/NSF noise; zeros: deterministic mode.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer("seed", 0, "Seed of --noise random.", flag_values=FLAGS)
+flags.DEFINE_bool("save_mel", False, "Also write <id>.mel.npy [80, T].", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "streaming", False, "Decode chunk by chunk like the GLM-4-Voice web demo.", flag_values=FLAGS
+)
+flags.DEFINE_bool("progress", True, "One progress line per input line.", flag_values=FLAGS)
+
+EXIT_SOME_LINES_FAILED = 2
+
+
+def main(argv: Sequence[str]) -> decoding.Report:
+    """Parses ``argv`` (program name first) and decodes. Usage errors raise; bad lines do not."""
+    FLAGS.unparse_flags()
+    FLAGS(list(argv))
+    for name in ("checkpoint", "input", "output_dir"):
+        if not FLAGS[name].value:
+            raise flags.IllegalFlagValueError(f"--{name} is required")
+    model = decoder_checkpoint.load_any(FLAGS.checkpoint)
+
+    def log(text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+    report = decoding.decode_file(
+        model,
+        FLAGS.input,
+        FLAGS.output_dir,
+        noise=FLAGS.noise,
+        seed=FLAGS.seed,
+        save_mel=FLAGS.save_mel,
+        streaming=FLAGS.streaming,
+        log=log if FLAGS.progress else None,
+    )
+    print(decoding.summary(report), file=sys.stderr)
+    return report
+
+
+def run() -> None:
+    """Console-script entry point: exit 0 all decoded, 2 some lines skipped, 1 usage error."""
+    try:
+        report = main(sys.argv)
+    except (flags.Error, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"glmvoice-decode: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    if report.errors:
+        sys.exit(EXIT_SOME_LINES_FAILED)
+
+
+if __name__ == "__main__":
+    run()
