@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install demo test lint format bench clean-demo
+.PHONY: install system-deps demo test lint format bench clean-demo
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,18 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
+# espeak-ng + sox synthesise the real-speech demo corpus (data_pipelines/espeak_corpus.py).
+system-deps:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	  { echo "installing espeak-ng and sox (apt-get)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox; }
+
 # Tiny GLM on a generated demo corpus, on CPU; running it again resumes from the checkpoints.
 demo: $(STAMP)
 	$(PY) -m data_pipelines.demo_corpus --out $(WORKDIR)/corpus
 	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)
 
-test: $(STAMP) lint
+test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest 
 
 lint: $(STAMP)

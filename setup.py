@@ -41,7 +41,8 @@ setuptools.setup(
         "dev": ["ruff>=0.17.0", "pytest>=9.0", "pytest-timeout>=2.3"],
         # Golden-fixture generation only; never needed to run or test.
         "golden": ["torch>=2.13.0", "transformers>=4.46.3"],
-        "tpu": ["jax[tpu]"],
+        "tpu": ["jax[tpu]==0.10.2"],
+        "gcs": ["gcsfs>=2024.0"],
     },
     entry_points={
         "console_scripts": [
@@ -50,6 +51,8 @@ setuptools.setup(
             "glmvoice-export=glmvoice_jax.cli.export_checkpoint:run",
             "glmvoice-score=glmvoice_jax.cli.score:run",
             "glmvoice-decode=glmvoice_jax.cli.decode:run",
+            "glmvoice-aot=glmvoice_jax.cli.aot:run",
+            "glmvoice-data-stats=glmvoice_jax.cli.data_stats:run",
             "glmvoice-export-decoder=glmvoice_jax.cli.export_decoder:run",
         ],
     },

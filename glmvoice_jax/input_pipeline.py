@@ -15,8 +15,13 @@ Why it is built this way:
 * Out-of-range token ids raise: an embedding lookup would silently gather garbage
   (house_style.md §8).
 
-Pipeline, in order: per-source shuffle + repeat -> weighted mix -> ``[process_index::
-process_count]`` -> decode + validate -> chunk -> FirstFit pack -> batch -> optional mp_prefetch.
+Pipeline, in order: per-source shuffle + repeat -> weighted mix -> decode + validate = the global
+document stream D (a function of sources and seed) -> for each global batch row r, the row stream
+D[r::B] -> chunk -> FirstFit pack -> one row per batch; a process stacks the rows it owns. Global
+batch row r is always the next packed row of row stream r, so every global batch is a function of
+(sources, seed, seq_len, global batch B, packing_bins) alone, whatever the process count, and the
+iterator state (one position per row) can be resumed by any number of processes
+(``read_row_states``; docs/elastic_resume.md). Optional mp_prefetch workers each pack whole rows.
 
 Batch layout (each [batch_size, seq_len] int32): ``tokens``; ``segment_ids`` (1.. per packed
 document, 0 = padding); ``positions`` (restart at 0 per document); ``loss_mask`` (the records'
@@ -29,8 +34,10 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import dataclasses
+import json
 import math
 import os
+import re
 import threading
 import zlib
 from collections.abc import Mapping, Sequence
@@ -40,6 +47,7 @@ import grain
 import numpy as np
 from absl import logging
 from array_record.python import array_record_module
+from etils import epath
 
 from glmvoice_jax import records
 
@@ -48,6 +56,10 @@ from glmvoice_jax import records
 # file-descriptor limit and the readers' index memory stays small.
 _MAX_OPEN_READERS = 128
 _COUNT_THREADS = 16
+# FirstFit bins per row stream: a packed group of this many rows is emitted at a time.
+DEFAULT_PACKING_BINS = 16
+# Marks the row-stream positions inside a saved iterator state (read_row_states finds them).
+ROW_STATE_KEY = "glmvoice_row_streams"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,7 +117,7 @@ class ShardedRecordSource:
         self._init_cache()
 
     def _open(self, path: str):
-        if not os.path.isfile(path):
+        if not (epath.Path(path).is_file() if _is_url(path) else os.path.isfile(path)):
             raise ValueError(
                 f"source {self.name!r}: shard {path} does not exist (or is not a file)"
             )
@@ -208,6 +220,43 @@ def _rename_packed(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     }
 
 
+def _is_url(path: str) -> bool:
+    return "://" in path
+
+
+def _split_glob(pattern: str) -> tuple[str, str]:
+    """'gs://b/x/*/y-*.ar' -> ('gs://b/x', '*/y-*.ar'): the fixed root and the glob below it."""
+    scheme, rest = pattern.split("://", 1)
+    parts = rest.split("/")
+    k = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    return f"{scheme}://" + "/".join(parts[:k]), "/".join(parts[k:])
+
+
+def list_shards(patterns: str | Sequence[str]) -> list[str]:
+    """``records.list_shards`` for local globs; bucket globs (gs://...) go through etils.epath.
+
+    Every pattern must match at least one finished shard (not ``*.incomplete``); sorted result.
+    ArrayRecordReader reads gs:// paths itself.
+    """
+    if isinstance(patterns, str | os.PathLike):
+        patterns = [patterns]
+    patterns = [os.fspath(p) for p in patterns]
+    local = [p for p in patterns if not _is_url(p)]
+    files = set(records.list_shards(local)) if local else set()
+    for pattern in (p for p in patterns if _is_url(p)):
+        root, rel = _split_glob(pattern)
+        root_path = epath.Path(root)
+        found = root_path.glob(rel) if rel else [root_path] if root_path.is_file() else []
+        matched = [str(f) for f in found if not str(f).endswith(records.TMP_SUFFIX)]
+        if not matched:
+            raise ValueError(
+                f"shard pattern {pattern!r} matches no file; check the bucket path (and that the "
+                f"job that writes it has finished: unfinished shards end in {records.TMP_SUFFIX!r})"
+            )
+        files.update(matched)
+    return sorted(files)
+
+
 def _source_seed(seed: int, name: str) -> int:
     # Keyed by name, so adding or reordering sources keeps every other source's order.
     return int(np.random.SeedSequence([seed, zlib.crc32(name.encode())]).generate_state(1)[0])
@@ -244,44 +293,24 @@ def _check_sources(sources: Sequence[SourceSpec]) -> list[SourceSpec]:
     return active
 
 
-def record_dataset(
-    sources: Sequence[SourceSpec],
-    *,
-    vocab_size: int,
-    seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
-) -> grain.MapDataset:
-    """The infinite, mixed, per-process stream of decoded documents (before chunking and packing).
-
-    Element ``i`` of process ``p`` is element ``i * process_count + p`` of the global stream, so
-    the processes read disjoint records and together read what one process would.
-
-    Args:
-      sources: the mixture; see ``make_iterator``.
-      vocab_size: token ids must lie in [0, vocab_size).
-      seed: shuffle seed.
-      process_index: this process, in [0, process_count).
-      process_count: number of processes reading the stream.
-
-    Returns:
-      A MapDataset of {"tokens": int32 [L], "loss_mask": int32 [L]}.
-
-    Raises:
-      ValueError: see ``make_iterator``.
-    """
+def _documents(sources: Sequence[SourceSpec], *, vocab_size: int, seed: int) -> grain.MapDataset:
+    """The global, infinite, mixed stream of decoded documents: a function of (sources, seed)."""
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
+    return mixed_records(sources, seed=seed).map(_DecodeAndCheck(vocab_size))
+
+
+def mixed_records(sources: Sequence[SourceSpec], *, seed: int) -> grain.MapDataset:
+    """The global mixed stream of undecoded ``RawRecord``s (which source each one came from).
+
+    ``_documents`` decodes exactly this stream; glmvoice-data-stats reads it to measure shares.
+    """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(
-            f"process_index ({process_index}) must lie in [0, process_count={process_count})"
-        )
     parts, weights = [], []
     for spec in _check_sources(sources):
         try:
-            paths = records.list_shards(spec.paths)
+            paths = list_shards(spec.paths)
         except ValueError as e:
             raise ValueError(f"source {spec.name!r}: {e}") from None
         source = ShardedRecordSource(spec.name, paths)
@@ -300,8 +329,42 @@ def record_dataset(
         ds = grain.MapDataset.source(source).shuffle(seed=_source_seed(seed, spec.name)).repeat()
         parts.append(ds)
         weights.append(spec.weight)
-    mixed = grain.MapDataset.mix(parts, weights=weights) if len(parts) > 1 else parts[0]
-    return mixed[process_index::process_count].map(_DecodeAndCheck(vocab_size))
+    return grain.MapDataset.mix(parts, weights=weights) if len(parts) > 1 else parts[0]
+
+
+def record_dataset(
+    sources: Sequence[SourceSpec],
+    *,
+    vocab_size: int,
+    seed: int,
+    process_index: int = 0,
+    process_count: int = 1,
+) -> grain.MapDataset:
+    """Every ``process_count``-th document of the global stream, starting at ``process_index``.
+
+    Element ``i`` of slice ``p`` is element ``i * process_count + p`` of the global stream, so the
+    slices are disjoint and together cover the stream. The row streams of ``make_row_iterator``
+    are such slices, one per global batch row.
+
+    Args:
+      sources: the mixture; see ``make_iterator``.
+      vocab_size: token ids must lie in [0, vocab_size).
+      seed: shuffle seed.
+      process_index: the slice, in [0, process_count).
+      process_count: number of slices.
+
+    Returns:
+      A MapDataset of {"tokens": int32 [L], "loss_mask": int32 [L]}.
+
+    Raises:
+      ValueError: see ``make_iterator``.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index ({process_index}) must lie in [0, process_count={process_count})"
+        )
+    docs = _documents(sources, vocab_size=vocab_size, seed=seed)
+    return docs[process_index::process_count]
 
 
 def make_iterator(
@@ -315,9 +378,12 @@ def make_iterator(
     process_count: int = 1,
     num_workers: int = 0,
     prefetch_buffer_size: int = 16,
-    packing_bins: int | None = None,
+    packing_bins: int = DEFAULT_PACKING_BINS,
 ) -> grain.DatasetIterator:
-    """Builds the checkpointable, infinite iterator of packed training batches for one process.
+    """The packed batches of one process that owns a contiguous block of the global batch.
+
+    Process ``p`` gets global rows ``[p * batch_size, (p + 1) * batch_size)`` of a global batch of
+    ``batch_size * process_count`` rows; see ``make_row_iterator`` for everything else.
 
     Args:
       sources: the mixture. Sources with weight 0 are skipped without touching their files.
@@ -326,60 +392,298 @@ def make_iterator(
       vocab_size: token ids must lie in [0, vocab_size).
       seed: seed of the shuffles and of the packing-bin order; same seed, same batches.
       process_index: this process, in [0, process_count).
-      process_count: number of data-loading processes (jax.process_count()).
-      num_workers: Grain worker processes (mp_prefetch); 0 = decode in threads of this process.
-        An iterator state saved with N workers must be restored with N workers.
-      prefetch_buffer_size: documents read ahead by threads (0 = read on demand).
-      packing_bins: FirstFit bins; more bins pack tighter. Default max(batch_size, 16).
+      process_count: number of data-loading processes.
+      num_workers: Grain worker processes (mp_prefetch); must divide batch_size.
+      prefetch_buffer_size: documents read ahead per row stream (0 = read on demand).
+      packing_bins: FirstFit bins per row stream.
 
     Returns:
-      A grain.DatasetIterator of dicts with int32 [batch_size, seq_len] arrays ``tokens``,
-      ``segment_ids``, ``positions`` and ``loss_mask`` (see the module docstring). Save and
-      restore it with grain.checkpoint.CheckpointSave / CheckpointRestore, or
-      get_state() / set_state().
+      See ``make_row_iterator``.
 
     Raises:
-      ValueError: at construction, for an invalid argument, a source whose paths match nothing,
-        a missing or unreadable shard, a source without records, or weights that are negative or
-        sum to 0; while iterating, for a corrupt record or a token id outside [0, vocab_size),
-        naming the source, the shard file and the record index.
+      ValueError: see ``make_row_iterator``.
     """
     for name, value in (("seq_len", seq_len), ("batch_size", batch_size)):
         if value <= 0:
             raise ValueError(f"{name} must be positive, got {value}")
+    if not 0 <= process_index < process_count:
+        raise ValueError(
+            f"process_index ({process_index}) must lie in [0, process_count={process_count})"
+        )
+    start = process_index * batch_size
+    return make_row_iterator(
+        sources,
+        rows=range(start, start + batch_size),
+        global_batch_size=batch_size * process_count,
+        seq_len=seq_len,
+        vocab_size=vocab_size,
+        seed=seed,
+        num_workers=num_workers,
+        prefetch_buffer_size=prefetch_buffer_size,
+        packing_bins=packing_bins,
+    )
+
+
+def make_row_iterator(
+    sources: Sequence[SourceSpec],
+    *,
+    rows: Sequence[int],
+    global_batch_size: int,
+    seq_len: int,
+    vocab_size: int,
+    seed: int,
+    num_workers: int = 0,
+    prefetch_buffer_size: int = 16,
+    packing_bins: int = DEFAULT_PACKING_BINS,
+    start_state: Mapping[str, Any] | None = None,
+) -> grain.DatasetIterator:
+    """The checkpointable, infinite iterator of the given rows of every global batch.
+
+    Global batch row ``r`` is always the next packed row of row stream ``r``, which packs
+    documents ``r, r + B, r + 2B, ...`` (B = global_batch_size) of the seeded global document
+    stream. So a global batch is a function of (sources, seed, seq_len, global_batch_size,
+    packing_bins) only: the same whatever the process count, device count, mesh or worker count,
+    and whichever process produces which row (docs/elastic_resume.md).
+
+    Args:
+      sources: the mixture. Sources with weight 0 are skipped without touching their files.
+      rows: the global row indices this process produces, each in [0, global_batch_size); the
+        batches hold them in the sorted order.
+      global_batch_size: rows of the global batch (B).
+      seq_len: tokens per row; longer documents are split into seq_len chunks.
+      vocab_size: token ids must lie in [0, vocab_size).
+      seed: seed of the shuffles and of the packing-bin order; same seed, same batches.
+      num_workers: Grain worker processes (mp_prefetch); each worker packs every
+        ``num_workers``-th of the rows, so it must divide len(rows). 0 = threads of this process.
+        The batches do not depend on it.
+      prefetch_buffer_size: documents read ahead per row stream, by one thread per row stream
+        (0 = read on demand).
+      packing_bins: FirstFit bins per row stream; more bins pack tighter.
+      start_state: where to resume, from ``read_row_states`` (a checkpoint written by any
+        number of processes); must cover ``rows``. None = from the start.
+
+    Returns:
+      A grain.DatasetIterator of dicts with int32 [len(rows), seq_len] arrays ``tokens``,
+      ``segment_ids``, ``positions`` and ``loss_mask`` (see the module docstring). Its
+      ``get_state()`` is JSON; ``read_row_states`` merges the states of all processes.
+
+    Raises:
+      ValueError: at construction, for an invalid argument, a start_state of another
+        batch/length/packing or missing rows, a source whose paths match nothing, a missing or
+        unreadable shard, a source without records, or weights that are negative or sum to 0;
+        while iterating, for a corrupt record or a token id outside [0, vocab_size), naming the
+        source, the shard file and the record index.
+    """
+    rows = sorted(int(r) for r in rows)
+    for name, value in (
+        ("seq_len", seq_len),
+        ("global_batch_size", global_batch_size),
+        ("packing_bins", packing_bins),
+    ):
+        if value <= 0:
+            raise ValueError(f"{name} must be positive, got {value}")
+    if not rows or len(set(rows)) != len(rows) or not 0 <= rows[0] <= rows[-1] < global_batch_size:
+        raise ValueError(
+            f"rows must be distinct indices in [0, global_batch_size={global_batch_size}); got "
+            f"{len(rows)} rows from {rows[:1]} to {rows[-1:]}"
+        )
     if num_workers < 0 or prefetch_buffer_size < 0:
         raise ValueError(
             f"num_workers ({num_workers}) and prefetch_buffer_size ({prefetch_buffer_size}) "
             "must be >= 0"
         )
-    if packing_bins is None:
-        packing_bins = max(batch_size, 16)
-    if packing_bins <= 0:
-        raise ValueError(f"packing_bins must be positive, got {packing_bins}")
+    if num_workers > 1 and len(rows) % num_workers:
+        raise ValueError(
+            f"num_workers ({num_workers}) must divide the {len(rows)} rows of this process (each "
+            "worker packs every num_workers-th row); use a divisor of it, or 0"
+        )
+    layout = {
+        "global_batch_size": global_batch_size,
+        "seq_len": seq_len,
+        "packing_bins": packing_bins,
+    }
+    starts = _check_start_state(start_state, layout, rows)
 
-    docs = record_dataset(
-        sources,
-        vocab_size=vocab_size,
-        seed=seed,
-        process_index=process_index,
-        process_count=process_count,
+    docs = _documents(sources, vocab_size=vocab_size, seed=seed)
+    read = grain.ReadOptions(
+        num_threads=min(prefetch_buffer_size, 1), prefetch_buffer_size=prefetch_buffer_size
     )
-    threads = min(prefetch_buffer_size, 8)
-    ds = docs.to_iter_dataset(
-        grain.ReadOptions(num_threads=threads, prefetch_buffer_size=prefetch_buffer_size)
-    )
-    ds = grain.experimental.FlatMapIterDataset(ds, _Chunk(seq_len))
-    ds = grain.experimental.FirstFitPackIterDataset(
-        ds,
-        length_struct={"tokens": seq_len, "loss_mask": seq_len},
-        num_packing_bins=packing_bins,
-        seed=seed,
-        meta_features=("loss_mask",),  # packed and zero-padded, without its own segment ids
-    )
-    ds = ds.batch(batch_size, drop_remainder=True).map(_rename_packed)
+
+    def row_stream(r: int) -> grain.IterDataset:
+        ds = docs[r::global_batch_size].to_iter_dataset(read)
+        ds = grain.experimental.FlatMapIterDataset(ds, _Chunk(seq_len))
+        return grain.experimental.FirstFitPackIterDataset(
+            ds,
+            length_struct={"tokens": seq_len, "loss_mask": seq_len},
+            num_packing_bins=packing_bins,
+            seed=seed,
+            meta_features=("loss_mask",),  # packed and zero-padded, without its own segment ids
+        )
+
+    ds = _RowStreams({r: row_stream(r) for r in rows}, layout, starts)
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        if num_workers > 1:
+            # Worker w packs rows w, w + W, ...; mp_prefetch yields one part per worker in turn.
+            ds = ds.batch(num_workers).map(_interleave_worker_rows)
     return iter(ds)
+
+
+def _interleave_worker_rows(parts: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    # (W, R / W, T): part w holds local rows w, w + W, ...  ->  (R, T) in local row order.
+    return {
+        k: np.ascontiguousarray(v.swapaxes(0, 1)).reshape(-1, v.shape[-1]) for k, v in parts.items()
+    }
+
+
+def _check_start_state(
+    state: Mapping[str, Any] | None, layout: Mapping[str, int], rows: Sequence[int]
+) -> dict[int, Any]:
+    if state is None:
+        return {}
+    for key, want in layout.items():
+        if state[key] != want:
+            raise ValueError(
+                f"the data state was saved with {key}={state[key]} but this run has {key}="
+                f"{want}; row streams pack documents by {', '.join(layout)}, so resume with the "
+                "saved values (or start the data order afresh from a new workdir)"
+            )
+    saved = {int(r): s for r, s in state["rows"].items()}
+    missing = [r for r in rows if r not in saved]
+    if missing:
+        raise ValueError(
+            f"the data state has no position for rows {missing[:8]} (of {len(missing)} missing); "
+            "it must come from read_row_states over all process files of one checkpoint"
+        )
+    return {r: saved[r] for r in rows}
+
+
+class _RowStreams(grain.IterDataset):
+    """One packed row from each of several row streams, stacked into a batch.
+
+    Slicing (what ``mp_prefetch`` does per worker) keeps every k-th *row stream*, so a worker
+    packs whole rows and the batches do not depend on the worker count.
+    """
+
+    def __init__(
+        self,
+        streams: Mapping[int, grain.IterDataset],
+        layout: Mapping[str, int],
+        starts: Mapping[int, Any],
+    ):
+        self._rows = sorted(streams)
+        super().__init__([streams[r] for r in self._rows])
+        self._layout = dict(layout)
+        self._starts = dict(starts)
+
+    def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
+        del sequential_slice  # rows are sliced, never records
+        self._rows = self._rows[sl]
+        self._parents = tuple(self._parents[sl])
+
+    def __iter__(self) -> grain.DatasetIterator:
+        return _RowStreamsIterator(self._rows, self._parents, self._layout, self._starts)
+
+    def __str__(self) -> str:
+        return f"RowStreams({len(self._rows)} rows of {self._layout})"
+
+
+class _RowStreamsIterator(grain.DatasetIterator):
+    def __init__(self, rows, parents, layout, starts):
+        super().__init__([p.__iter__() for p in parents])
+        self._rows = list(rows)
+        self._layout = layout
+        for r, it in zip(self._rows, self._parents, strict=True):
+            if r in starts:
+                it.set_state(starts[r])
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._parents]
+        return _rename_packed({k: np.stack([p[k] for p in parts]) for k in parts[0]})
+
+    def get_state(self) -> dict[str, Any]:
+        rows = {str(r): it.get_state() for r, it in zip(self._rows, self._parents, strict=True)}
+        return {ROW_STATE_KEY: dict(self._layout, rows=rows)}
+
+    def set_state(self, state: Mapping[str, Any]) -> None:
+        starts = _check_start_state(state[ROW_STATE_KEY], self._layout, self._rows)
+        for r, it in zip(self._rows, self._parents, strict=True):
+            it.set_state(starts[r])
+
+
+def _find_row_states(state: Any) -> list[dict]:
+    """The row-stream states inside a saved iterator state (nested in mp_prefetch's state)."""
+    if isinstance(state, Mapping):
+        if ROW_STATE_KEY in state:
+            return [state[ROW_STATE_KEY]]
+        return [s for v in state.values() for s in _find_row_states(v)]
+    if isinstance(state, list | tuple):
+        return [s for v in state for s in _find_row_states(v)]
+    return []
+
+
+def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
+    """Merges the data states that all processes saved into one checkpoint's ``data`` item.
+
+    Grain's checkpoint handler writes one ``process_<i>-of-<n>.json`` per process, each holding
+    the positions of that process' row streams. Merged, they give the position of every row of
+    the global batch, which any number of processes can resume from (``start_state`` of
+    ``make_row_iterator``).
+
+    Args:
+      data_dir: a checkpoint step's data item directory, e.g. ``WORKDIR/checkpoints/400/data``
+        (any path epath understands, gs:// included).
+
+    Returns:
+      {"global_batch_size", "seq_len", "packing_bins", "rows": {row: state}} covering every row.
+
+    Raises:
+      FileNotFoundError: no process files, or one of the n files is missing.
+      ValueError: files of different process counts or layouts, or rows not covered.
+    """
+    root = epath.Path(data_dir)
+    files = sorted(root.glob("process_*-of-*.json")) if root.exists() else []
+    if not files:
+        raise FileNotFoundError(
+            f"no Grain data state (process_<i>-of-<n>.json) under {data_dir}; the checkpoint "
+            "was written without a data iterator"
+        )
+    parsed = {}
+    for f in files:
+        m = re.fullmatch(r"process_(\d+)-of-(\d+)\.json", f.name)
+        if m:
+            parsed[f] = (int(m.group(1)), int(m.group(2)))
+    counts = {n for _, n in parsed.values()}
+    if len(counts) != 1:
+        raise ValueError(f"{data_dir} mixes data states of process counts {sorted(counts)}")
+    (count,) = counts
+    have = {i for i, _ in parsed.values()}
+    if have != set(range(count)):
+        raise FileNotFoundError(
+            f"{data_dir} holds data states of processes {sorted(have)} but was written by "
+            f"{count}; missing {sorted(set(range(count)) - have)} (incomplete copy?)"
+        )
+    layout, merged = None, {}
+    for f in parsed:
+        found = _find_row_states(json.loads(f.read_text()))
+        if not found:
+            raise ValueError(
+                f"{f} holds no row-stream state; it was written by an older input pipeline, "
+                "whose data order depended on the process count and cannot be resumed elastically"
+            )
+        for part in found:
+            this = {k: part[k] for k in ("global_batch_size", "seq_len", "packing_bins")}
+            if layout is not None and this != layout:
+                raise ValueError(f"{f}: data layout {this} differs from {layout}")
+            layout = this
+            merged.update({int(r): s for r, s in part["rows"].items()})
+    missing = sorted(set(range(layout["global_batch_size"])) - set(merged))
+    if missing:
+        raise ValueError(
+            f"{data_dir}: the process files cover {len(merged)} of "
+            f"{layout['global_batch_size']} rows; missing {missing[:8]}"
+        )
+    return dict(layout, rows=merged)
 
 
 def sources_from_config(cfg_sources: Mapping[str, Mapping], workdir: str) -> list[SourceSpec]:

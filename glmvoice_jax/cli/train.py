@@ -3,14 +3,19 @@ r"""glmvoice-train: train what a config file describes; resume from the workdir'
     glmvoice-train --config configs/NAME.py[:ARGS] --workdir DIR [--config.a.b=V ...] [--dry_run]
 
 Configs are locked ml_collections files: an override naming no field fails with the near names.
-Multi-host: set --coordinator_address/--num_processes/--process_id (or rely on TPU / SLURM
-auto-detection through ``jax.distributed.initialize``).
+
+Multi-host: run the same command on every host. Processes find each other from
+--coordinator_address/--num_processes/--process_id, else JAX_COORDINATOR_ADDRESS /
+JAX_NUM_PROCESSES / JAX_PROCESS_ID, else SLURM, else a TPU pod (--distributed forces TPU VM
+auto-detection); see glmvoice_jax/distributed.py. Start-up and dead peers are bounded by
+--init_timeout_s and --heartbeat_timeout_s: no process waits forever for one that died.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -21,11 +26,24 @@ _DRY_RUN = flags.DEFINE_bool(
     "dry_run", False, "Build shapes only: print parameters and per-device bytes, then exit."
 )
 _DISTRIBUTED = flags.DEFINE_bool(
-    "distributed", False, "Call jax.distributed.initialize() (auto-detects TPU pods / SLURM)."
+    "distributed",
+    False,
+    "Always call jax.distributed.initialize(), auto-detecting the pod (TPU VM workers started by "
+    "gcloud ... ssh --worker=all). Without it, multi-process starts only when flags or the "
+    "environment (JAX_*, SLURM, TPU_WORKER_HOSTNAMES) say so.",
 )
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Total processes.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process' index.")
+_INIT_TIMEOUT = flags.DEFINE_integer(
+    "init_timeout_s", 300, "Fail if not every process has connected after this many seconds."
+)
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer(
+    "heartbeat_timeout_s", 100, "A process silent this long is dead: all others exit with an error."
+)
+_SHUTDOWN_TIMEOUT = flags.DEFINE_integer(
+    "shutdown_timeout_s", 60, "At exit, wait at most this long for the other processes."
+)
 
 
 def main(argv) -> None:
@@ -36,12 +54,19 @@ def main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines drown the progress line
 
-    if _DISTRIBUTED.value or _COORDINATOR.value:
-        jax.distributed.initialize(
-            coordinator_address=_COORDINATOR.value,
-            num_processes=_NUM_PROCESSES.value,
-            process_id=_PROCESS_ID.value,
-        )
+    from glmvoice_jax import distributed
+
+    plan = distributed.detect(
+        _COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value, force=_DISTRIBUTED.value
+    )
+    if _DRY_RUN.value:
+        plan = distributed.Plan("single")  # shapes only: no pod needed
+    distributed.initialize(
+        plan,
+        init_timeout_s=_INIT_TIMEOUT.value,
+        heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
+        shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value,
+    )
     from glmvoice_jax.trainers import lm
 
     config = _CONFIG.value
@@ -50,14 +75,27 @@ def main(argv) -> None:
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    summary = lm.train(config, _WORKDIR.value)
+    if plan.multi_process:
+        print(distributed.describe(), flush=True)
+    try:
+        summary = lm.train(config, _WORKDIR.value)
+    except Exception:
+        if not plan.multi_process:
+            raise
+        # Leave at once, without the shutdown barrier: peers blocked in a collective with this
+        # process then see it die and exit within the heartbeat timeout instead of hanging.
+        traceback.print_exc()
+        sys.stderr.flush()
+        sys.stdout.flush()
+        os._exit(1)
     if jax.process_index() == 0:
-        wd = os.path.abspath(_WORKDIR.value)
+        wd = _WORKDIR.value if "://" in _WORKDIR.value else os.path.abspath(_WORKDIR.value)
+        logs = lm.log_dir(wd)
         print(f"\ndone: step {summary.get('step')}  loss {summary.get('loss', float('nan')):.4f}")
         print(f"  checkpoints   {wd}/checkpoints")
-        print(f"  metrics       {wd}/metrics.jsonl")
-        print(f"  tensorboard   {wd}/tensorboard   (tensorboard --logdir {wd}/tensorboard)")
-        print(f"  loss plot     {wd}/loss.png")
+        print(f"  metrics       {logs}/metrics.jsonl")
+        print(f"  tensorboard   {logs}/tensorboard   (tensorboard --logdir {logs}/tensorboard)")
+        print(f"  loss plot     {logs}/loss.png")
 
 
 def _precheck(argv: list[str]) -> None:

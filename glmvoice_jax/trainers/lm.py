@@ -10,11 +10,13 @@ that donates it: ``params`` (nnx.to_pure_dict layout) and ``train`` = {opt, step
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -23,18 +25,20 @@ import ml_collections as mlc
 import numpy as np
 import optax
 from absl import logging
+from etils import epath
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import (
     checkpoint,
     config_lib,
+    distributed,
     input_pipeline,
     losses,
     metrics,
     optim,
     sharding,
-    token_layout,
 )
 from glmvoice_jax.models import glm
 
@@ -103,17 +107,142 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
     return step_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class StepShapes:
+    """Abstract train state and shardings of the jitted step; train() and cli/aot.py share them.
+
+    Attributes:
+      mesh: the device mesh.
+      graphdef: the model's NNX graph definition.
+      tx: the optax transformation.
+      make_model: builds the model (call under ``sharding.activate``).
+      init_train: params -> fresh train state {opt, step, rng}.
+      abs_params: ShapeDtypeStructs of the params (nnx.to_pure_dict layout).
+      param_sh: their NamedShardings.
+      abs_train: ShapeDtypeStructs of the train state.
+      train_sh: its NamedShardings.
+      batch_sh: the sharding of each [global batch, seq_len] input array.
+      replicated: the fully replicated sharding (metrics).
+    """
+
+    mesh: Mesh
+    graphdef: Any
+    tx: optax.GradientTransformation
+    make_model: Callable[[], glm.GLMDecoder]
+    init_train: Callable[[Any], dict]
+    abs_params: Any
+    param_sh: Any
+    abs_train: Any
+    train_sh: Any
+    batch_sh: NamedSharding
+    replicated: NamedSharding
+
+
+BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
+
+
+def step_shapes(config: mlc.ConfigDict, mesh: Mesh) -> StepShapes:
+    """Shapes and shardings of the train state on ``mesh``; allocates nothing.
+
+    Raises:
+      ValueError: when the global batch does not split over the data-parallel shards.
+    """
+    model_cfg = config_lib.model_config(config)
+    preset = config.axis_rules
+    dp = sharding.data_parallel_size(mesh, preset)
+    gbs, accum = config.input.global_batch_size, config.optim.grad_accum_steps
+    if gbs % (dp * accum):
+        raise ValueError(
+            f"input.global_batch_size ({gbs}) must be divisible by the data-parallel shards "
+            f"({dp} = mesh data x fsdp) times optim.grad_accum_steps ({accum}); use a multiple of "
+            f"{dp * accum}"
+        )
+
+    def make_model():
+        return glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(config.seed))
+
+    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
+    tx = optim.make(config.optim, optim.schedule(config.schedule, config.total_steps), abs_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_train(params):
+        return {
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed)),
+        }
+
+    abs_train = jax.eval_shape(init_train, abs_params)
+    # Optimizer leaves mirror the params (mu, nu) or are scalars (counts).
+    train_sh = _train_shardings(abs_train, abs_params, param_sh, replicated)
+    return StepShapes(
+        mesh=mesh,
+        graphdef=graphdef,
+        tx=tx,
+        make_model=make_model,
+        init_train=init_train,
+        abs_params=abs_params,
+        param_sh=param_sh,
+        abs_train=abs_train,
+        train_sh=train_sh,
+        batch_sh=sharding.batch_sharding(mesh, preset),
+        replicated=replicated,
+    )
+
+
+def jit_train_step(config: mlc.ConfigDict, shapes: StepShapes):
+    """The train step jitted with the shardings of ``shapes`` (donates params and train state)."""
+    model_cfg = config_lib.model_config(config)
+    layout = config_lib.token_layout_of(config)
+    step_fn = make_train_step(shapes.graphdef, shapes.tx, model_cfg, layout, config)
+    batch_shardings = {k: shapes.batch_sh for k in BATCH_KEYS}
+    return jax.jit(
+        step_fn,
+        in_shardings=(shapes.param_sh, shapes.train_sh, batch_shardings),
+        out_shardings=(shapes.param_sh, shapes.train_sh, shapes.replicated),
+        donate_argnums=(0, 1),
+    )
+
+
+def abstract_batch(config: mlc.ConfigDict, shapes: StepShapes) -> dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of one global batch, placed like the real one."""
+    shape = (config.input.global_batch_size, config.input.seq_len)
+    return {k: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=shapes.batch_sh) for k in BATCH_KEYS}
+
+
+def local_rows(batch_sh: NamedSharding, global_batch_size: int, seq_len: int) -> list[int]:
+    """Global batch rows held by this process' devices (any device order, any replication)."""
+    rows: set[int] = set()
+    for index in batch_sh.addressable_devices_indices_map((global_batch_size, seq_len)).values():
+        rows.update(range(*index[0].indices(global_batch_size)))
+    return sorted(rows)
+
+
 def _check_workdir(workdir: str) -> None:
     try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_probe")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
+        root = epath.Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        # One probe per process: on a shared filesystem they would race on one name.
+        probe = root / f".write_probe.{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
     except OSError as e:
         raise PermissionError(
-            f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can write to"
+            f"workdir {workdir} is not writable ({e}); pass a --workdir you can write to"
         ) from e
+
+
+def log_dir(workdir: str) -> str:
+    """Where metrics, TensorBoard and plots go: the workdir, or a local mirror of a remote one.
+
+    Checkpoints always go to WORKDIR/checkpoints (Orbax writes gs:// natively). The log writers
+    need a POSIX path, so for a remote workdir process 0 logs to $GLMVOICE_LOGDIR (default
+    /tmp/glmvoice_logs/<bucket path>); copy it out with ``gsutil rsync`` if it must outlive the VM.
+    """
+    if "://" not in workdir:
+        return workdir
+    base = os.environ.get("GLMVOICE_LOGDIR", "/tmp/glmvoice_logs")
+    return os.path.join(base, workdir.replace("://", "/").strip("/"))
 
 
 def dry_run(config: mlc.ConfigDict) -> dict:
@@ -161,75 +290,37 @@ def dry_run(config: mlc.ConfigDict) -> dict:
 
 
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics."""
+    """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics.
+
+    Multi-process: every process calls it with the same config and workdir (after
+    ``distributed.initialize``). Each process feeds the global batch rows its devices hold;
+    batches, checkpoints and the stop step on SIGTERM are the same whatever the process count.
+    """
     ####################################################################################
     # Validate, workdir
     ####################################################################################
     config_lib.validate(config)
     _check_workdir(workdir)
     model_cfg = config_lib.model_config(config)
-    layout = token_layout.get(config.tokens.layout)
+    layout = config_lib.token_layout_of(config)
     is_main = jax.process_index() == 0
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
+    logs = log_dir(workdir)
+    if is_main:
+        os.makedirs(logs, exist_ok=True)
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        if logs != workdir:
+            print(f"logs (metrics, tensorboard) go to {logs}", flush=True)
 
     ####################################################################################
-    # Mesh
+    # Mesh, shapes and shardings
     ####################################################################################
-    mesh = sharding.make_mesh(config.mesh)
+    mesh = distributed.make_mesh(config.mesh)
     preset = config.axis_rules
-    dp = sharding.data_parallel_size(mesh, preset)
-    gbs, accum = config.input.global_batch_size, config.optim.grad_accum_steps
-    if gbs % (dp * accum):
-        raise ValueError(
-            f"input.global_batch_size ({gbs}) must be divisible by the data-parallel shards "
-            f"({dp} = mesh data x fsdp) times optim.grad_accum_steps ({accum}); use a multiple of "
-            f"{dp * accum}"
-        )
-    if gbs % jax.process_count():
-        raise ValueError(
-            f"input.global_batch_size ({gbs}) must be divisible by the process count "
-            f"({jax.process_count()})"
-        )
-    seq_len = config.input.seq_len
-
-    ####################################################################################
-    # Model & optimizer, created sharded
-    ####################################################################################
-    def make_model():
-        return glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(config.seed))
-
-    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
-    tx = optim.make(config.optim, optim.schedule(config.schedule, config.total_steps), abs_params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def init_train(params):
-        return {
-            "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed)),
-        }
-
-    abs_train = jax.eval_shape(init_train, abs_params)
-    # Optimizer leaves mirror the params (mu, nu) or are scalars (counts).
-    train_sh = _train_shardings(abs_train, abs_params, param_sh, replicated)
-
-    ####################################################################################
-    # Input pipeline
-    ####################################################################################
-    sources = input_pipeline.sources_from_config(config.input.sources, workdir)
-    data_iter = input_pipeline.make_iterator(
-        sources,
-        seq_len=seq_len,
-        batch_size=gbs // jax.process_count(),
-        vocab_size=layout.vocab_size,
-        seed=config.seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_workers=config.input.num_workers,
-        prefetch_buffer_size=config.input.prefetch_buffer_size,
-    )
-    batch_sh = sharding.batch_sharding(mesh, preset)
+    shapes = step_shapes(config, mesh)
+    param_sh, train_sh, batch_sh = shapes.param_sh, shapes.train_sh, shapes.batch_sh
+    gbs, seq_len = config.input.global_batch_size, config.input.seq_len
+    if jax.process_count() > 1:
+        logging.info("%s", distributed.describe())
 
     ####################################################################################
     # Restore (resume) or initialise (fresh / init_from)
@@ -241,43 +332,68 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     meta = checkpoint.model_meta(model_cfg, layout, extra={"config": config.to_dict()})
     start_step = ckpt.latest_step()
+    data_state = None
     with sharding.activate(mesh, preset):
         if start_step is not None:
             params, train_state, _ = ckpt.restore(
                 start_step,
-                abstract_params=checkpoint.abstract_like(abs_params, param_sh),
-                abstract_train=checkpoint.abstract_like(abs_train, train_sh),
-                data_iter=data_iter,
+                abstract_params=checkpoint.abstract_like(shapes.abs_params, param_sh),
+                abstract_train=checkpoint.abstract_like(shapes.abs_train, train_sh),
+                data_iter=None,  # read below from every process' file: elastic resume
             )
+            data_state = input_pipeline.read_row_states(ckpt.directory / str(start_step) / "data")
             logging.info("resumed from %s at step %d", ckpt.directory, start_step)
-            print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
+            if is_main:
+                print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
         else:
             start_step = 0
             if config.init_from:
-                params = _load_init_params(config.init_from, model_cfg, abs_params, param_sh)
-                print(f"initialised weights from {config.init_from}", flush=True)
+                params = _load_init_params(config.init_from, model_cfg, shapes.abs_params, param_sh)
+                if is_main:
+                    print(f"initialised weights from {config.init_from}", flush=True)
             else:
                 params = jax.jit(
-                    lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=param_sh
+                    lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())),
+                    out_shardings=param_sh,
                 )()
-            train_state = jax.jit(init_train, out_shardings=train_sh)(params)
+            train_state = jax.jit(shapes.init_train, out_shardings=train_sh)(params)
+
+    ####################################################################################
+    # Input pipeline: this process' rows of every global batch
+    ####################################################################################
+    rows = local_rows(batch_sh, gbs, seq_len)
+    position = {r: i for i, r in enumerate(rows)}
+    data_iter = input_pipeline.make_row_iterator(
+        input_pipeline.sources_from_config(config.input.sources, workdir),
+        rows=rows,
+        global_batch_size=gbs,
+        seq_len=seq_len,
+        vocab_size=layout.vocab_size,
+        seed=config.seed,
+        num_workers=config.input.num_workers,
+        prefetch_buffer_size=config.input.prefetch_buffer_size,
+        start_state=data_state,
+    )
+
+    def to_global(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        def piece(key, index):
+            want = range(*index[0].indices(gbs))
+            return local[key][[position[r] for r in want]]
+
+        return {
+            k: jax.make_array_from_callback((gbs, seq_len), batch_sh, functools.partial(piece, k))
+            for k in BATCH_KEYS
+        }
 
     ####################################################################################
     # Update step
     ####################################################################################
-    step_fn = make_train_step(graphdef, tx, model_cfg, layout, config)
-    batch_shardings = {k: batch_sh for k in ("tokens", "segment_ids", "positions", "loss_mask")}
-    jit_step = jax.jit(
-        step_fn,
-        in_shardings=(param_sh, train_sh, batch_shardings),
-        out_shardings=(param_sh, train_sh, replicated),
-        donate_argnums=(0, 1),
-    )
+    jit_step = jit_train_step(config, shapes)
 
     ####################################################################################
     # Train loop
     ####################################################################################
-    writer = metrics.MetricWriter(workdir, resume_step=start_step, enabled=is_main)
+    writer = metrics.MetricWriter(logs, resume_step=start_step, enabled=is_main)
     progress = metrics.Progress(
         config.total_steps, start_step, enabled=is_main and config.metrics.console
     )
@@ -285,23 +401,21 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     flops_per_step = model_cfg.flops_per_token(seq_len) * gbs * seq_len
     tokens_per_step = gbs * seq_len
     stop = _StopFlag()
+    vote = _StopVote(mesh)
     pending: list[tuple[int, dict]] = []
     last = {}
     step = start_step
     t_log, steps_since_log, skipped = None, 0, 0
     prev: tuple[int, Any] | None = None
 
-    def to_global(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-        return {
-            k: jax.make_array_from_process_local_data(batch_sh, np.asarray(local[k], np.int32))
-            for k in batch_shardings
-        }
-
     with sharding.activate(mesh, preset):
         while step < config.total_steps:
             batch = to_global(next(data_iter))
             params, train_state, out = jit_step(params, train_state, batch)
             step += 1
+            # Every process votes its local stop flag; all read the same result one step late,
+            # so they stop (and save) at the same step even if SIGTERM reached them apart.
+            stopping = vote.poll(stop.set)
             if t_log is None:  # first step: compile; time from its end
                 jax.block_until_ready(out["loss"])
                 t_log = time.time()
@@ -313,7 +427,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             if prev is not None:
                 skipped += _check_finite(prev, config.metrics.on_nonfinite)
             prev = (step, out["finite"])
-            if step % config.log_every_steps == 0 or step == config.total_steps:
+            if step % config.log_every_steps == 0 or step == config.total_steps or stopping:
                 skipped += _check_finite(prev, config.metrics.on_nonfinite)
                 prev = None
                 fetched = jax.device_get([o for _, o in pending])
@@ -334,7 +448,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 last = dict(scalars, step=step)
                 pending.clear()
                 t_log, steps_since_log = now, 0
-            if step % config.ckpt.every_steps == 0 or step == config.total_steps or stop.set:
+            if step % config.ckpt.every_steps == 0 or step == config.total_steps or stopping:
                 ckpt.save(
                     step,
                     params=params,
@@ -343,20 +457,26 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                     meta=meta,
                 )
             if step == config.debug.sigkill_at_step:
-                ckpt.wait()  # test hook: die hard once the checkpoint of this step is committed
+                # Test hook: die hard once every process has committed this step's checkpoint.
+                ckpt.wait()
+                if jax.process_count() > 1:
+                    multihost_utils.sync_global_devices(f"sigkill_at_step_{step}")
                 os.kill(os.getpid(), signal.SIGKILL)
-            if stop.set:
-                print(f"\nreceived {stop.name}: saved step {step}, exiting", flush=True)
+            if stopping:
+                print(
+                    f"\nprocess {jax.process_index()}: received {stop.name or 'a stop vote'}: "
+                    f"saved step {step}, exiting",
+                    flush=True,
+                )
                 break
     ckpt.close()
     progress.finish()
     writer.close()
     stop.restore()
     if is_main:
-        png = metrics.plot_losses(workdir, os.path.join(workdir, "loss.png"))
+        png = metrics.plot_losses(logs, os.path.join(logs, "loss.png"))
         summary = {"workdir": workdir, "step": step, "loss_plot": png, **last}
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return last
 
 
@@ -443,3 +563,29 @@ class _StopFlag:
     def restore(self):
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+
+class _StopVote:
+    """Agrees on the stop step across processes: a max over every device's copy of the flag.
+
+    ``poll`` dispatches this step's vote and returns the previous step's result. Reading a result
+    one step late keeps the host from stalling the device queue; every process reads the same
+    value at the same step, so all stop together. Single-process runs take the same path.
+    """
+
+    def __init__(self, mesh: Mesh):
+        self._n = mesh.devices.size
+        self._sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._max = jax.jit(jnp.max, out_shardings=replicated)
+        self._pending = None
+
+    def poll(self, local_flag: bool) -> bool:
+        flag = np.int32(local_flag)
+        votes = jax.make_array_from_callback(
+            (self._n,),
+            self._sharding,
+            lambda index: np.full(len(range(*index[0].indices(self._n))), flag),
+        )
+        prev, self._pending = self._pending, self._max(votes)
+        return prev is not None and bool(jax.device_get(prev))

@@ -228,3 +228,29 @@ def test_init_from_loads_weights_with_fresh_optimizer(corpus, tmp_path):
     lm.train(_config(corpus, total_steps=1, init_from=os.path.join(src, "checkpoints")), dst)
     first = _losses(dst)[1]
     assert first < _losses(src)[1] - 0.1  # starts from trained weights, not from scratch
+
+
+def test_init_from_an_imported_hf_checkpoint(tmp_path):
+    """glmvoice-import -> glmvoice-train --config.init_from with architecture and layout from it."""
+    from glmvoice_jax import records
+    from glmvoice_jax.cli import import_checkpoint
+
+    fixture = os.path.join(REPO, "tests", "fixtures", "glm_chatglm")
+    ckpt = str(tmp_path / "imported")
+    import_checkpoint.main(["glmvoice-import", f"--src={fixture}", f"--dst={ckpt}"])
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "text")
+    with records.ShardWriter(str(tmp_path / "text" / "t-0.array_record")) as w:
+        for _ in range(64):
+            toks = rng.integers(0, 640, int(rng.integers(20, 60))).astype(np.int32)
+            w.write(records.Example(toks, np.ones(len(toks), np.uint8), "rand", "text"))
+    c = config_lib.load_config_file(DEMO)
+    c.total_steps, c.log_every_steps, c.init_from = 2, 1, ckpt
+    c.model.variant, c.tokens.layout = "init_from", "init_from"
+    c.input.seq_len, c.input.global_batch_size, c.loss.chunk_size = 64, 8, 64
+    c.metrics.console = False
+    c.input.sources = {"text": {"paths": str(tmp_path / "text" / "*.array_record"), "weight": 1.0}}
+    out = lm.train(c, str(tmp_path / "run"))
+    assert out["step"] == 2 and np.isfinite(out["loss"])
+    meta = checkpoint.read_meta(str(tmp_path / "run" / "checkpoints"))
+    assert meta["model"]["vocab_size"] == 640 and meta["token_layout"]["name"] == "imported"

@@ -1,0 +1,394 @@
+r"""glmvoice-aot: compile the real sharded train step for a TPU topology on a CPU-only machine.
+
+    glmvoice-aot --config configs/NAME.py[:ARGS] --topology v5p-128 [--config.a.b=V ...]
+        [--mfu 0.45] [--json OUT.json]
+
+The step is ``lm.jit_train_step`` with the shardings of ``lm.step_shapes``: the program that
+``glmvoice-train`` runs, lowered for the topology's devices instead of this machine's. XLA's TPU
+compiler (libtpu; ``pip install 'glmvoice_jax[tpu]'``) plans every buffer, so an OOM shows here
+before a pod is rented (anchors.md §5). Printed per device: arguments, outputs, temporaries,
+code, their total against the chip's HBM; FLOPs per step; the step time implied by a stated MFU.
+
+Topologies: ``v5p-128`` (TensorCore count, as Cloud TPU names slices), ``v6e-256``, ``v5e-64``,
+``v4-32``, ..., an explicit ``v5p:4x4x4``, or ``NxNAME`` for N slices joined by DCN
+(``2xv6e-256``). ``--topology cpu`` compiles for this machine's devices instead, and
+``--benchmark_steps N`` then also runs N steps on random tokens and reports the step time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import math
+import os
+import re
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
+_TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p-128, v6e-256, 2xv6e-256, cpu.")
+_MFU = flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilisation for the implied step time.")
+_JSON = flags.DEFINE_string("json", None, "Also write the report as JSON here.")
+_BENCH = flags.DEFINE_integer(
+    "benchmark_steps", 0, "--topology cpu only: run this many timed steps after one warm-up."
+)
+
+GIB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    """One TPU generation.
+
+    Attributes:
+      prefix: topology-name prefix understood by libtpu ("v5" is v5p).
+      hbm_bytes: HBM per chip.
+      dims: 3 for the 3-D torus generations (v4, v5p), else 2.
+      cores_per_chip: TensorCores per chip, which Cloud TPU slice names count (v4/v5p: 2).
+      chip_config: libtpu chip config ("megacore": one JAX device per chip).
+    """
+
+    prefix: str
+    hbm_bytes: int
+    dims: int
+    cores_per_chip: int
+    chip_config: str
+
+
+# HBM as XLA's TPU compiler budgets it (its RESOURCE_EXHAUSTED messages), a little under the
+# marketed 95 / 32 / 16 / 32 GB: v5p and v6e measured here, v4 from anchors.md §12 #10, v5e
+# assumed to follow v6e (16 GiB less its 0.25 GiB reserve).
+CHIPS = {
+    "v4": Chip("v4", int(30.75 * GIB), 3, 2, "megacore"),
+    "v5p": Chip("v5", int(95.74 * GIB), 3, 2, "megacore"),
+    "v5e": Chip("v5e", int(15.75 * GIB), 2, 1, "default"),
+    "v6e": Chip("v6e", int(31.25 * GIB), 2, 1, "default"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Topology:
+    """A TPU slice (or several) as libtpu describes it.
+
+    Attributes:
+      name: what the user asked for.
+      chip: the generation.
+      shape: chips per torus dimension of one slice.
+      num_slices: slices joined by DCN.
+    """
+
+    name: str
+    chip: Chip
+    shape: tuple[int, ...]
+    num_slices: int = 1
+
+    @property
+    def num_chips(self) -> int:
+        return math.prod(self.shape) * self.num_slices
+
+    @property
+    def topology_name(self) -> str:
+        return f"{self.chip.prefix}:{'x'.join(map(str, self.shape))}"
+
+    @property
+    def wrap(self) -> tuple[bool, bool, bool]:
+        # Wrap-around links: 3-D slices are tori once every dimension has 4+ chips; a 2-D pod's
+        # dimension is a ring when it spans the full 16 chips.
+        if self.chip.dims == 3:
+            return (min(self.shape) >= 4,) * 3  # type: ignore[return-value]
+        return (self.shape[0] == 16, self.shape[1] == 16, False)
+
+
+def _slice_shape(chips: int, dims: int) -> tuple[int, ...]:
+    """The most cube-like power-of-two torus with this many chips (Cloud TPU's slice shapes)."""
+    if chips < 1 or chips & (chips - 1):
+        raise ValueError(f"{chips} chips is not a power of two; name the shape, e.g. v5p:4x4x8")
+    shape = [1] * dims
+    i = 0
+    while math.prod(shape) < chips:
+        shape[i % dims] *= 2
+        i += 1
+    shape.sort()
+    return tuple([d for d in shape if d > 1] + [d for d in shape if d == 1])  # v5p-8: 2x2x1
+
+
+def parse_topology(name: str) -> Topology:
+    """'v5p-128' | 'v6e:16x16' | '2xv6e-256' -> Topology.
+
+    Raises:
+      ValueError: an unknown generation or an impossible size, naming the accepted forms.
+    """
+    m = re.fullmatch(r"(?:(\d+)x)?(v4|v5p|v5e|v6e)([-:])([\dx]+)", name.strip())
+    if not m:
+        raise ValueError(
+            f"unknown topology {name!r}; use GEN-SIZE (v5p-128, v6e-256, v5e-64, v4-32), "
+            "GEN:AxBxC (v5p:4x4x8) or NxGEN-SIZE for N slices (2xv6e-256)"
+        )
+    slices, gen, sep, size = m.groups()
+    chip = CHIPS[gen]
+    if sep == ":":
+        shape = tuple(int(x) for x in size.split("x"))
+        if len(shape) != chip.dims:
+            raise ValueError(f"{gen} slices are {chip.dims}-D; got shape {size}")
+    else:
+        cores = int(size)
+        if cores % chip.cores_per_chip:
+            raise ValueError(
+                f"{name}: {gen} slice names count TensorCores ({chip.cores_per_chip} per chip); "
+                f"{cores} is not a multiple"
+            )
+        shape = _slice_shape(cores // chip.cores_per_chip, chip.dims)
+    return Topology(name, chip, shape, int(slices or 1))
+
+
+def _tpu_devices(topo: Topology):
+    from jax.experimental import topologies
+
+    desc = topologies.get_topology_desc(
+        platform="tpu",
+        topology_name=topo.topology_name,
+        chip_config_name=topo.chip.chip_config,
+        chips_per_host_bounds=(2, 2, 1),
+        num_slices=topo.num_slices,
+        wrap=topo.wrap,
+    )
+    return list(desc.devices)
+
+
+def compile_step(config, devices) -> tuple[object | None, dict]:
+    """Lowers and compiles the train step for ``devices``; returns (compiled, info).
+
+    ``compiled`` is None when XLA refuses the program for lack of HBM (RESOURCE_EXHAUSTED); the
+    compiler's message, with the bytes it needed, is then ``info["oom"]``.
+    """
+    import jax
+
+    from glmvoice_jax import checkpoint, distributed, sharding
+    from glmvoice_jax.trainers import lm
+
+    t0 = time.time()
+    mesh = distributed.make_mesh(config.mesh, devices)
+    shapes = lm.step_shapes(config, mesh)
+    args = (
+        checkpoint.abstract_like(shapes.abs_params, shapes.param_sh),
+        checkpoint.abstract_like(shapes.abs_train, shapes.train_sh),
+        lm.abstract_batch(config, shapes),
+    )
+    oom = None
+    with sharding.activate(mesh, config.axis_rules):
+        lowered = lm.jit_train_step(config, shapes).lower(*args)
+        t1 = time.time()
+        try:
+            compiled = lowered.compile()
+        except jax.errors.JaxRuntimeError as e:
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            compiled, oom = None, str(e).strip().splitlines()[0]
+    t2 = time.time()
+    return compiled, {
+        "mesh": dict(mesh.shape),
+        "shapes": shapes,
+        "lower_s": t1 - t0,
+        "compile_s": t2 - t1,
+        "oom": oom,
+    }
+
+
+def memory_report(compiled) -> dict:
+    """Per-device bytes from XLA's buffer assignment; total = live at once, donation counted."""
+    m = compiled.memory_analysis()
+    out = {
+        "arguments": m.argument_size_in_bytes,
+        "outputs": m.output_size_in_bytes,
+        "aliased": m.alias_size_in_bytes,
+        "temps": m.temp_size_in_bytes,
+        "code": m.generated_code_size_in_bytes,
+        "host_temps": getattr(m, "host_temp_size_in_bytes", 0),
+    }
+    # Donated arguments alias their outputs: count those bytes once.
+    out["total"] = out["arguments"] + out["outputs"] - out["aliased"] + out["temps"] + out["code"]
+    return out
+
+
+def _xla_flops(compiled) -> float:
+    cost = compiled.cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
+def _benchmark(config, compiled, shapes, steps: int) -> float:
+    """Mean seconds per step of ``steps`` timed steps on random tokens (after one warm-up)."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from glmvoice_jax import config_lib, sharding
+
+    gbs, seq_len = config.input.global_batch_size, config.input.seq_len
+    vocab = config_lib.model_config(config).vocab_size
+    rng = np.random.default_rng(0)
+    host = {
+        "tokens": rng.integers(0, vocab, (gbs, seq_len), dtype=np.int32),
+        "segment_ids": np.ones((gbs, seq_len), np.int32),
+        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (gbs, seq_len)),
+        "loss_mask": np.ones((gbs, seq_len), np.int32),
+    }
+    batch = {k: jax.device_put(v, shapes.batch_sh) for k, v in host.items()}
+    with sharding.activate(shapes.mesh, config.axis_rules):
+        params = jax.jit(
+            lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())),
+            out_shardings=shapes.param_sh,
+        )()
+        train = jax.jit(shapes.init_train, out_shardings=shapes.train_sh)(params)
+        params, train, out = compiled(params, train, batch)  # warm-up
+        jax.block_until_ready(out["loss"])
+        t0 = time.time()
+        for _ in range(steps):
+            params, train, out = compiled(params, train, batch)
+        jax.block_until_ready(out["loss"])
+    return (time.time() - t0) / steps
+
+
+def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
+    """Compiles the step for ``topology`` ("cpu" = local devices) and returns the numbers."""
+    import jax
+
+    from glmvoice_jax import config_lib, metrics
+
+    config_lib.validate(config)
+    if topology == "cpu":
+        devices, hbm, chips, kind = jax.devices(), None, jax.device_count(), "cpu"
+    else:
+        topo = parse_topology(topology)
+        devices = _tpu_devices(topo)
+        hbm, chips, kind = topo.chip.hbm_bytes, topo.num_chips, devices[0].device_kind
+    compiled, info = compile_step(config, devices)
+    model_cfg = config_lib.model_config(config)
+    gbs, seq_len = config.input.global_batch_size, config.input.seq_len
+    tokens = gbs * seq_len
+    model_flops = model_cfg.flops_per_token(seq_len) * tokens
+    peak = metrics.peak_flops(devices[0], config.metrics.peak_flops_per_device)
+    step_s = model_flops / (chips * peak * mfu)
+    out = {
+        "topology": topology,
+        "device_kind": kind,
+        "chips": chips,
+        "mesh": info["mesh"],
+        "global_batch": gbs,
+        "seq_len": seq_len,
+        "tokens_per_step": tokens,
+        "grad_accum_steps": config.optim.grad_accum_steps,
+        "remat_policy": model_cfg.remat_policy,
+        "parameters": model_cfg.param_count(),
+        "memory": memory_report(compiled) if compiled is not None else None,
+        "oom": info["oom"],
+        "hbm_bytes": hbm,
+        "xla_flops_per_device": _xla_flops(compiled) if compiled is not None else None,
+        "model_flops_per_step": model_flops,
+        "peak_flops_per_chip": peak,
+        "mfu": mfu,
+        "implied_step_s": step_s,
+        "implied_tokens_per_s_per_chip": tokens / step_s / chips,
+        "lower_s": info["lower_s"],
+        "compile_s": info["compile_s"],
+    }
+    out["fits"] = compiled is not None and (
+        hbm is None or out["memory"]["total"] <= out["hbm_bytes"]
+    )
+    if benchmark_steps and compiled is not None:
+        if topology != "cpu":
+            raise ValueError("--benchmark_steps runs steps, so it needs --topology cpu")
+        out["measured_step_s"] = _benchmark(config, compiled, info["shapes"], benchmark_steps)
+    return out
+
+
+def format_report(r: dict) -> str:
+    def gib(x):
+        return f"{x / GIB:8.2f} GiB" if x >= GIB / 10 else f"{x / 2**20:8.2f} MiB"
+
+    lines = [
+        f"topology {r['topology']}: {r['chips']} x {r['device_kind']}, mesh {r['mesh']}",
+        f"step: global batch {r['global_batch']} x seq {r['seq_len']} = "
+        f"{r['tokens_per_step']:,} tokens, grad_accum {r['grad_accum_steps']}, remat "
+        f"{r['remat_policy']}, {r['parameters']:,} parameters",
+        f"compile: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
+    ]
+    mem = r["memory"]
+    if mem is None:
+        lines.append(f"per-device memory: DOES NOT FIT; XLA: {r['oom']}")
+    else:
+        lines += [
+            "per-device memory:",
+            f"  arguments   {gib(mem['arguments'])}   (params + optimizer state + batch shard)",
+            f"  outputs     {gib(mem['outputs'])}   (aliased to donated arguments: "
+            f"{mem['aliased'] / GIB:.2f} GiB)",
+            f"  temps       {gib(mem['temps'])}   (activations, gradients, collectives)",
+            f"  code        {gib(mem['code'])}",
+        ]
+        if mem["host_temps"]:
+            lines.append(f"  host temps  {gib(mem['host_temps'])}   (offloaded to host memory)")
+        total = f"  total       {gib(mem['total'])}"
+        if r["hbm_bytes"]:
+            frac = mem["total"] / r["hbm_bytes"]
+            verdict = "fits" if r["fits"] else "DOES NOT FIT"
+            total += f"   of {r['hbm_bytes'] / GIB:.2f} GiB HBM = {100 * frac:.0f}%: {verdict}"
+        lines.append(total)
+    flops = f"FLOPs per step: model {r['model_flops_per_step']:.3e} (6N + attention)"
+    if r["xla_flops_per_device"] is not None:
+        # XLA's cost analysis counts a while loop body once, so scanned layers are undercounted.
+        flops += f"; XLA counts {r['xla_flops_per_device']:.3e} per device (loop bodies once)"
+    lines += [
+        flops,
+        f"at {100 * r['mfu']:.0f}% MFU of {r['peak_flops_per_chip'] / 1e12:.3g} TFLOP/s per "
+        f"chip: {r['implied_step_s']:.2f} s per step, "
+        f"{r['implied_tokens_per_s_per_chip']:,.0f} tokens/s/chip",
+    ]
+    if "measured_step_s" in r:
+        lines.append(f"measured: {r['measured_step_s']:.3f} s per step on this machine")
+    return "\n".join(lines)
+
+
+def main(argv) -> None:
+    del argv
+    report_ = report(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _BENCH.value)
+    print(format_report(report_), flush=True)
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(report_, f, indent=2)
+    if not report_["fits"]:
+        sys.exit(1)  # a pre-flight check: a step that does not fit fails the command
+
+
+def run() -> None:
+    flags.mark_flags_as_required(["config", "topology"])
+    # Compiling for a topology needs libtpu but no TPU: keep JAX's runtime on the CPU and stop
+    # libtpu from probing for TPU hosts (jax_stack_notes.md §9.3).
+    topology = ""
+    for i, a in enumerate(sys.argv):
+        if a.startswith("--topology="):
+            topology = a.split("=", 1)[1]
+        elif a == "--topology" and i + 1 < len(sys.argv):
+            topology = sys.argv[i + 1]
+    if topology != "cpu":
+        if importlib.util.find_spec("libtpu") is None:
+            sys.stderr.write(
+                "glmvoice-aot: compiling for a TPU topology needs libtpu; install it with "
+                "pip install 'glmvoice_jax[tpu]' (or pass --topology cpu)\n"
+            )
+            sys.exit(2)
+        os.environ.setdefault("JAX_PLATFORMS", "cpu")
+        os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+        os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
+        # AOT never opens a TPU, so it need not hold libtpu's one-process lock (another JAX
+        # process on this machine may have taken it just by probing for TPUs).
+        os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    app.run(main)
+
+
+if __name__ == "__main__":
+    run()
