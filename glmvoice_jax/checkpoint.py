@@ -88,7 +88,7 @@ class Checkpointer:
     ITEMS = ("params", "train", "data", "meta")
 
     def __init__(self, directory: str, *, keep: int | None = 3, async_save: bool = True):
-        self.directory = epath.Path(directory)
+        self.directory = _absolute(directory)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -151,13 +151,18 @@ class Checkpointer:
         self.manager.close()
 
 
+def _absolute(path: str) -> epath.Path:
+    """Orbax's OCDBT layer refuses relative local paths; URLs (gs://...) pass unchanged."""
+    return epath.Path(path if "://" in str(path) else os.path.abspath(path))
+
+
 def resolve(path: str) -> tuple[epath.Path, int]:
     """CKPT argument -> (manager root, step). Accepts a manager root or one step directory.
 
     Raises:
       FileNotFoundError: naming the path when it holds no complete checkpoint.
     """
-    p = epath.Path(path)
+    p = _absolute(path)
     if not p.exists():
         raise FileNotFoundError(f"checkpoint path {path} does not exist")
     if (p / "meta").exists() and (p / "params").exists() and p.name.isdigit():
@@ -202,7 +207,7 @@ def write_weights(dst: str, params: Any, meta: Mapping, step: int = 0) -> None:
     """A weight-only checkpoint (params + meta) at ``step``, written atomically by Orbax."""
     os.makedirs(dst, exist_ok=True)
     mngr = ocp.CheckpointManager(
-        epath.Path(dst),
+        _absolute(dst),
         options=ocp.CheckpointManagerOptions(enable_async_checkpointing=False, create=True),
         item_names=("params", "meta"),
     )

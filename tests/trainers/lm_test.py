@@ -221,10 +221,11 @@ def test_grad_accumulation_matches_full_batch(corpus, tmp_path):
     np.testing.assert_allclose(b["loss"], a["loss"], rtol=1e-5)
 
 
-def test_init_from_loads_weights_with_fresh_optimizer(corpus, tmp_path):
+def test_init_from_loads_weights_with_fresh_optimizer(corpus, tmp_path, monkeypatch):
     src = str(tmp_path / "src")
     lm.train(_config(corpus, total_steps=4), src)
-    dst = str(tmp_path / "dst")
+    monkeypatch.chdir(tmp_path)
+    dst = "dst"  # a relative workdir (what `make demo` passes)
     lm.train(_config(corpus, total_steps=1, init_from=os.path.join(src, "checkpoints")), dst)
     first = _losses(dst)[1]
     assert first < _losses(src)[1] - 0.1  # starts from trained weights, not from scratch
