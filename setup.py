@@ -52,6 +52,7 @@ setuptools.setup(
             "glmvoice-score=glmvoice_jax.cli.score:run",
             "glmvoice-decode=glmvoice_jax.cli.decode:run",
             "glmvoice-aot=glmvoice_jax.cli.aot:run",
+            "glmvoice-tokenize=glmvoice_jax.cli.tokenize_audio:run",
             "glmvoice-data-stats=glmvoice_jax.cli.data_stats:run",
             "glmvoice-export-decoder=glmvoice_jax.cli.export_decoder:run",
         ],

@@ -157,8 +157,15 @@ def validate(config: mlc.ConfigDict) -> None:
         if not cond:
             raise ValueError(msg)
 
+    if config.trainer == "speech_tokenizer":
+        from glmvoice_jax.trainers import speech_tokenizer_setup
+
+        speech_tokenizer_setup.validate(config)
+        return
     if config.trainer != "lm":
-        raise ValueError(f"config.trainer {config.trainer!r}: this build knows 'lm'")
+        raise ValueError(
+            f"config.trainer {config.trainer!r}: known trainers are 'lm' and 'speech_tokenizer'"
+        )
     need(config.total_steps > 0, f"total_steps must be > 0, got {config.total_steps}")
     need(config.log_every_steps > 0, f"log_every_steps must be > 0, got {config.log_every_steps}")
     need(

@@ -23,9 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import audio
-from glmvoice_jax.models.whisper_vq import HOP_LENGTH, WhisperVQ
+from glmvoice_jax.models.whisper_vq import HOP_LENGTH, WhisperVQ, WhisperVQConfig
 
 WINDOW_SAMPLES = 30 * audio.SAMPLE_RATE
 _BUCKET_SAMPLES = 2 * audio.SAMPLE_RATE  # pad batch lengths to 2 s steps: fewer recompiles
@@ -49,12 +50,66 @@ def _windows(wav: np.ndarray, index: int) -> list[np.ndarray]:
     return [wav[s : s + WINDOW_SAMPLES] for s in range(0, wav.shape[0], WINDOW_SAMPLES)]
 
 
+def local_mesh() -> Mesh:
+    """A 1-D ("data",) mesh over this process's devices: tokenizing is data parallel."""
+    return jax.make_mesh(
+        (jax.local_device_count(),),
+        ("data",),
+        axis_types=(jax.sharding.AxisType.Auto,),
+        devices=jax.local_devices(),
+    )
+
+
+def load_model(path: str, mesh: Mesh | None = None) -> tuple[WhisperVQConfig, WhisperVQ]:
+    """A tokenizer model from a checkpoint, its state replicated over ``mesh`` (or one device).
+
+    Args:
+      path: a HF directory (config.json + safetensors: the released WhisperVQEncoder, a
+        WhisperVQForConditionalGeneration) or an Orbax checkpoint of the speech-tokenizer trainer
+        (a training workdir, its checkpoints/ directory or one step directory).
+      mesh: devices to replicate the weights on.
+
+    Raises:
+      ValueError / FileNotFoundError: naming the path, when it holds no tokenizer checkpoint.
+    """
+    from glmvoice_jax import checkpoint  # local: Orbax is not needed for HF directories
+    from glmvoice_jax.convert import whisper as convert_whisper
+
+    target = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
+    if convert_whisper.is_hf_checkpoint(path):
+        cfg, model = convert_whisper.load_checkpoint(path)
+        if target is not None:
+            graphdef, state = nnx.split(model)
+            model = nnx.merge(graphdef, jax.device_put(state, target))
+    else:
+        cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(path))
+        if not isinstance(cfg, WhisperVQConfig):
+            raise ValueError(
+                f"checkpoint {path} holds a {type(cfg).__name__}, not a speech tokenizer "
+                "(WhisperVQConfig)"
+            )
+        graphdef, abs_state = nnx.split(nnx.eval_shape(lambda: WhisperVQ(cfg, rngs=nnx.Rngs(0))))
+        sharding = target or jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+            nnx.to_pure_dict(abs_state),
+        )
+        model = nnx.merge(graphdef, checkpoint.restore_params(path, abstract))
+    if cfg.quantize_position is None:
+        raise ValueError(
+            f"checkpoint {path} has no quantizer (quantize_position=None, e.g. stock Whisper); "
+            "tokenizing needs a trained speech tokenizer"
+        )
+    return cfg, model
+
+
 def tokenize_waveforms(
     model: WhisperVQ,
     wavs: list[np.ndarray],
     *,
     batch_size: int = 16,
     matmul_precision: str = "highest",
+    mesh: Mesh | None = None,
 ) -> list[np.ndarray]:
     """Speech tokens of 16 kHz mono waveforms, as the reference ``extract_speech_token``.
 
@@ -64,6 +119,8 @@ def tokenize_waveforms(
       batch_size: windows per device batch.
       matmul_precision: ``jax.default_matmul_precision`` for the encoder. "highest" keeps float32
         matmuls on TPU/GPU (whose defaults are bf16/tf32 passes), so ids match the reference.
+      mesh: a 1-D ("data",) mesh (``local_mesh``) to split every batch over; the model's state
+        must be replicated on it (``load_model(path, mesh)``). None runs on the default device.
 
     Returns:
       One int32 array of token ids per waveform (ceil(n / samples_per_token) ids per 30 s window).
@@ -89,6 +146,8 @@ def tokenize_waveforms(
         width = min(-(-longest // _BUCKET_SAMPLES) * _BUCKET_SAMPLES, WINDOW_SAMPLES)
         width = max(width, longest)
         height = 1 << (len(chunk) - 1).bit_length()  # batch padded to a power of two
+        if mesh is not None:
+            height = -(-height // mesh.size) * mesh.size  # a multiple of the device count
         wav = np.zeros((height, width), np.float32)
         lengths = np.full((height,), stride, np.int32)  # dummy rows: any valid length
         frame_limits = np.zeros((height,), np.int32)
@@ -97,8 +156,13 @@ def tokenize_waveforms(
             wav[b, : window.shape[0]] = window
             lengths[b] = padded
             frame_limits[b] = -(-window.shape[0] // HOP_LENGTH)  # frame l valid iff 160 l < n
+        inputs = (wav, lengths, frame_limits)
+        if mesh is not None:
+            inputs = tuple(
+                jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))) for x in inputs
+            )
         with jax.default_matmul_precision(matmul_precision):
-            ids, mask = _encode(model, wav, lengths, frame_limits, n_mels=cfg.num_mels)
+            ids, mask = _encode(model, *inputs, n_mels=cfg.num_mels)
         ids, mask = np.asarray(jax.device_get(ids)), np.asarray(jax.device_get(mask))
         for b, r in enumerate(chunk):
             tokens[r] = ids[b][mask[b]].astype(np.int32)

@@ -67,18 +67,23 @@ def main(argv) -> None:
         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
         shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value,
     )
-    from glmvoice_jax.trainers import lm
+    from glmvoice_jax.trainers import lm, speech_tokenizer
 
     config = _CONFIG.value
+    # One CLI for every trainer, dispatched on config.trainer through an explicit table.
+    trainers = {"lm": lm, "speech_tokenizer": speech_tokenizer}
+    if config.trainer not in trainers:
+        raise app.UsageError(f"config.trainer {config.trainer!r}; known: {sorted(trainers)}")
+    trainer = trainers[config.trainer]
     if _DRY_RUN.value:
-        lm.dry_run(config)
+        trainer.dry_run(config)
         return
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
     if plan.multi_process:
         print(distributed.describe(), flush=True)
     try:
-        summary = lm.train(config, _WORKDIR.value)
+        summary = trainer.train(config, _WORKDIR.value)
     except Exception:
         if not plan.multi_process:
             raise

@@ -56,6 +56,14 @@ _REQUIRED_FIELDS = (
 )  # fmt: skip
 
 
+def is_hf_checkpoint(path: str | os.PathLike) -> bool:
+    """A HF checkpoint dir: config.json and safetensors (a training workdir has no weights)."""
+    files = ("model.safetensors", "model.safetensors.index.json")
+    return os.path.isfile(os.path.join(path, "config.json")) and any(
+        os.path.isfile(os.path.join(path, f)) for f in files
+    )
+
+
 def read_hf_config(src: str | os.PathLike) -> dict[str, Any]:
     """Parses ``src/config.json`` (data only)."""
     path = os.path.join(os.fspath(src), "config.json")
@@ -380,3 +388,88 @@ def load_checkpoint(
         raise AssertionError(f"rename table targets {unused} that the model does not have")
     nnx.replace_by_pure_dict(abs_state, pure)
     return cfg, nnx.merge(graphdef, abs_state)
+
+
+# --- The Whisper text tokenizer ------------------------------------------------------------------
+
+# GPT-2's pre-tokenizer regex, which Whisper's byte-level BPE uses.
+WHISPER_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+# English transcription without timestamps: what the ASR training targets follow.
+WHISPER_PREFIX = ("<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>")
+WHISPER_EOS = "<|endoftext|>"
+
+
+def _byte_decoder() -> dict[str, int]:
+    """GPT-2's printable-character alias of each byte, inverted (char -> byte)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1)]
+    keep += range(ord("®"), ord("ÿ") + 1)
+    chars = {b: chr(b) for b in keep}
+    extra = 0
+    for b in range(256):
+        if b not in chars:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return {c: b for b, c in chars.items()}
+
+
+def _added_tokens(src: str) -> dict[str, int]:
+    found: dict[str, int] = {}
+    path = os.path.join(src, "added_tokens.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            found.update({str(k): int(v) for k, v in json.load(f).items()})
+    path = os.path.join(src, "tokenizer_config.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            decoder = json.load(f).get("added_tokens_decoder") or {}
+        found.update({v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict)})
+    path = os.path.join(src, "tokenizer.json")
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            added = json.load(f).get("added_tokens") or []
+        found.update({t["content"]: int(t["id"]) for t in added if isinstance(t, dict)})
+    return found
+
+
+def load_text_tokenizer(src: str | os.PathLike):
+    """Whisper's byte-level BPE from a HF checkpoint directory, as a ``TiktokenTokenizer``.
+
+    Reads ``vocab.json`` (byte-level BPE: ids are the merge ranks, as in openai/whisper's
+    ``.tiktoken`` files) and the added/special tokens (``added_tokens.json``,
+    ``tokenizer_config.json`` ``added_tokens_decoder`` or ``tokenizer.json``). ``encode`` prepends
+    <|startoftranscript|><|en|><|transcribe|><|notimestamps|>.
+
+    Raises:
+      ValueError: missing files, ranks that are not 0..n-1, or missing special tokens.
+    """
+    from glmvoice_jax import text_tokenizer  # local: the weight importer does not need it
+
+    src = os.fspath(src)
+    path = os.path.join(src, "vocab.json")
+    if not os.path.isfile(path):
+        raise ValueError(
+            f"{src!r} has no vocab.json: the Whisper text tokenizer needs the HF tokenizer files "
+            "(vocab.json + added_tokens.json or tokenizer_config.json); copy them from the "
+            "checkpoint repository, or train with text.tokenizer='sentencepiece'"
+        )
+    with open(path, encoding="utf-8") as f:
+        vocab = {str(k): int(v) for k, v in json.load(f).items()}
+    specials = _added_tokens(src)
+    specials.update({t: i for t, i in vocab.items() if t.startswith("<|") and t.endswith("|>")})
+    decoder = _byte_decoder()
+    ranks = {}
+    for token, i in vocab.items():
+        if token in specials:
+            continue
+        try:
+            ranks[bytes(decoder[c] for c in token)] = i
+        except KeyError:
+            raise ValueError(f"{path}: token {token!r} is not byte-level BPE text") from None
+    if sorted(ranks.values()) != list(range(len(ranks))):
+        raise ValueError(f"{path}: BPE ids must be 0..{len(ranks) - 1} without gaps")
+    missing = [t for t in (*WHISPER_PREFIX, WHISPER_EOS) if t not in specials]
+    if missing:
+        raise ValueError(f"{src!r}: the tokenizer files lack the special tokens {missing}")
+    return text_tokenizer.TiktokenTokenizer(
+        ranks, specials, pattern=WHISPER_PATTERN, prefix=WHISPER_PREFIX
+    )

@@ -142,9 +142,16 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, kv: jax.Array, mask: jax.Array) -> jax.Array:
         """Attends x [B, T, D] to kv [B, S, D] where mask [B, T, S] is true; -> [B, T, D]."""
+        k, v = self.keys_values(kv)
+        return self.attend(x, k, v, mask)
+
+    def keys_values(self, kv: jax.Array) -> tuple[jax.Array, jax.Array]:
+        """Projections of kv [B, S, D] to keys and values [B, S, N, H] (what a KV cache holds)."""
+        return self.k_proj(kv), self.v_proj(kv)
+
+    def attend(self, x: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+        """Attends x [B, T, D] to projected k, v [B, S, N, H] where mask [B, T, S]; -> [B, T, D]."""
         q = self.q_proj(x) * (self.head_dim**-0.5)  # (B, T, N, H)
-        k = self.k_proj(kv)  # (B, S, N, H)
-        v = self.v_proj(kv)  # (B, S, N, H)
         scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
         scores = jnp.where(mask[:, None, :, :], scores, _NEG)
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
@@ -197,6 +204,32 @@ class DecoderLayer(nnx.Module):
         x = x + self.self_attn(h, h, self_mask).astype(x.dtype)
         h = self.encoder_attn_layer_norm(x)
         x = x + self.encoder_attn(h, enc, cross_mask).astype(x.dtype)
+        return self._mlp(x)
+
+    def _mlp(self, x: jax.Array) -> jax.Array:
         h = jax.nn.gelu(self.fc1(self.final_layer_norm(x)), approximate=False)
         x = x + self.fc2(h).astype(x.dtype)
         return sharding.constrain(x, ACT)
+
+    def cached(self, x, cache, index, self_mask, cross_kv, cross_mask):
+        """Incremental decoding: x [B, T, D] at positions index..index+T-1, with a KV cache.
+
+        Args:
+          x: [B, T, D] new positions.
+          cache: (keys, values) [B, S, N, H] of the self-attention, S = cache length.
+          index: int scalar, position of x[:, 0]; its keys/values are written at index.
+          self_mask: [B, T, S] which cache slots each new position sees (causal incl. itself).
+          cross_kv: (keys, values) [B, E, N, H] of the encoder output (``keys_values``).
+          cross_mask: [B, T, E] valid encoder frames.
+
+        Returns:
+          (x [B, T, D], updated cache).
+        """
+        h = self.self_attn_layer_norm(x)
+        k, v = self.self_attn.keys_values(h)  # (B, T, N, H)
+        ck = jax.lax.dynamic_update_slice_in_dim(cache[0], k.astype(cache[0].dtype), index, 1)
+        cv = jax.lax.dynamic_update_slice_in_dim(cache[1], v.astype(cache[1].dtype), index, 1)
+        x = x + self.self_attn.attend(h, ck, cv, self_mask).astype(x.dtype)
+        h = self.encoder_attn_layer_norm(x)
+        x = x + self.encoder_attn.attend(h, *cross_kv, cross_mask).astype(x.dtype)
+        return self._mlp(x), (ck, cv)

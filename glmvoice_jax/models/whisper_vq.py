@@ -74,6 +74,8 @@ class WhisperVQConfig:
       max_target_positions: rows of the decoder's learned position table.
       norm_eps: LayerNorm epsilon.
       init_std: stddev of the normal initializer (HF ``init_std``).
+      conv_init_std: stddev for the conv stem's kernels; None uses init_std. Larger values make
+        the audio, not the sinusoid position table, dominate the frames of a from-scratch model.
       param_dtype: dtype parameters are stored in.
       dtype: compute dtype of matmuls (softmax, LayerNorm statistics and VQ stay float32).
       remat: rematerialise each transformer layer in the backward pass.
@@ -103,6 +105,7 @@ class WhisperVQConfig:
     max_target_positions: int = 448
     norm_eps: float = 1e-5
     init_std: float = 0.02
+    conv_init_std: float | None = None
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
@@ -349,8 +352,9 @@ class WhisperVQEncoder(nnx.Module):
         dtype, pdtype = jnp.dtype(cfg.dtype), jnp.dtype(cfg.param_dtype)
         kw = dict(init_std=cfg.init_std, dtype=dtype, param_dtype=pdtype, rngs=rngs)
         d = cfg.embed_dim
-        self.conv1 = Conv1d(cfg.num_mels, d, stride=1, causal=cfg.use_causal_conv, **kw)
-        self.conv2 = Conv1d(d, d, stride=2, causal=cfg.use_causal_conv, **kw)
+        conv_kw = dict(kw, init_std=cfg.conv_init_std or cfg.init_std)
+        self.conv1 = Conv1d(cfg.num_mels, d, stride=1, causal=cfg.use_causal_conv, **conv_kw)
+        self.conv2 = Conv1d(d, d, stride=2, causal=cfg.use_causal_conv, **conv_kw)
         table = jnp.asarray(sinusoids(cfg.max_source_positions, d), pdtype)
         self.embed_positions = Frozen(table, out_sharding=(None, "embed"), eager_sharding=False)
         self.layers = nnx.List(
@@ -388,6 +392,7 @@ class WhisperVQEncoder(nnx.Module):
         restart_key: jax.Array | None = None,
         axis_name: str | None = None,
         stop_after_quantizer: bool = False,
+        stop_before_quantizer: bool = False,
     ) -> EncoderOutput:
         """Encodes log-mel frames.
 
@@ -401,6 +406,8 @@ class WhisperVQEncoder(nnx.Module):
           axis_name: data-parallel axis for VQ statistics inside shard_map/vmap.
           stop_after_quantizer: return right after the quantizer (the tokenizer path; only the
             layers up to ``quantize_position`` run, no final LayerNorm).
+          stop_before_quantizer: return the frames the quantizer would see (``hidden``) instead;
+            ``ids`` is None. For data-dependent codebook initialisation.
 
         Returns:
           EncoderOutput.
@@ -434,6 +441,8 @@ class WhisperVQEncoder(nnx.Module):
                 mask = mask[:, :: cfg.pooling_kernel]
                 attn_mask = wl.block_causal_mask(mask, cfg.pooled_block_size)
             if idx + 1 == cfg.quantize_position:
+                if stop_before_quantizer:
+                    return EncoderOutput(x, mask, None, mask, aux)
                 x, ids, aux = self.quantizer(
                     x, mask, train=train, restart_key=restart_key, axis_name=axis_name
                 )
@@ -441,8 +450,8 @@ class WhisperVQEncoder(nnx.Module):
                 if stop_after_quantizer:
                     return EncoderOutput(x, mask, ids, token_mask, aux)
                 x = x + self.embed_positions2[: x.shape[1]].astype(x.dtype)
-        if stop_after_quantizer:
-            raise ValueError("stop_after_quantizer=True needs a quantizer (quantize_position)")
+        if stop_after_quantizer or stop_before_quantizer:
+            raise ValueError("stop_after/before_quantizer needs a quantizer (quantize_position)")
         return EncoderOutput(self.layer_norm(x), mask, ids, token_mask, aux)
 
 

@@ -1,0 +1,26 @@
+r"""Bitrate ablation: 25 Hz (avg-pool x2), 4096 codes, 300 bps (glm4voice.md §3).
+
+Same recipe as configs/tokenizer_12hz.py, only the pooling kernel (2) and codebook differ.
+
+Command:
+    glmvoice-train --config configs/tokenizer_25hz.py --workdir $WORKDIR/tok25 \
+        --config.init_from=/data/whisper-large-v3 --config.input.train_manifest=... \
+        --config.input.heldout_manifest=...
+    glmvoice-train --config configs/tokenizer_25hz.py:tiny --workdir runs/tok25_tiny   # CPU
+Expected: LibriSpeech test-clean WER about 1.94 (paper Table 1); fill in after the first run.
+"""
+
+import ml_collections as mlc
+
+from glmvoice_jax import config_lib
+from glmvoice_jax.trainers import speech_tokenizer_setup as setup
+
+
+def get_config(arg: str | None = None) -> mlc.ConfigDict:
+    arg = config_lib.parse_arg(arg, tiny=False, steps=0)
+    steps = arg.steps or (2500 if arg.tiny else 58_600)  # see tokenizer_12hz.py
+    # pooling x2 -> 25 Hz; log2(4096) = 12 bits -> 300 bps. Tiny: 256 codes (200 bps).
+    model = dict(pooling_kernel=2, codebook_size=256 if arg.tiny else 4096)
+    return setup.default_config(
+        "glm4_voice_tokenizer_25hz", tiny=arg.tiny, steps=steps, model=model
+    )

@@ -1,0 +1,596 @@
+"""Setup pieces of the speech-tokenizer trainer (config, text side, state layout, init, logs).
+
+Config section and validation, the ASR text side, the train-state layout (one pure dict + a Param
+mask), weight import (whisper-large-v3 -> Whisper-VQ), the codebook init, and logging.
+
+Kept apart from ``trainers/speech_tokenizer.py`` so that ``train()`` reads top to bottom on its
+own; nothing here is used by another trainer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+
+from glmvoice_jax import audio, checkpoint, sharding
+from glmvoice_jax import text_tokenizer as text_tokenizer_lib
+from glmvoice_jax.asr_scoring import normalize_text
+from glmvoice_jax.convert import whisper as convert_whisper
+from glmvoice_jax.models.whisper_vq import VARIANTS, WhisperVQ, WhisperVQConfig
+
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(WhisperVQConfig))
+_QUANTIZER = "['encoder']['quantizer']"
+
+
+# ---------------------------------------------------------------------------------------------
+# Config.
+
+
+def model_section(variant: str, **values: Any) -> mlc.ConfigDict:
+    """``config.model``: the preset name plus every WhisperVQConfig field as an optional override.
+
+    A field left None keeps the preset's value (so a None-valued field cannot be set from here).
+    """
+    unknown = set(values) - set(MODEL_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown WhisperVQConfig fields {sorted(unknown)}; known: {MODEL_FIELDS}")
+    section = {"variant": variant}
+    for name in MODEL_FIELDS:
+        kind = type(getattr(VARIANTS["tiny"], name))
+        kind = float if kind is type(None) else kind  # the only None-default field is a float
+        section[name] = values.get(name, mlc.config_dict.placeholder(kind))
+    return mlc.ConfigDict(section)
+
+
+def model_config(config: mlc.ConfigDict) -> WhisperVQConfig:
+    """The one place where ``config.model`` becomes the model's dataclass."""
+    variant = config.model.variant
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown model.variant {variant!r}; known: {sorted(VARIANTS)}")
+    overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
+    return dataclasses.replace(VARIANTS[variant], **overrides)
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """Checks what can be checked before tracing; every error names the field, value and fix."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    need(
+        config.trainer == "speech_tokenizer",
+        f"config.trainer is {config.trainer!r}; this validator is for 'speech_tokenizer'",
+    )
+    for key in ("total_steps", "log_every_steps"):
+        need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
+    need(
+        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
+    )
+    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    inp = config.input
+    need(inp.global_batch_size > 0, f"input.global_batch_size must be > 0: {inp.global_batch_size}")
+    need(
+        0 < inp.max_audio_secs <= 30,
+        f"input.max_audio_secs ({inp.max_audio_secs}) must be in (0, 30]: the encoder sees at "
+        "most one 30 s window",
+    )
+    need(inp.bucket_secs > 0, f"input.bucket_secs must be > 0, got {inp.bucket_secs}")
+    need(
+        bool(inp.espeak_corpus_dir) or (bool(inp.train_manifest) and bool(inp.heldout_manifest)),
+        "set input.espeak_corpus_dir, or both input.train_manifest and input.heldout_manifest",
+    )
+    need(
+        config.text.tokenizer in ("sentencepiece", "whisper"),
+        f"text.tokenizer must be 'sentencepiece' or 'whisper', got {config.text.tokenizer!r}",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size >= 300,
+            f"text.vocab_size ({config.text.vocab_size}) must be >= 300: the sentencepiece model "
+            "keeps 256 byte pieces and 4 control ids besides the characters",
+        )
+    model_cfg = model_config(config)  # raises on a bad variant / field value
+    need(
+        model_cfg.quantize_position is not None and model_cfg.num_decoder_layers > 0,
+        "the speech-tokenizer trainer needs a quantizer (model.quantize_position) and a decoder "
+        "(model.num_decoder_layers > 0)",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size <= model_cfg.vocab_size,
+            f"text.vocab_size ({config.text.vocab_size}) exceeds model.vocab_size "
+            f"({model_cfg.vocab_size}); make them equal",
+        )
+    need(
+        2 <= inp.max_text_tokens <= model_cfg.max_target_positions,
+        f"input.max_text_tokens ({inp.max_text_tokens}) must be in [2, "
+        f"max_target_positions={model_cfg.max_target_positions}]",
+    )
+    need(
+        config.evals.every_steps >= 0 and config.evals.batch_size > 0,
+        f"evals.every_steps ({config.evals.every_steps}) must be >= 0 (0 = off) and "
+        f"evals.batch_size ({config.evals.batch_size}) > 0",
+    )
+    need(
+        config.evals.max_new_tokens + 4 <= model_cfg.max_target_positions,
+        f"evals.max_new_tokens ({config.evals.max_new_tokens}) + the prefix must fit "
+        f"max_target_positions ({model_cfg.max_target_positions})",
+    )
+    init = config.vq.codebook_init
+    need(
+        init in ("data", "random") or str(init).endswith(".npy"),
+        f"vq.codebook_init must be 'data', 'random' or a .npy path, got {init!r}",
+    )
+    need(config.vq.usage_window_steps >= 1, "vq.usage_window_steps must be >= 1")
+    need(
+        config.schedule.decay in ("linear", "cosine", "constant"),
+        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
+    )
+    need(
+        config.metrics.on_nonfinite in ("raise", "skip"),
+        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
+    )
+    sharding.rules(config.axis_rules)  # raises with the known presets
+
+
+def check_batch_sizes(config: mlc.ConfigDict, dp: int) -> None:
+    for name, size in (
+        ("input.global_batch_size", config.input.global_batch_size),
+        ("evals.batch_size", config.evals.batch_size),
+    ):
+        if size % dp or size % jax.process_count():
+            raise ValueError(
+                f"{name} ({size}) must be divisible by the data-parallel shards ({dp} = mesh "
+                f"data x fsdp) and the process count ({jax.process_count()}); use a multiple "
+                f"of {math.lcm(dp, jax.process_count())}"
+            )
+
+
+def check_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write_probe")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can write to"
+        ) from e
+
+
+def banner(config: mlc.ConfigDict, cfg: WhisperVQConfig) -> str:
+    pool = (
+        f"avg-pool x{cfg.pooling_kernel} after layer {cfg.pooling_position}"
+        if cfg.uses_pooling
+        else "no pooling"
+    )
+    return (
+        f"speech tokenizer {config.model.variant}: d={cfg.embed_dim}, {cfg.num_layers} encoder / "
+        f"{cfg.num_decoder_layers} decoder layers, {pool}, VQ after layer "
+        f"{cfg.quantize_position} ({cfg.codebook_size} codes, block {cfg.attention_block_size})\n"
+        f"bitrate: {cfg.token_rate_hz:g} Hz x {math.log2(cfg.codebook_size):g} bits = "
+        f"{cfg.bitrate_bps:g} bps"
+    )
+
+
+def bucket_samples(config: mlc.ConfigDict, cfg: WhisperVQConfig) -> int:
+    """Audio padding unit: a multiple of bucket_secs and of samples_per_token."""
+    return math.lcm(int(config.input.bucket_secs * audio.SAMPLE_RATE), cfg.samples_per_token)
+
+
+def manifests(config: mlc.ConfigDict, workdir: str) -> dict[str, str]:
+    """{"train", "heldout"} manifest paths; synthesises the espeak corpus on first use."""
+    inp = config.input
+    paths = {
+        "train": inp.train_manifest.replace("{workdir}", workdir),
+        "heldout": inp.heldout_manifest.replace("{workdir}", workdir),
+    }
+    if inp.espeak_corpus_dir:
+        from data_pipelines import espeak_corpus  # offline job, used on first use only
+
+        if inp.espeak_sentences not in espeak_corpus.SENTENCE_SETS:
+            raise ValueError(
+                f"input.espeak_sentences {inp.espeak_sentences!r} must be one of "
+                f"{sorted(espeak_corpus.SENTENCE_SETS)}"
+            )
+        made = espeak_corpus.make_corpus(
+            inp.espeak_corpus_dir.replace("{workdir}", workdir),
+            max_sentences=inp.espeak_max_sentences or None,
+            variants_per_sentence=inp.espeak_variants_per_sentence,
+            sentences_path=espeak_corpus.SENTENCE_SETS[inp.espeak_sentences],
+        )
+        paths = {k: paths[k] or made[k] for k in paths}
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Text side.
+
+
+@dataclasses.dataclass
+class AsrText:
+    """The ASR targets: tokenizer, decoder prefix, end id, and the checkpoint meta entry."""
+
+    tokenizer: text_tokenizer_lib.TextTokenizer
+    prefix: tuple[int, ...]
+    eos_id: int
+    normalize: bool
+    meta: dict
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(
+            normalize_text(text) if self.normalize else text, add_prefix=False
+        )
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode([int(i) for i in ids])
+
+    def describe(self) -> str:
+        return (
+            f"{self.tokenizer.kind} ({self.tokenizer.vocab_size} ids, prefix {list(self.prefix)}, "
+            f"eos {self.eos_id})"
+        )
+
+
+def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str]) -> AsrText:
+    """Loads the run's tokenizer from CKPT_DIR/tokenizer, or makes it (and saves it there)."""
+    tok_dir = os.path.join(ckpt_dir, "tokenizer")
+    meta_path = os.path.join(tok_dir, "meta.json")
+    normalize = bool(config.text.normalize)
+    if os.path.exists(meta_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        tok = text_tokenizer_lib.from_meta(meta, tok_dir)
+    else:
+        if config.text.tokenizer == "sentencepiece":
+            lines = [normalize_text(t) if normalize else t for t in transcripts]
+            tok = text_tokenizer_lib.SentencePieceTokenizer.train(
+                lines,
+                config.text.vocab_size,
+                prefix_ids=(2,),  # bos_id 2 of its train()
+            )
+        else:
+            src = config.text.whisper_dir or config.init_from
+            if not src:
+                raise ValueError(
+                    "text.tokenizer='whisper' reads the tokenizer files of text.whisper_dir (or "
+                    "init_from); set --config.init_from=/path/to/whisper-large-v3"
+                )
+            tok = convert_whisper.load_text_tokenizer(src)
+        meta = dict(tok.save(tok_dir), dir="tokenizer")
+        if jax.process_index() == 0:
+            with open(meta_path + ".tmp", "w") as f:
+                json.dump(meta, f, indent=2)
+            os.replace(meta_path + ".tmp", meta_path)
+    if isinstance(tok, text_tokenizer_lib.SentencePieceTokenizer):
+        import sentencepiece as spm
+
+        prefix = tuple(tok.prefix_ids)
+        eos = int(spm.SentencePieceProcessor(model_proto=tok.model_proto).eos_id())
+    else:
+        prefix = tuple(tok.specials[t] for t in tok.prefix)
+        eos = tok.specials[convert_whisper.WHISPER_EOS]
+    vocab = model_config(config).vocab_size
+    if tok.vocab_size > vocab:
+        raise ValueError(
+            f"the text tokenizer has {tok.vocab_size} ids but model.vocab_size is {vocab}; set "
+            f"model.vocab_size (and text.vocab_size) to at least {tok.vocab_size}"
+        )
+    return AsrText(tok, prefix, eos, normalize, meta)
+
+
+# ---------------------------------------------------------------------------------------------
+# Train-state layout: the whole model state as one pure dict; a mask marks the Params.
+
+
+def param_mask(make_model: Callable[[], WhisperVQ], abs_params: Any) -> Any:
+    """Bool tree like ``abs_params``: True on nnx.Param leaves (what the optimizer trains)."""
+    trainable = nnx.to_pure_dict(nnx.state(nnx.eval_shape(make_model), nnx.Param))
+    paths = {jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(trainable)}
+    return jax.tree_util.tree_map_with_path(
+        lambda p, _: jax.tree_util.keystr(p) in paths, abs_params
+    )
+
+
+def subset(tree: Mapping, mask: Mapping, *, keep: bool) -> dict:
+    """The leaves of a nested dict whose mask equals ``keep`` (empty branches dropped)."""
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            sub = subset(v, mask[k], keep=keep)
+            if sub:
+                out[k] = sub
+        elif bool(mask[k]) == keep:
+            out[k] = v
+    return out
+
+
+def merge(base: Mapping, update: Mapping) -> dict:
+    """Nested-dict union; ``update`` wins on shared leaves."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = merge(base[k], v) if isinstance(v, Mapping) and k in base else v
+    return out
+
+
+def train_shardings(abs_train, abs_params, param_sh, replicated):
+    """Opt-state leaves shaped like a param (AdamW mu/nu) take its sharding; others replicate."""
+    flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    param_paths = {
+        jax.tree_util.keystr(p): (s, x.shape)
+        for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(abs_params), flat_s)
+    }
+
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for ppath, (s, shape) in param_paths.items():
+            if key.endswith(ppath) and leaf.shape == shape:
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abs_train)
+
+
+# ---------------------------------------------------------------------------------------------
+# Initialisation: weights from another checkpoint, data-dependent codebook.
+
+
+def _load_source(path: str) -> tuple[WhisperVQConfig, dict]:
+    if convert_whisper.is_hf_checkpoint(path):  # HF: stock Whisper or the release
+        cfg, model = convert_whisper.load_checkpoint(path)
+        return cfg, nnx.to_pure_dict(nnx.state(model))
+    cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(path))
+    if not isinstance(cfg, WhisperVQConfig):
+        raise ValueError(f"init_from {path} holds a {type(cfg).__name__}, not a WhisperVQConfig")
+    abs_model = nnx.eval_shape(lambda: WhisperVQ(cfg, rngs=nnx.Rngs(0)))
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        nnx.to_pure_dict(nnx.state(abs_model)),
+    )
+    return cfg, checkpoint.restore_params(path, target)
+
+
+def init_from(path: str, cfg: WhisperVQConfig, params: Any, param_sh: Any) -> tuple[Any, bool]:
+    """Copies matching weights from a HF Whisper directory or an Orbax checkpoint.
+
+    Every variable of this model comes from the source (same path and shape), except:
+    ``embed_positions2`` (copied from the first rows of the source's ``embed_positions`` when the
+    source has none, §12 #4), the quantizer (kept fresh when the source has none) and the decoder
+    (kept fresh, with a warning, when the source has none: the released tokenizer).
+
+    Returns:
+      (params placed with ``param_sh``, whether the codebook is still fresh).
+
+    Raises:
+      ValueError: listing variables the source lacks or holds with another shape.
+    """
+    _, src = _load_source(path)
+    flat_src = {jax.tree_util.keystr(p): v for p, v in jax.tree_util.tree_leaves_with_path(src)}
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    out, missing, wrong, fresh_decoder = [], [], [], False
+    for p, leaf in leaves:
+        key = jax.tree_util.keystr(p)
+        value = flat_src.get(key)
+        if value is None and key == "['encoder']['embed_positions2']":
+            value = flat_src.get("['encoder']['embed_positions']")
+            value = None if value is None else np.asarray(value)[: leaf.shape[0]]
+        if value is None:
+            if key.startswith(_QUANTIZER):
+                out.append(leaf)
+                continue
+            if key.startswith("['decoder']"):
+                fresh_decoder = True
+                out.append(leaf)
+                continue
+            missing.append(key)
+        elif tuple(value.shape) != tuple(leaf.shape):
+            wrong.append(f"{key}: {tuple(value.shape)} vs {tuple(leaf.shape)}")
+        else:
+            out.append(np.asarray(value).astype(leaf.dtype))
+    if missing or wrong:
+        raise ValueError(
+            f"init_from {path} does not fit the configured model: missing {missing}; shapes "
+            f"(checkpoint vs model) {wrong}. Match the model dims (model.*) to the checkpoint"
+        )
+    if fresh_decoder:
+        print(f"warning: {path} has no decoder weights; the Whisper decoder starts from random")
+    fresh_codebook = f"{_QUANTIZER}['codebook']" not in flat_src
+    return jax.device_put(jax.tree_util.tree_unflatten(treedef, out), param_sh), fresh_codebook
+
+
+def codebook_frames(config, graphdef, params, data_iter, to_global, features) -> Any:
+    """[C, D] codebook init: a .npy file, or frames at the quantizer sampled from training batches.
+
+    "data": pre-quantizer frames of the first ``vq.init_batches`` batches, sampled without
+    replacement (glm4voice.md §12 #3). With fewer valid frames than codes, the rest are drawn
+    again with a little noise (and a warning).
+    """
+    cfg_model = model_config(config)
+    if config.vq.codebook_init.endswith(".npy"):
+        return np.load(config.vq.codebook_init)
+
+    def pre_quant(p, batch):
+        model = nnx.merge(graphdef, p)
+        mel, mel_mask = features(batch, cfg_model)
+        out = model.encoder(mel, mel_mask, stop_before_quantizer=True)
+        return out.hidden, out.mask
+
+    fn = jax.jit(pre_quant)
+    frames = []
+    for _ in range(config.vq.init_batches):
+        out = fn(params, to_global(next(data_iter)))
+        hidden, mask = (multihost_utils.process_allgather(x, tiled=True) for x in out)
+        frames.append(np.asarray(hidden, np.float32)[np.asarray(mask)])
+    frames = np.concatenate(frames)  # (N, D)
+    k = cfg_model.codebook_size
+    rng = np.random.default_rng(config.seed)
+    if len(frames) >= k:
+        return frames[rng.choice(len(frames), k, replace=False)]
+    print(
+        f"warning: {len(frames)} frames for {k} codes; the rest are noisy repeats (raise "
+        "vq.init_batches)"
+    )
+    extra = frames[rng.choice(len(frames), k - len(frames))]
+    extra = extra + rng.normal(0, 0.01 * frames.std(), extra.shape).astype(np.float32)
+    return np.concatenate([frames, extra])
+
+
+def set_codebook(params: dict, frames: Any, param_sh: dict) -> dict:
+    """Codebook = frames, EMA weight = frames, EMA count = 1 (a copy of params with these set)."""
+    q = dict(params["encoder"]["quantizer"])
+    sh = param_sh["encoder"]["quantizer"]
+    expected = tuple(q["codebook"].shape)
+    if tuple(frames.shape) != expected:
+        raise ValueError(f"codebook init has shape {frames.shape}; the quantizer needs {expected}")
+    q["codebook"] = jax.device_put(jnp.asarray(frames, q["codebook"].dtype), sh["codebook"])
+    q["ema_weight"] = jax.device_put(jnp.asarray(frames, jnp.float32), sh["ema_weight"])
+    q["ema_count"] = jax.device_put(jnp.ones(q["ema_count"].shape, jnp.float32), sh["ema_count"])
+    return merge(params, {"encoder": {"quantizer": q}})
+
+
+# ---------------------------------------------------------------------------------------------
+# Logging.
+
+
+def summarize(fetched: Sequence[Mapping[str, Any]], step_time: float) -> dict[str, float]:
+    """Scalars of one logging interval from the per-step metric dicts."""
+
+    def mean(key):
+        return float(np.mean([f[key] for f in fetched]))
+
+    out = {
+        k: mean(k)
+        for k in (
+            "loss",
+            "asr_loss",
+            "commit_loss",
+            "grad_norm",
+            "codebook_perplexity",
+            "num_active_codes",
+        )  # fmt: skip
+    }
+    out["lr"] = float(fetched[-1]["lr"])
+    out["codebook_usage"] = float(fetched[-1]["codebook_usage"])
+    out["codes_restarted"] = float(sum(int(f["codes_restarted"]) for f in fetched))
+    out["step_time"] = step_time
+    out["audio_secs_per_sec"] = mean("audio_secs") / step_time
+    out["tokens_per_sec"] = mean("speech_tokens") / step_time
+    return out
+
+
+def console_line(step: int, total: int, s: Mapping[str, float]) -> str:
+    line = (
+        f"step {step}/{total}  loss {s['loss']:.3f}  asr {s['asr_loss']:.3f}  commit "
+        f"{s['commit_loss']:.3f}  usage {100 * s['codebook_usage']:.0f}%  ppl "
+        f"{s['codebook_perplexity']:.1f}  restarts {s['codes_restarted']:.0f}  "
+        f"{s['audio_secs_per_sec']:.1f} audio-s/s  "
+        f"{s['step_time']:.2f} s/step  {s['minutes']:.1f} min"
+    )
+    if "eval_cer" in s:
+        line += f"  | held-out CER {100 * s['eval_cer']:.1f}%  WER {100 * s['eval_wer']:.1f}%"
+    return line
+
+
+# ---------------------------------------------------------------------------------------------
+# The configs' shared body (configs/tokenizer_*.py fill in what differs per frame rate).
+
+# ``:tiny`` dims: the whole ASR model small enough to train on 2 CPU cores in minutes. Restarts
+# every 25 EMA steps: a dead code is one used < 0.99**interval times per step, and the reference's
+# 100-step interval (0.37 uses/step) assumes ~1.5M frames per step; a 16-utterance CPU batch has
+# ~560 frames, so codes drift away between rare restarts and the codebook collapses.
+# conv_init_std 0.3 (the rest keeps Whisper's 0.02) because the model starts from scratch: at the
+# quantizer, the variance of frames across positions (the sinusoid table) vs across utterances at
+# one position (the audio) is 26 : 0.02 with 0.02 everywhere, 827 : 1917 with conv_init_std 0.3
+# (espeak batch). With 0.02 the nearest code encodes the position (60% of ids equal at equal
+# positions across different utterances after 750 steps; 8% with a larger init). Initialised
+# from whisper-large-v3, the trained stem dominates and this does not arise.
+# vq_loss_scale 1 (commitment 0.25, the reference code's default) instead of the project's 40: a
+# commitment weight of 10 holds a from-scratch encoder at its initial, position-coding codes.
+TINY_MODEL = dict(
+    embed_dim=128, num_heads=4, mlp_dim=512, num_layers=4, pooling_position=2,
+    quantize_position=2, vocab_size=320, num_decoder_layers=2, num_decoder_heads=4,
+    decoder_mlp_dim=512, max_target_positions=96, restart_interval=25, conv_init_std=0.3,
+    vq_loss_scale=1.0,
+)  # fmt: skip
+
+
+def default_config(variant: str, *, tiny: bool, steps: int, model: Mapping) -> mlc.ConfigDict:
+    """Every field of a speech-tokenizer config; ``model`` = model.* overrides of the preset.
+
+    Full size follows glm4voice.md §2.9 and §12 #1-8: init from whisper-large-v3, its tokenizer,
+    4096 utterances per step, AdamW (0.9, 0.999, 1e-8, wd 0.01), 1% warm-up to 1e-5, linear
+    decay to 0. ``tiny`` trains from scratch on the espeak corpus with a sentencepiece vocabulary.
+    """
+    c = mlc.ConfigDict()
+    c.trainer = "speech_tokenizer"
+    c.seed = 0
+    c.total_steps = steps
+    c.log_every_steps = 25 if tiny else 50
+    # HF whisper-large-v3 directory (stock Whisper: every shared weight is copied), a released
+    # tokenizer directory, or an Orbax checkpoint of this trainer. Empty = from scratch.
+    c.init_from = ""
+    c.model = model_section(variant, **dict(TINY_MODEL if tiny else {}, **model))
+    c.text = dict(
+        tokenizer="sentencepiece" if tiny else "whisper",
+        vocab_size=TINY_MODEL["vocab_size"],  # sentencepiece only
+        normalize=tiny,  # lower case, letters/digits/apostrophes (asr_scoring.normalize_text)
+        whisper_dir="",  # tokenizer files of the Whisper checkpoint (default: init_from)
+    )
+    c.input = dict(
+        # The espeak-ng demo corpus, synthesised on first use (data_pipelines/espeak_corpus.py).
+        espeak_corpus_dir="{workdir}/espeak" if tiny else "",
+        # "grammar": 1200 sentences over a 100-word grammar, one voice/speed/pitch each; held-out
+        # sentences are unseen combinations. "natural": 255 hand-written sentences (x3 voices),
+        # which a CPU-sized model memorises rather than generalises from.
+        espeak_sentences="grammar",
+        espeak_variants_per_sentence=1,
+        espeak_max_sentences=0,  # 0 = all sentences
+        train_manifest="" if tiny else "{workdir}/asr/train.jsonl",  # {"id","audio","text"}
+        heldout_manifest="" if tiny else "{workdir}/asr/heldout.jsonl",
+        global_batch_size=16 if tiny else 4096,  # utterances (<= 30 s) per step, §12 #8
+        max_audio_secs=8.0 if tiny else 30.0,
+        bucket_secs=1.0 if tiny else 5.0,  # audio padded to multiples: one compile per bucket
+        bucket_window=8,  # batches sorted by length together
+        max_text_tokens=80 if tiny else 440,  # decoder positions (prefix + text)
+        num_threads=2 if tiny else 16,
+        prefetch_buffer_size=4,
+    )
+    c.vq = dict(
+        codebook_init="data",  # "data" (§12 #3), "random", or a .npy of shape [C, D]
+        init_batches=4,
+        usage_window_steps=100,  # codebook_usage = fraction of codes used in these steps
+    )
+    c.optim = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0)
+    c.schedule = (
+        dict(decay="cosine", warmup_steps=200, peak_lr=1e-3, end_lr=1e-4)
+        if tiny
+        else dict(decay="linear", warmup_steps=max(1, steps // 100), peak_lr=1e-5, end_lr=0.0)
+    )
+    c.mesh = dict(data=1, fsdp=-1, tensor=1)
+    c.axis_rules = "fsdp"
+    c.ckpt = dict(every_steps=250 if tiny else 1000, keep=3, async_save=True)
+    c.evals = dict(
+        every_steps=250 if tiny else 2000,
+        batch_size=16 if tiny else 256,
+        max_new_tokens=72 if tiny else 440,
+        max_utterances=64 if tiny else 1000,
+        num_print=3,
+    )
+    c.metrics = dict(on_nonfinite="raise", console=True)
+    c.debug = dict(sigkill_at_step=-1)
+    return c
