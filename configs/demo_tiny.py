@@ -3,9 +3,9 @@ r"""The embedded default: the `tiny` GLM on the demo corpus, on a laptop CPU.
 Command (what `make demo` runs):
     python -m data_pipelines.demo_corpus --out runs/demo/corpus
     glmvoice-train --config configs/demo_tiny.py --workdir runs/demo
-Hardware: 2 CPU cores (1 JAX device). Expected: 300 steps of 16 x 256 tokens in about 2-3 minutes;
-loss falls from ~6.9 (uniform over 1024 ids) to about 1.5; speech loss below text loss as the
-interleaved speech spans become predictable from their text.
+Hardware: 2 CPU cores (1 JAX device). Measured (fresh clone, shared 2-core EPYC, load ~4):
+300 steps of 16 x 256 tokens in 4 min 07 s wall including corpus generation; loss 6.6 -> 0.72
+(text 0.38, speech 1.05 nats/token) at step 300.
 
 The same code path as configs/glm4_voice_9b_pretrain.py: only sizes differ.
 """
