@@ -255,16 +255,23 @@ class GLMAttention(nnx.Module):
         )
         self.out = _Proj((n, h, d), ("heads", "head_dim", "embed"), cfg=cfg, rngs=rngs)
 
-    def __call__(self, x, segment_ids, cos, sin):
+    def _qkv(self, x, cos, sin):
+        """Projections with rotary on q and k: (B, T, N, H), (B, T, K, H), (B, T, K, H)."""
         dt = x.dtype
 
         def proj(p: _Proj):
             y = jnp.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
             return y if p.bias is None else y + p.bias[...].astype(dt)
 
-        q = apply_rotary(proj(self.q), cos, sin)  # (B, T, N, H)
-        k = apply_rotary(proj(self.k), cos, sin)  # (B, T, K, H)
-        v = proj(self.v)
+        return (
+            apply_rotary(proj(self.q), cos, sin),
+            apply_rotary(proj(self.k), cos, sin),
+            proj(self.v),
+        )
+
+    def __call__(self, x, segment_ids, cos, sin):
+        dt = x.dtype
+        q, k, v = self._qkv(x, cos, sin)
         o = attention.dot_product_attention(
             q,
             k,
@@ -278,14 +285,8 @@ class GLMAttention(nnx.Module):
     def decode(self, x, cos, sin, k_cache, v_cache, index):
         """Cached step: x [B, T, D] at slots index[b] + t; caches [B, S, K, H] -> updated."""
         dt = x.dtype
-
-        def proj(p: _Proj):
-            y = jnp.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
-            return y if p.bias is None else y + p.bias[...].astype(dt)
-
-        q = apply_rotary(proj(self.q), cos, sin)  # (B, T, N, H)
-        k = apply_rotary(proj(self.k), cos, sin).astype(k_cache.dtype)  # (B, T, K, H)
-        v = proj(self.v).astype(v_cache.dtype)
+        q, k, v = self._qkv(x, cos, sin)
+        k, v = k.astype(k_cache.dtype), v.astype(v_cache.dtype)
 
         def write(cache, new, i):
             return jax.lax.dynamic_update_slice(cache, new, (i, 0, 0))
