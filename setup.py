@@ -54,6 +54,8 @@ setuptools.setup(
             "glmvoice-aot=glmvoice_jax.cli.aot:run",
             "glmvoice-tokenize=glmvoice_jax.cli.tokenize_audio:run",
             "glmvoice-data-stats=glmvoice_jax.cli.data_stats:run",
+            "glmvoice-eval=glmvoice_jax.cli.evaluate:run",
+            "glmvoice-ablate=glmvoice_jax.cli.ablate:run",
             "glmvoice-export-decoder=glmvoice_jax.cli.export_decoder:run",
         ],
     },
