@@ -131,7 +131,10 @@ def _generate(
     num_audio: int,
     eoa_id: int,
 ):
-    """Samples [B, max_new + 1] choices in [0, A]; A = num_audio marks <|end_of_audio|>."""
+    """Samples [B, max_new + 1] choices in [0, A]: A ids from audio_offset, and A for eoa_id.
+
+    Speech: the codebook ids and <|end_of_audio|>; ASR text: the text ids and <|endoftext|>.
+    """
     model = nnx.merge(graphdef, state)
     b, p = tokens.shape
     cache = model.init_cache(b, p + max_new + 1)
@@ -258,9 +261,14 @@ class SpeechSampler:
         nnx.replace_by_pure_dict(abs_state, params)
         return cls(nnx.merge(graphdef, abs_state), layout, cfg, devices=devices)
 
-    @functools.lru_cache(maxsize=32)  # noqa: B019 - one compiled function per max_new bucket
-    def _jitted(self, max_new: int):
-        c, layout = self.cfg, self.layout
+    def with_config(self, cfg: SamplingConfig) -> SpeechSampler:
+        """The same model on the same devices with other decoding settings."""
+        model = nnx.merge(self._graphdef, self._state)
+        return SpeechSampler(model, self.layout, cfg, devices=list(self.mesh.devices.flat))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 - one compiled function per shape bucket
+    def _jitted(self, max_new: int, offset: int, count: int, stop_id: int):
+        c = self.cfg
 
         def fn(state, tokens, prompt_lens, limits, seeds):
             return _generate(
@@ -274,9 +282,9 @@ class SpeechSampler:
                 temperature=c.temperature,
                 top_p=c.top_p,
                 min_tokens=c.min_tokens,
-                audio_offset=layout.audio_offset,
-                num_audio=layout.num_audio_tokens,
-                eoa_id=layout.special(token_layout_lib.END_AUDIO),
+                audio_offset=offset,
+                num_audio=count,
+                eoa_id=stop_id,
             )
 
         rows = self._rows
@@ -301,9 +309,40 @@ class SpeechSampler:
         start = time.perf_counter()
         prompts_ = [prompts.tts_prompt(t, self.layout) for t in texts]
         limits = [self.cfg.max_tokens(len(np.asarray(t).reshape(-1))) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: (len(prompts_[i]), limits[i]))
+        lay = self.layout
+        stop = lay.special(token_layout_lib.END_AUDIO)
+        out = self._run(prompts_, limits, seeds, lay.audio_offset, lay.num_audio_tokens, stop)
+        self.stats["spans"] += len(texts)
+        self.stats["speech_tokens"] += sum(len(o) for o in out)
+        self.stats["seconds"] += time.perf_counter() - start
+        return out
+
+    def transcribe(
+        self, codes: Sequence[np.ndarray], seeds: Sequence[int], *, max_tokens: int
+    ) -> list[np.ndarray]:
+        """ASR through the LM: text ids after the ``asr`` template's prefix, until <|endoftext|>.
+
+        The prompt is [gMASK]<sop> <|begin_of_audio|> {speech} <|end_of_audio|> (prompts.asr);
+        choices are restricted to the text ids and <|endoftext|>, as ``sample`` restricts TTS to
+        the speech ids and <|end_of_audio|>. Returns text ids (no end token) per utterance.
+        """
+        if len(codes) != len(seeds):
+            raise ValueError(f"{len(codes)} utterances but {len(seeds)} seeds")
+        lay = self.layout
+        prompts_ = [
+            np.concatenate([lay.bos_ids, lay.wrap_audio(np.asarray(c).reshape(-1))]).astype(
+                np.int32
+            )
+            for c in codes
+        ]
+        limits = [max_tokens] * len(codes)
+        return self._run(prompts_, limits, seeds, 0, lay.text_vocab_size, lay.eos_id)
+
+    def _run(self, prompts_, limits, seeds, offset: int, count: int, stop_id: int):
+        """Batched generation over ids [offset, offset + count) + ``stop_id``; returns indices."""
+        order = sorted(range(len(prompts_)), key=lambda i: (len(prompts_[i]), limits[i]))
         rows = -(-self.cfg.batch_size // self.rows_multiple) * self.rows_multiple
-        out: list[np.ndarray | None] = [None] * len(texts)
+        out: list[np.ndarray | None] = [None] * len(prompts_)
         for s in range(0, len(order), rows):
             idx = order[s : s + rows]
             # Power-of-two buckets from 32: few distinct shapes, so few compiles.
@@ -318,16 +357,14 @@ class SpeechSampler:
                 tokens[r, : len(prompts_[i])] = prompts_[i]
                 lens[r], lim[r], seed_arr[r] = len(prompts_[i]), limits[i], seeds[i] & 0xFFFFFFFF
             with jax.set_mesh(self.mesh):
-                choices = self._jitted(m)(self._state, tokens, lens, lim, seed_arr)
+                choices = self._jitted(m, offset, count, stop_id)(
+                    self._state, tokens, lens, lim, seed_arr
+                )
             choices = np.asarray(jax.device_get(choices))
-            stop = self.layout.num_audio_tokens
             for r, i in enumerate(idx):
                 row = choices[r]
-                end = int(np.argmax(row == stop)) if (row == stop).any() else len(row)
+                end = int(np.argmax(row == count)) if (row == count).any() else len(row)
                 out[i] = row[:end].astype(np.int32)
-        self.stats["spans"] += len(texts)
-        self.stats["speech_tokens"] += sum(len(o) for o in out)
-        self.stats["seconds"] += time.perf_counter() - start
         return out
 
 

@@ -233,7 +233,7 @@ def _synthesize_missing(texts: Sequence[str], cache_dir: str) -> dict[str, str]:
 def text_encoder(lm_checkpoint: str, layout: token_layout_lib.TokenLayout) -> Callable:
     """The LM's text encoder: text -> ids without the [gMASK]<sop> prefix.
 
-    A checkpoint without a recorded tokenizer in the ``demo`` layout uses that layout's text
+    A checkpoint without a recorded tokenizer in a ``demo`` layout uses that layout's text
     vocabulary, UTF-8 bytes (token_layout.py).
 
     Raises:
@@ -242,7 +242,7 @@ def text_encoder(lm_checkpoint: str, layout: token_layout_lib.TokenLayout) -> Ca
     tok = text_tokenizer.load_for_checkpoint(lm_checkpoint)
     if tok is not None:
         return lambda text: tok.encode(text, add_prefix=False)
-    if layout.name == "demo":
+    if layout.text_is_utf8_bytes:
         return lambda text: list(text.encode("utf-8"))
     raise ValueError(
         f"checkpoint {lm_checkpoint} records no text tokenizer and its token layout is "

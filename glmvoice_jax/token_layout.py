@@ -144,6 +144,11 @@ class TokenLayout:
             np.int32
         )
 
+    @property
+    def text_is_utf8_bytes(self) -> bool:
+        """The demo layouts (``demo``, ``demo<K>``): text ids 0..255 are UTF-8 bytes."""
+        return self.name == "demo" or (self.name.startswith("demo") and self.name[4:].isdigit())
+
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
         d["specials"] = [list(p) for p in self.specials]
@@ -199,7 +204,29 @@ LAYOUTS: dict[str, TokenLayout] = {
 }
 
 
+def demo_layout(num_audio_tokens: int) -> TokenLayout:
+    """The demo vocabulary with another codebook size: ``demo<K>`` (bitrate ablations).
+
+    Text bytes and specials as ``demo``; K speech ids from 512; vocab padded to a multiple of 128.
+    """
+    if num_audio_tokens < 1:
+        raise ValueError(f"demo layout needs >= 1 speech token, got {num_audio_tokens}")
+    return TokenLayout(
+        name=f"demo{num_audio_tokens}",
+        text_vocab_size=256,
+        specials=_DEMO_SPECIALS,
+        audio_offset=512,
+        num_audio_tokens=num_audio_tokens,
+        vocab_size=-(-(512 + num_audio_tokens) // 128) * 128,
+    )
+
+
 def get(name: str) -> TokenLayout:
-    if name not in LAYOUTS:
-        raise ValueError(f"unknown token layout {name!r}; known: {sorted(LAYOUTS)}")
-    return LAYOUTS[name]
+    """A preset layout by name; ``demo<K>`` (e.g. ``demo4096``) is the demo layout with K codes."""
+    if name in LAYOUTS:
+        return LAYOUTS[name]
+    if name.startswith("demo") and name[4:].isdigit():
+        return demo_layout(int(name[4:]))
+    raise ValueError(
+        f"unknown token layout {name!r}; known: {sorted(LAYOUTS)} and demo<K> (K speech codes)"
+    )

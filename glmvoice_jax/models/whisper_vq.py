@@ -454,6 +454,39 @@ class WhisperVQEncoder(nnx.Module):
             raise ValueError("stop_after/before_quantizer needs a quantizer (quantize_position)")
         return EncoderOutput(self.layer_norm(x), mask, ids, token_mask, aux)
 
+    def from_codes(self, ids: jax.Array, token_mask: jax.Array) -> EncoderOutput:
+        """The encoder from speech tokens on: what the ASR head sees for these tokens.
+
+        Code vectors + ``embed_positions2``, the layers after the quantizer, the final LayerNorm:
+        exactly the inference path of ``__call__`` after its quantizer, so the Whisper decoder
+        can transcribe tokens that did not come from audio (e.g. an LM's TTS output).
+
+        Args:
+          ids: [B, T''] int code ids.
+          token_mask: [B, T''] valid tokens.
+
+        Raises:
+          ValueError: without a quantizer, or when pooling comes after the quantizer.
+        """
+        cfg = self.config
+        if self.quantizer is None:
+            raise ValueError("from_codes needs a quantizer; this config has quantize_position=None")
+        if cfg.uses_pooling and cfg.pooling_position > cfg.quantize_position:
+            raise ValueError(
+                f"from_codes: pooling_position ({cfg.pooling_position}) after quantize_position "
+                f"({cfg.quantize_position}) is not supported"
+            )
+        dtype = jnp.dtype(cfg.dtype)
+        x = self.quantizer.lookup(ids).astype(dtype)  # (B, T'', D)
+        x = x + self.embed_positions2[: x.shape[1]].astype(dtype)
+        mask = token_mask.astype(bool)
+        block = cfg.pooled_block_size if cfg.uses_pooling else cfg.attention_block_size
+        attn_mask = wl.block_causal_mask(mask, block)
+        for layer in list(self.layers)[cfg.quantize_position :]:
+            x = _call_layer(layer, cfg.remat, x, attn_mask)
+        aux = {"vq_loss": jnp.zeros((), jnp.float32)}
+        return EncoderOutput(self.layer_norm(x), mask, ids, mask, aux)
+
 
 class WhisperDecoder(nnx.Module):
     """Whisper text decoder; logits use the token embedding as output projection (tied)."""
