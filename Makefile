@@ -22,9 +22,10 @@ system-deps:
 	  { echo "installing espeak-ng and sox (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox; }
 
-# Tiny GLM on a generated demo corpus, on CPU; running it again resumes from the checkpoints.
-demo: $(STAMP)
-	$(PY) -m data_pipelines.demo_corpus --out $(WORKDIR)/corpus
+# Tiny GLM pretrained on CPU on a four-kind corpus made from espeak-ng speech and bundled text by
+# the real jobs (data_pipelines/demo_pipeline.py); running it again resumes every stage.
+demo: $(STAMP) system-deps
+	$(PY) -m data_pipelines.demo_pipeline --workdir $(WORKDIR)
 	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)
 
 test: $(STAMP) system-deps lint

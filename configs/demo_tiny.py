@@ -1,11 +1,15 @@
 r"""The embedded default: the `tiny` GLM on the demo corpus, on a laptop CPU.
 
 Command (what `make demo` runs):
-    python -m data_pipelines.demo_corpus --out runs/demo/corpus
+    python -m data_pipelines.demo_pipeline --workdir runs/demo
     glmvoice-train --config configs/demo_tiny.py --workdir runs/demo
-Hardware: 2 CPU cores (1 JAX device). Measured (fresh clone, shared 2-core EPYC, load ~4):
-300 steps of 16 x 256 tokens in 4 min 07 s wall including corpus generation; loss 6.6 -> 0.72
-(text 0.38, speech 1.05 nats/token) at step 300.
+The first command makes the four-kind corpus from espeak-ng speech and bundled text through the
+real jobs (TFDS builders, a tiny speech tokenizer trained from scratch, glmvoice-tokenize, the
+record jobs, the text-to-token model for the interleaved spans): data_pipelines/demo_pipeline.py.
+Hardware: 2 CPU cores (1 JAX device). Measured: see README ("make demo").
+
+``:corpus=synthetic`` reads the three generated sources of data_pipelines/demo_corpus.py instead
+(text, speech, interleaved; seconds to make, used by the fast tests).
 
 The same code path as configs/glm4_voice_9b_pretrain.py: only sizes differ.
 """
@@ -16,7 +20,7 @@ from glmvoice_jax import config_lib
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    arg = config_lib.parse_arg(arg, steps=300)
+    arg = config_lib.parse_arg(arg, steps=300, corpus="speech")
     c = mlc.ConfigDict()
     c.trainer = "lm"
     c.seed = 0
@@ -25,13 +29,27 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.init_from = ""
     c.model = config_lib.model_section("tiny", scan_layers=True, remat_policy="none")
     c.tokens = dict(layout="demo")
-    # Written by data_pipelines/demo_corpus.py; "{workdir}" is replaced by --workdir.
+    # "{workdir}" is replaced by --workdir. Weights are per document.
+    root = "{workdir}/corpus"
+    if arg.corpus == "speech":  # data_pipelines/demo_pipeline.py
+        sources = {
+            "text": dict(paths=f"{root}/text/*.array_record", weight=0.25),
+            "speech_only": dict(paths=f"{root}/speech_only/*.array_record", weight=0.2),
+            "asr_tts": dict(
+                paths=[f"{root}/asr/*.array_record", f"{root}/tts/*.array_record"], weight=0.3
+            ),
+            "interleaved": dict(paths=f"{root}/interleaved/*.array_record", weight=0.25),
+        }
+    elif arg.corpus == "synthetic":  # data_pipelines/demo_corpus.py
+        sources = {
+            "text": dict(paths=f"{root}/text/*.array_record", weight=0.3),
+            "speech": dict(paths=f"{root}/speech/*.array_record", weight=0.2),
+            "interleaved": dict(paths=f"{root}/interleaved/*.array_record", weight=0.5),
+        }
+    else:
+        raise ValueError(f"corpus must be 'speech' or 'synthetic', got {arg.corpus!r}")
     c.input = dict(
-        sources={
-            "text": dict(paths="{workdir}/corpus/text/*.array_record", weight=0.3),
-            "speech": dict(paths="{workdir}/corpus/speech/*.array_record", weight=0.2),
-            "interleaved": dict(paths="{workdir}/corpus/interleaved/*.array_record", weight=0.5),
-        },
+        sources=sources,
         seq_len=256,
         global_batch_size=16,  # 16 x 256 = 4,096 tokens per step
         num_workers=0,

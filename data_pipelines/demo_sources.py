@@ -88,6 +88,8 @@ def build_demo_sources(
     num_shards: int = 4,
     t2t_steps: int = 150,
     sampler: sampling.SpeechSampler | sampling.LookupSampler | None = None,
+    text_input: tuple[str, str] | None = None,
+    interleaved_input: tuple[str, str] | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, list[str]]:
@@ -95,6 +97,8 @@ def build_demo_sources(
 
     ``sampler``: use this text-to-token sampler instead of training the tiny model (e.g.
     ``sampling.LookupSampler(token_layout.get("demo"))`` for a fast, model-free demo).
+    ``text_input`` / ``interleaved_input``: (corpus spec, split) of the text documents, e.g. a
+    TFDS text dataset (data_pipelines/demo_pipeline.py); default: bundled documents as JSONL.
 
     Returns:
       {"text", "speech_only", "asr_tts", "interleaved"} -> list of shard globs.
@@ -104,10 +108,14 @@ def build_demo_sources(
         "text": bundled_text_docs(num_text_docs, seed),
         "interleaved": bundled_text_docs(num_interleaved_docs, seed + 1),
     }
+    given = {"text": text_input, "interleaved": interleaved_input}
     inputs = {}
     for name, texts in docs.items():
+        if given[name] is not None:
+            inputs[name] = given[name]
+            continue
         path = os.path.join(out_dir, "inputs", f"{name}.jsonl")
-        inputs[name] = path
+        inputs[name] = (path, "train")
         if not os.path.exists(path):
             with open(path + ".incomplete", "w", encoding="utf-8") as f:
                 for i, t in enumerate(texts):
@@ -116,8 +124,9 @@ def build_demo_sources(
     common = dict(layout=LAYOUT, num_shards=num_shards, process_index=0, process_count=1)
     plans = {}
     plans["text"], _ = text_records.write_text_records(
-        inputs["text"],
+        inputs["text"][0],
         os.path.join(out_dir, "text"),
+        split=inputs["text"][1],
         tokenizer="bytes",
         progress=progress,
         **common,
@@ -136,8 +145,9 @@ def build_demo_sources(
     if sampler is None:
         sampler = _train_text_to_token(out_dir, t2t_steps, progress)
     plans["interleaved"], _ = interleave_records.write_interleaved_records(
-        inputs["interleaved"],
+        inputs["interleaved"][0],
         os.path.join(out_dir, "interleaved"),
+        split=inputs["interleaved"][1],
         sampler=sampler,
         tokenizer="bytes",
         span_cfg=interleave.SpanConfig(),

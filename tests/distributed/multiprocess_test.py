@@ -22,7 +22,7 @@ from data_pipelines import demo_corpus
 from glmvoice_jax import checkpoint, input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO = os.path.join(REPO, "configs", "demo_tiny.py")
+DEMO = os.path.join(REPO, "configs", "demo_tiny.py") + ":corpus=synthetic"
 DEVICES = 4  # global device count of every run
 HEARTBEAT_S = 5
 

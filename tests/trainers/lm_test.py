@@ -19,7 +19,7 @@ from glmvoice_jax.models import glm
 from glmvoice_jax.trainers import lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DEMO = os.path.join(REPO, "configs", "demo_tiny.py")
+DEMO = os.path.join(REPO, "configs", "demo_tiny.py") + ":corpus=synthetic"
 
 # Small enough to compile in seconds; every override is a real --config.* flag.
 OVERRIDES = {

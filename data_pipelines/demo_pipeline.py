@@ -1,0 +1,151 @@
+r"""The corpus of ``make demo``: espeak-ng speech + bundled text, through the real jobs.
+
+Stages, each resumable (a finished stage's output is found and kept; rerunning after a kill goes
+on where it stopped):
+
+1. ``W/espeak``: the espeak-ng corpus (data_pipelines/espeak_corpus.py, grammar sentences).
+2. ``W/tfds``: TFDS datasets (array_record, no TensorFlow) built by data_pipelines/tfds_builders.py:
+   ``demo_speech`` (splits train / heldout, audio arrays + transcripts) and ``demo_text`` (the
+   bundled sentences grouped into documents; splits ``text`` and ``interleave``).
+3. ``W/tokenizer``: the tiny 12.5 Hz speech tokenizer (configs/tokenizer_12hz.py:tiny) trained
+   from scratch on ``demo_speech`` for ``tokenizer_steps`` steps by the real trainer.
+4. ``W/tokens``: every utterance tokenized with it (glmvoice_jax/tokenizing_job.py, the
+   ``glmvoice-tokenize`` job).
+5. ``W/corpus``: the four pretraining sources in the record schema (data_pipelines/demo_sources.py:
+   text, speech_only, asr + tts, and interleaved, whose speech spans the tiny text-to-token model
+   samples after training on the tts records).
+
+``configs/demo_tiny.py`` then pretrains the tiny GLM on ``W/corpus`` (``make demo``).
+
+Usage: python -m data_pipelines.demo_pipeline --workdir runs/demo [--tokenizer_steps 300]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+from data_pipelines import demo_sources, espeak_corpus, tfds_builders
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOKENIZER_CONFIG = os.path.join(REPO, "configs", "tokenizer_12hz.py")
+
+
+def _stage(name: str, n: int, total: int = 5):
+    print(f"[demo {n}/{total}] {name}", flush=True)
+    return time.perf_counter()
+
+
+def _done(start: float) -> None:
+    print(f"          done in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+def build_tfds(workdir: str, manifests: dict[str, str], num_docs: dict[str, int]) -> dict:
+    """The TFDS speech and text datasets of the demo; returns their version folders."""
+    texts_dir = os.path.join(workdir, "tfds", "inputs")
+    os.makedirs(texts_dir, exist_ok=True)
+    text_src = {}
+    for split, n in num_docs.items():
+        path = os.path.join(texts_dir, f"{split}.jsonl")
+        text_src[split] = path
+        if not os.path.exists(path):
+            docs = demo_sources.bundled_text_docs(n, seed=len(split))
+            with open(path + ".incomplete", "w", encoding="utf-8") as f:
+                f.writelines(
+                    json.dumps({"id": f"{split}{i}", "text": t}) + "\n" for i, t in enumerate(docs)
+                )
+            os.replace(path + ".incomplete", path)
+    data_dir = os.path.join(workdir, "tfds")
+    return {
+        "speech": tfds_builders.build(
+            "manifest", dict(manifests), data_dir, "demo_speech", sample_rate=16000
+        ),
+        "text": tfds_builders.build("text", text_src, data_dir, "demo_text"),
+    }
+
+
+def train_tokenizer(workdir: str, manifests: dict[str, str], steps: int) -> str:
+    """configs/tokenizer_12hz.py:tiny on the given manifests; returns the checkpoint workdir."""
+    from glmvoice_jax import config_lib
+    from glmvoice_jax.trainers import speech_tokenizer
+
+    out = os.path.join(workdir, "tokenizer")
+    config = config_lib.load_config_file(f"{TOKENIZER_CONFIG}:tiny,steps={steps}")
+    config.input.espeak_corpus_dir = ""
+    config.input.train_manifest = manifests["train"]
+    config.input.heldout_manifest = manifests["heldout"]
+    config.evals.every_steps = steps  # one held-out CER at the end
+    config.ckpt.every_steps = min(config.ckpt.every_steps, steps)
+    speech_tokenizer.train(config, out)
+    return out
+
+
+def tokenize(workdir: str, tokenizer: str, manifests: dict[str, str]) -> dict[str, str]:
+    """Speech tokens of both splits; returns {split: tokens.jsonl}."""
+    from glmvoice_jax import tokenizing_job
+
+    out = {}
+    for split, manifest in manifests.items():
+        path = os.path.join(workdir, "tokens", f"{split}.jsonl")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tokenizing_job.tokenize_files(tokenizer, manifest, path, log=lambda s: None)
+        out[split] = path
+    return out
+
+
+def run(workdir: str, *, tokenizer_steps: int = 300, max_sentences: int = 0) -> dict:
+    """All stages; returns the source -> shard globs of ``W/corpus``."""
+    workdir = os.path.abspath(workdir)
+    t = _stage("espeak-ng corpus (grammar sentences)", 1)
+    espeak = espeak_corpus.make_corpus(
+        os.path.join(workdir, "espeak"),
+        max_sentences=max_sentences or None,
+        variants_per_sentence=1,
+        sentences_path=espeak_corpus.SENTENCE_SETS["grammar"],
+    )
+    _done(t)
+    t = _stage("TFDS datasets demo_speech + demo_text (array_record)", 2)
+    datasets = build_tfds(workdir, espeak, {"text": 600, "interleave": 300})
+    # The speech builder lists every kept utterance next to its split (absolute audio paths).
+    manifests = {s: os.path.join(datasets["speech"], f"manifest.{s}.jsonl") for s in espeak}
+    _done(t)
+    t = _stage(f"tiny 12.5 Hz speech tokenizer, {tokenizer_steps} steps from scratch", 3)
+    tokenizer = train_tokenizer(workdir, manifests, tokenizer_steps)
+    _done(t)
+    t = _stage("tokenize the corpus (glmvoice-tokenize job)", 4)
+    tokens = tokenize(workdir, tokenizer, manifests)
+    _done(t)
+    t = _stage("pretraining records: text, speech_only, asr + tts, interleaved", 5)
+    patterns = demo_sources.build_demo_sources(
+        os.path.join(workdir, "corpus"),
+        manifest=datasets["speech"],
+        tokens=tokens["train"],
+        text_input=(datasets["text"], "text"),
+        interleaved_input=(datasets["text"], "interleave"),
+    )
+    _done(t)
+    return patterns
+
+
+def _define_flags() -> None:
+    flags.DEFINE_string("workdir", None, "Demo workdir (make demo: runs/demo).", required=True)
+    flags.DEFINE_integer("tokenizer_steps", 300, "Speech-tokenizer training steps.")
+    flags.DEFINE_integer("num_sentences", 0, "Use only the first N espeak sentences (0 = all).")
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    f = flags.FLAGS
+    if not f["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines drown the progress
+    patterns = run(f.workdir, tokenizer_steps=f.tokenizer_steps, max_sentences=f.num_sentences)
+    for name, globs in patterns.items():
+        print(f"  {name}: {globs}")
+
+
+if __name__ == "__main__":
+    _define_flags()
+    app.run(main)
