@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install system-deps demo test lint format bench clean-demo
+.PHONY: install system-deps demo ablate-demo test lint format bench clean-demo
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,12 @@ system-deps:
 demo: $(STAMP) system-deps
 	$(PY) -m data_pipelines.demo_pipeline --workdir $(WORKDIR)
 	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)
+
+# The tokenizer-bitrate study at tiny scale on CPU (not part of make test): report in
+# $(ABLATE_WORKDIR)/report.md; rerunning resumes at the first unfinished stage.
+ABLATE_WORKDIR ?= runs/ablate
+ablate-demo: $(STAMP) system-deps
+	$(VENV)/bin/glmvoice-ablate --sweep configs/ablation_bitrates.py:tiny --workdir $(ABLATE_WORKDIR)
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest 

@@ -14,6 +14,10 @@ on where it stopped):
 5. ``W/corpus``: the four pretraining sources in the record schema (data_pipelines/demo_sources.py:
    text, speech_only, asr + tts, and interleaved, whose speech spans the tiny text-to-token model
    samples after training on the tts records).
+6. ``W/corpus/t2t_quality.json``: the text-to-token model on held-out pairs: its speech tokens for
+   held-out transcripts, transcribed by the tokenizer's ASR head (token_transcriber.py), CER
+   against the transcripts; next to the CER of the real tokens of the same utterances (the
+   ceiling the tokenizer sets) and the length ratio sampled / real tokens.
 
 ``configs/demo_tiny.py`` then pretrains the tiny GLM on ``W/corpus`` (``make demo``).
 
@@ -26,6 +30,7 @@ import json
 import os
 import time
 
+import numpy as np
 from absl import app, flags, logging
 
 from data_pipelines import demo_sources, espeak_corpus, tfds_builders
@@ -34,7 +39,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOKENIZER_CONFIG = os.path.join(REPO, "configs", "tokenizer_12hz.py")
 
 
-def _stage(name: str, n: int, total: int = 5):
+def _stage(name: str, n: int, total: int = 6):
     print(f"[demo {n}/{total}] {name}", flush=True)
     return time.perf_counter()
 
@@ -96,7 +101,42 @@ def tokenize(workdir: str, tokenizer: str, manifests: dict[str, str]) -> dict[st
     return out
 
 
-def run(workdir: str, *, tokenizer_steps: int = 300, max_sentences: int = 0) -> dict:
+def t2t_quality(workdir: str, tokenizer: str, manifest: str, tokens: str, n: int = 64) -> dict:
+    """Text-to-token model vs real tokens on ``n`` held-out utterances (see stage 6)."""
+    from glmvoice_jax import asr_scoring, token_transcriber
+    from glmvoice_jax.sampling import SpeechSampler
+
+    out_path = os.path.join(workdir, "corpus", "t2t_quality.json")
+    if os.path.exists(out_path):
+        with open(out_path) as f:
+            return json.load(f)
+    with open(manifest, encoding="utf-8") as f:
+        texts = {str(r["id"]): r["text"] for r in map(json.loads, filter(str.strip, f))}
+    with open(tokens, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()][:n]
+    refs = [texts[str(r["id"])] for r in rows]
+    real = [np.asarray(r["tokens"], np.int32) for r in rows]
+    # The settings the interleaving job sampled with (demo_sources._train_text_to_token).
+    sampler = SpeechSampler.from_checkpoint(
+        os.path.join(workdir, "corpus", "t2t"), demo_sources.T2T_SAMPLING
+    )
+    sampled = sampler.sample([np.frombuffer(t.encode(), np.uint8) for t in refs], range(len(refs)))
+    asr = token_transcriber.TokenTranscriber(tokenizer)
+    result = {
+        "utterances": len(rows),
+        "t2t_cer": asr_scoring.error_rates(refs, asr.transcribe(sampled))["cer"],
+        "real_tokens_cer": asr_scoring.error_rates(refs, asr.transcribe(real))["cer"],
+        "length_ratio": sum(map(len, sampled)) / max(1, sum(map(len, real))),
+    }
+    with open(out_path + ".tmp", "w") as f:
+        json.dump(result, f, indent=1)
+    os.replace(out_path + ".tmp", out_path)
+    return result
+
+
+def run(
+    workdir: str, *, tokenizer_steps: int = 300, t2t_steps: int = 100, max_sentences: int = 0
+) -> dict:
     """All stages; returns the source -> shard globs of ``W/corpus``."""
     workdir = os.path.abspath(workdir)
     t = _stage("espeak-ng corpus (grammar sentences)", 1)
@@ -125,6 +165,15 @@ def run(workdir: str, *, tokenizer_steps: int = 300, max_sentences: int = 0) -> 
         tokens=tokens["train"],
         text_input=(datasets["text"], "text"),
         interleaved_input=(datasets["text"], "interleave"),
+        t2t_steps=t2t_steps,
+    )
+    _done(t)
+    t = _stage("text-to-token quality on held-out pairs (tokenizer's ASR head)", 6)
+    q = t2t_quality(workdir, tokenizer, manifests["heldout"], tokens["heldout"])
+    print(
+        f"          {q['utterances']} held-out transcripts: CER of the text-to-token model's "
+        f"tokens {100 * q['t2t_cer']:.1f}% vs the real tokens' {100 * q['real_tokens_cer']:.1f}%"
+        f" (length ratio {q['length_ratio']:.2f})"
     )
     _done(t)
     return patterns
@@ -133,6 +182,7 @@ def run(workdir: str, *, tokenizer_steps: int = 300, max_sentences: int = 0) -> 
 def _define_flags() -> None:
     flags.DEFINE_string("workdir", None, "Demo workdir (make demo: runs/demo).", required=True)
     flags.DEFINE_integer("tokenizer_steps", 300, "Speech-tokenizer training steps.")
+    flags.DEFINE_integer("t2t_steps", 100, "Text-to-token model training steps.")
     flags.DEFINE_integer("num_sentences", 0, "Use only the first N espeak sentences (0 = all).")
 
 
@@ -141,7 +191,12 @@ def main(argv: list[str]) -> None:
     f = flags.FLAGS
     if not f["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines drown the progress
-    patterns = run(f.workdir, tokenizer_steps=f.tokenizer_steps, max_sentences=f.num_sentences)
+    patterns = run(
+        f.workdir,
+        tokenizer_steps=f.tokenizer_steps,
+        t2t_steps=f.t2t_steps,
+        max_sentences=f.num_sentences,
+    )
     for name, globs in patterns.items():
         print(f"  {name}: {globs}")
 

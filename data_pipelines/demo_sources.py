@@ -35,6 +35,9 @@ from data_pipelines import interleave_records, speech_records, text_records
 from glmvoice_jax import interleave, sampling, token_layout
 
 LAYOUT = "demo"
+# How the interleaving job samples the tiny text-to-token model (speech tokens per text byte: the
+# espeak corpus at 12.5 Hz has ~0.8, so 3 per byte + 8 bounds every span).
+T2T_SAMPLING = sampling.SamplingConfig(max_len_ratio=3.0, max_len_extra=8, batch_size=64)
 # The espeak-ng corpus' sentences (data_pipelines/espeak_corpus.py reads the same file; importing
 # that module would define its absl flags).
 SENTENCES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sentences.txt")
@@ -182,8 +185,7 @@ def _train_text_to_token(out_dir: str, steps: int, progress: bool) -> sampling.S
     )
     config.metrics.console = progress
     lm.train(config, t2t_dir)
-    cfg = sampling.SamplingConfig(max_len_ratio=3.0, max_len_extra=8, batch_size=64)
-    return sampling.SpeechSampler.from_checkpoint(t2t_dir, cfg)
+    return sampling.SpeechSampler.from_checkpoint(t2t_dir, T2T_SAMPLING)
 
 
 def _define_flags() -> None:
