@@ -14,6 +14,8 @@ Recipe: glm4voice.md §7.4 and the project defaults of §12 #16-17: AdamW (0.9, 
 1024 x 8192 = 8,388,608 tokens/step, 1e12 / 8,388,608 = 119,210 steps; fp32 params, bf16 compute.
 """
 
+import os
+
 import ml_collections as mlc
 
 from glmvoice_jax import config_lib
@@ -37,20 +39,16 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         attention_chunk=1024,
     )
     c.tokens = dict(layout="glm4_voice")
-    root = arg.data_root
-    # Token shares of glm4voice.md §7.1 (Grain mixes by sequence; calibrate with data stats).
-    c.input = dict(
-        sources={
-            "interleaved": dict(paths=f"{root}/interleaved/*.array_record", weight=0.626),
-            "speech_only": dict(paths=f"{root}/speech_only/*.array_record", weight=0.062),
-            "asr_tts": dict(paths=f"{root}/asr_tts/*.array_record", weight=0.028),
-            "text": dict(paths=f"{root}/text/*.array_record", weight=0.284),
-        },
-        seq_len=8192,
-        global_batch_size=1024,
-        num_workers=8,
-        prefetch_buffer_size=64,
+    # The four-kind mixture of configs/pretrain_mixture.py (Table 2 token shares turned into
+    # per-document weights with the estimated mean document lengths; recalibrate them with
+    # glmvoice-data-stats on the real corpus), at the 9B run's length and batch.
+    mixture = config_lib.load_config_file(
+        os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrain_mixture.py")
+        + f":data_root={arg.data_root},seq_len=8192,batch=1024"
     )
+    c.input = mixture.input
+    c.input.num_workers = 8
+    c.input.prefetch_buffer_size = 64
     c.optim = dict(
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0, grad_accum_steps=1
     )

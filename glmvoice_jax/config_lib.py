@@ -191,6 +191,12 @@ def validate(config: mlc.ConfigDict) -> None:
         f"loss.chunk_size ({config.loss.chunk_size}) must divide input.seq_len ({inp.seq_len})",
     )
     need(len(inp.sources) > 0, "input.sources is empty: configure at least one source")
+    ownership = inp.get("shard_ownership", "global")
+    need(
+        ownership in ("global", "process"),
+        f"input.shard_ownership must be 'global' (process-count-independent order) or "
+        f"'process' (each process opens only its own shards), got {ownership!r}",
+    )
     weights = {name: float(src.weight) for name, src in inp.sources.items()}
     for name, w in weights.items():
         need(w >= 0, f"input.sources.{name}.weight must be >= 0, got {w}")

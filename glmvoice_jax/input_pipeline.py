@@ -293,17 +293,48 @@ def _check_sources(sources: Sequence[SourceSpec]) -> list[SourceSpec]:
     return active
 
 
-def _documents(sources: Sequence[SourceSpec], *, vocab_size: int, seed: int) -> grain.MapDataset:
-    """The global, infinite, mixed stream of decoded documents: a function of (sources, seed)."""
+def _documents(
+    sources: Sequence[SourceSpec],
+    *,
+    vocab_size: int,
+    seed: int,
+    shard_owner: tuple[int, int] | None = None,
+) -> grain.MapDataset:
+    """The global, infinite, mixed stream of decoded documents: a function of (sources, seed).
+
+    With ``shard_owner`` = (p, P) it is process p's stream over its own shards instead.
+    """
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    return mixed_records(sources, seed=seed).map(_DecodeAndCheck(vocab_size))
+    docs = mixed_records(sources, seed=seed, shard_owner=shard_owner)
+    return docs.map(_DecodeAndCheck(vocab_size))
 
 
-def mixed_records(sources: Sequence[SourceSpec], *, seed: int) -> grain.MapDataset:
+def owned_shards(name: str, paths: Sequence[str], shard_owner: tuple[int, int]) -> list[str]:
+    """Shards ``p, p + P, ...`` of a source's sorted list: process p's own files.
+
+    Raises:
+      ValueError: when the source has fewer shards than processes (some would read nothing).
+    """
+    p, count = shard_owner
+    if not 0 <= p < count:
+        raise ValueError(f"shard_owner process {p} must lie in [0, {count})")
+    if len(paths) < count:
+        raise ValueError(
+            f"source {name!r} has {len(paths)} shard(s) for {count} processes; "
+            "input.shard_ownership='process' needs at least one shard per process: write more "
+            "shards, or use input.shard_ownership='global'"
+        )
+    return list(paths[p::count])
+
+
+def mixed_records(
+    sources: Sequence[SourceSpec], *, seed: int, shard_owner: tuple[int, int] | None = None
+) -> grain.MapDataset:
     """The global mixed stream of undecoded ``RawRecord``s (which source each one came from).
 
     ``_documents`` decodes exactly this stream; glmvoice-data-stats reads it to measure shares.
+    ``shard_owner`` = (p, P): only process p's shards (``owned_shards``) of every source.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -313,6 +344,8 @@ def mixed_records(sources: Sequence[SourceSpec], *, seed: int) -> grain.MapDatas
             paths = list_shards(spec.paths)
         except ValueError as e:
             raise ValueError(f"source {spec.name!r}: {e}") from None
+        if shard_owner is not None:
+            paths = owned_shards(spec.name, paths, shard_owner)
         source = ShardedRecordSource(spec.name, paths)
         if len(source) == 0:
             raise ValueError(
@@ -436,6 +469,7 @@ def make_row_iterator(
     prefetch_buffer_size: int = 16,
     packing_bins: int = DEFAULT_PACKING_BINS,
     start_state: Mapping[str, Any] | None = None,
+    shard_owner: tuple[int, int] | None = None,
 ) -> grain.DatasetIterator:
     """The checkpointable, infinite iterator of the given rows of every global batch.
 
@@ -461,6 +495,11 @@ def make_row_iterator(
       packing_bins: FirstFit bins per row stream; more bins pack tighter.
       start_state: where to resume, from ``read_row_states`` (a checkpoint written by any
         number of processes); must cover ``rows``. None = from the start.
+      shard_owner: (p, P) = process p of P opens only its own shards (``owned_shards``; the
+        pipeline's file handles and index memory then shrink with P), and the local row j packs
+        documents j, j + len(rows), ... of that process' stream. Batches then depend on the
+        process count, so a checkpoint resumes only with the same P (docs/elastic_resume.md).
+        None = the process-count-independent global order above.
 
     Returns:
       A grain.DatasetIterator of dicts with int32 [len(rows), seq_len] arrays ``tokens``,
@@ -502,15 +541,20 @@ def make_row_iterator(
         "seq_len": seq_len,
         "packing_bins": packing_bins,
     }
+    if shard_owner is not None:
+        layout["shard_processes"] = int(shard_owner[1])  # resumable only with this many
     starts = _check_start_state(start_state, layout, rows)
 
-    docs = _documents(sources, vocab_size=vocab_size, seed=seed)
+    docs = _documents(sources, vocab_size=vocab_size, seed=seed, shard_owner=shard_owner)
+    # Stride and offset of each row stream in ``docs``: global rows, or this process' rows.
+    stride = global_batch_size if shard_owner is None else len(rows)
+    offset = {r: (r if shard_owner is None else j) for j, r in enumerate(rows)}
     read = grain.ReadOptions(
         num_threads=min(prefetch_buffer_size, 1), prefetch_buffer_size=prefetch_buffer_size
     )
 
     def row_stream(r: int) -> grain.IterDataset:
-        ds = docs[r::global_batch_size].to_iter_dataset(read)
+        ds = docs[offset[r] :: stride].to_iter_dataset(read)
         ds = grain.experimental.FlatMapIterDataset(ds, _Chunk(seq_len))
         return grain.experimental.FirstFitPackIterDataset(
             ds,
@@ -542,9 +586,9 @@ def _check_start_state(
     if state is None:
         return {}
     for key, want in layout.items():
-        if state[key] != want:
+        if state.get(key) != want:
             raise ValueError(
-                f"the data state was saved with {key}={state[key]} but this run has {key}="
+                f"the data state was saved with {key}={state.get(key)} but this run has {key}="
                 f"{want}; row streams pack documents by {', '.join(layout)}, so resume with the "
                 "saved values (or start the data order afresh from a new workdir)"
             )
@@ -673,6 +717,8 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
             )
         for part in found:
             this = {k: part[k] for k in ("global_batch_size", "seq_len", "packing_bins")}
+            if "shard_processes" in part:
+                this["shard_processes"] = part["shard_processes"]
             if layout is not None and this != layout:
                 raise ValueError(f"{f}: data layout {this} differs from {layout}")
             layout = this
