@@ -66,10 +66,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         global_batch_size=arg.batch,
         num_workers=0,
         prefetch_buffer_size=16,
-        # "global": the same global batches for any process count (elastic resume); each process
-        # opens shards on demand (<= 128 readers per source). "process": process p opens only
-        # shards p, p + P, ... of every source (batches then depend on P; docs/elastic_resume.md).
-        shard_ownership="global",
+        # G > 1: row block g of the global batch reads only shard group g (shards g, g + G, ...
+        # of every source), so with P hosts dividing G each host opens 1/P of the files; the
+        # order stays the same for any host count (docs/elastic_resume.md). 0 = all shards.
+        shard_groups=0,
     )
     c.optim = dict(
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0, grad_accum_steps=1

@@ -191,11 +191,11 @@ def validate(config: mlc.ConfigDict) -> None:
         f"loss.chunk_size ({config.loss.chunk_size}) must divide input.seq_len ({inp.seq_len})",
     )
     need(len(inp.sources) > 0, "input.sources is empty: configure at least one source")
-    ownership = inp.get("shard_ownership", "global")
+    groups = inp.get("shard_groups", 0)
     need(
-        ownership in ("global", "process"),
-        f"input.shard_ownership must be 'global' (process-count-independent order) or "
-        f"'process' (each process opens only its own shards), got {ownership!r}",
+        groups >= 0 and inp.global_batch_size % max(1, groups) == 0,
+        f"input.shard_groups ({groups}) must be >= 0 and divide input.global_batch_size "
+        f"({inp.global_batch_size})",
     )
     weights = {name: float(src.weight) for name, src in inp.sources.items()}
     for name, w in weights.items():

@@ -298,43 +298,43 @@ def _documents(
     *,
     vocab_size: int,
     seed: int,
-    shard_owner: tuple[int, int] | None = None,
+    shard_group: tuple[int, int] | None = None,
 ) -> grain.MapDataset:
     """The global, infinite, mixed stream of decoded documents: a function of (sources, seed).
 
-    With ``shard_owner`` = (p, P) it is process p's stream over its own shards instead.
+    With ``shard_group`` = (g, G) it is the stream over shard group g's files instead.
     """
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    docs = mixed_records(sources, seed=seed, shard_owner=shard_owner)
+    docs = mixed_records(sources, seed=seed, shard_group=shard_group)
     return docs.map(_DecodeAndCheck(vocab_size))
 
 
-def owned_shards(name: str, paths: Sequence[str], shard_owner: tuple[int, int]) -> list[str]:
-    """Shards ``p, p + P, ...`` of a source's sorted list: process p's own files.
+def group_shards(name: str, paths: Sequence[str], group: tuple[int, int]) -> list[str]:
+    """Shards ``g, g + G, ...`` of a source's sorted list: the files of shard group g of G.
 
     Raises:
-      ValueError: when the source has fewer shards than processes (some would read nothing).
+      ValueError: when the source has fewer shards than groups (a group would read nothing).
     """
-    p, count = shard_owner
-    if not 0 <= p < count:
-        raise ValueError(f"shard_owner process {p} must lie in [0, {count})")
+    g, count = group
+    if not 0 <= g < count:
+        raise ValueError(f"shard group {g} must lie in [0, {count})")
     if len(paths) < count:
         raise ValueError(
-            f"source {name!r} has {len(paths)} shard(s) for {count} processes; "
-            "input.shard_ownership='process' needs at least one shard per process: write more "
-            "shards, or use input.shard_ownership='global'"
+            f"source {name!r} has {len(paths)} shard(s) for input.shard_groups={count}; every "
+            "group needs at least one shard of every source: write more shards, or lower "
+            "input.shard_groups"
         )
-    return list(paths[p::count])
+    return list(paths[g::count])
 
 
 def mixed_records(
-    sources: Sequence[SourceSpec], *, seed: int, shard_owner: tuple[int, int] | None = None
+    sources: Sequence[SourceSpec], *, seed: int, shard_group: tuple[int, int] | None = None
 ) -> grain.MapDataset:
     """The global mixed stream of undecoded ``RawRecord``s (which source each one came from).
 
     ``_documents`` decodes exactly this stream; glmvoice-data-stats reads it to measure shares.
-    ``shard_owner`` = (p, P): only process p's shards (``owned_shards``) of every source.
+    ``shard_group`` = (g, G): only group g's shards (``group_shards``) of every source.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -344,8 +344,8 @@ def mixed_records(
             paths = list_shards(spec.paths)
         except ValueError as e:
             raise ValueError(f"source {spec.name!r}: {e}") from None
-        if shard_owner is not None:
-            paths = owned_shards(spec.name, paths, shard_owner)
+        if shard_group is not None:
+            paths = group_shards(spec.name, paths, shard_group)
         source = ShardedRecordSource(spec.name, paths)
         if len(source) == 0:
             raise ValueError(
@@ -469,7 +469,7 @@ def make_row_iterator(
     prefetch_buffer_size: int = 16,
     packing_bins: int = DEFAULT_PACKING_BINS,
     start_state: Mapping[str, Any] | None = None,
-    shard_owner: tuple[int, int] | None = None,
+    shard_groups: int = 0,
 ) -> grain.DatasetIterator:
     """The checkpointable, infinite iterator of the given rows of every global batch.
 
@@ -495,11 +495,12 @@ def make_row_iterator(
       packing_bins: FirstFit bins per row stream; more bins pack tighter.
       start_state: where to resume, from ``read_row_states`` (a checkpoint written by any
         number of processes); must cover ``rows``. None = from the start.
-      shard_owner: (p, P) = process p of P opens only its own shards (``owned_shards``; the
-        pipeline's file handles and index memory then shrink with P), and the local row j packs
-        documents j, j + len(rows), ... of that process' stream. Batches then depend on the
-        process count, so a checkpoint resumes only with the same P (docs/elastic_resume.md).
-        None = the process-count-independent global order above.
+      shard_groups: G > 1 splits the global batch into G contiguous blocks of B / G rows and
+        every source's shards into G groups (``group_shards``); block g reads only group g's
+        files, row r = g * B / G + k packing documents k, k + B / G, ... of group g's stream.
+        Still a function of (sources, seed, seq_len, B, G, packing_bins), whatever the process
+        count; a process whose rows fall in one block (P divides G) opens only that group's
+        shards (docs/elastic_resume.md). 0 or 1 = one stream over all shards.
 
     Returns:
       A grain.DatasetIterator of dicts with int32 [len(rows), seq_len] arrays ``tokens``,
@@ -541,20 +542,27 @@ def make_row_iterator(
         "seq_len": seq_len,
         "packing_bins": packing_bins,
     }
-    if shard_owner is not None:
-        layout["shard_processes"] = int(shard_owner[1])  # resumable only with this many
+    groups = max(1, shard_groups)
+    if global_batch_size % groups:
+        raise ValueError(
+            f"input.shard_groups ({shard_groups}) must divide the global batch size "
+            f"({global_batch_size}): each group feeds a contiguous block of rows"
+        )
+    if groups > 1:
+        layout["shard_groups"] = groups
     starts = _check_start_state(start_state, layout, rows)
 
-    docs = _documents(sources, vocab_size=vocab_size, seed=seed, shard_owner=shard_owner)
-    # Stride and offset of each row stream in ``docs``: global rows, or this process' rows.
-    stride = global_batch_size if shard_owner is None else len(rows)
-    offset = {r: (r if shard_owner is None else j) for j, r in enumerate(rows)}
+    block = global_batch_size // groups  # rows per group; the stride of its row streams
+    group_docs: dict[int, grain.MapDataset] = {}
+    for g in sorted({r // block for r in rows}):
+        group = (g, groups) if groups > 1 else None
+        group_docs[g] = _documents(sources, vocab_size=vocab_size, seed=seed, shard_group=group)
     read = grain.ReadOptions(
         num_threads=min(prefetch_buffer_size, 1), prefetch_buffer_size=prefetch_buffer_size
     )
 
     def row_stream(r: int) -> grain.IterDataset:
-        ds = docs[offset[r] :: stride].to_iter_dataset(read)
+        ds = group_docs[r // block][r % block :: block].to_iter_dataset(read)
         ds = grain.experimental.FlatMapIterDataset(ds, _Chunk(seq_len))
         return grain.experimental.FirstFitPackIterDataset(
             ds,
@@ -592,6 +600,12 @@ def _check_start_state(
                 f"{want}; row streams pack documents by {', '.join(layout)}, so resume with the "
                 "saved values (or start the data order afresh from a new workdir)"
             )
+    saved_groups, groups = state.get("shard_groups", 1), layout.get("shard_groups", 1)
+    if saved_groups != groups:
+        raise ValueError(
+            f"the data state was saved with shard_groups={saved_groups} but this run has "
+            f"shard_groups={groups}; resume with the saved value (or start the data order afresh)"
+        )
     saved = {int(r): s for r, s in state["rows"].items()}
     missing = [r for r in rows if r not in saved]
     if missing:
@@ -717,8 +731,8 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
             )
         for part in found:
             this = {k: part[k] for k in ("global_batch_size", "seq_len", "packing_bins")}
-            if "shard_processes" in part:
-                this["shard_processes"] = part["shard_processes"]
+            if "shard_groups" in part:
+                this["shard_groups"] = part["shard_groups"]
             if layout is not None and this != layout:
                 raise ValueError(f"{f}: data layout {this} differs from {layout}")
             layout = this

@@ -296,29 +296,30 @@ def test_many_shards_with_few_open_readers(tmp_path, monkeypatch):
         source[40]
 
 
-def test_shard_ownership_reads_only_the_process_own_shards(tmp_path):
+def test_shard_groups_read_only_their_shards_in_any_process_count(tmp_path):
     n = 120
     paths = _write_source(tmp_path, "src", list(range(n)), [20] * n, num_shards=4)
     spec = [input_pipeline.SourceSpec("src", paths, 1.0)]
-    seen = {}
-    for p in range(2):
-        it = input_pipeline.make_row_iterator(
-            spec, rows=[2 * p, 2 * p + 1], global_batch_size=4, seq_len=64, vocab_size=VOCAB,
-            seed=0, prefetch_buffer_size=0, shard_owner=(p, 2),
-        )  # fmt: skip
-        uids = {int(t[0]) // _STRIDE for _ in range(10) for t, _, _ in _pieces(next(it))}
-        seen[p] = {u % 4 for u in uids}  # doc i was written to shard i % 4
-        state = it.get_state()
-    assert seen == {0: {0, 2}, 1: {1, 3}}
-    saved = next(iter(state.values()))
-    assert saved["shard_processes"] == 2
-    with pytest.raises(ValueError, match="shard_processes=2 but this run has shard_processes=4"):
+    kw = dict(global_batch_size=4, seq_len=64, vocab_size=VOCAB, seed=0, prefetch_buffer_size=0)
+
+    def batches(rows, **extra):
+        it = input_pipeline.make_row_iterator(spec, rows=rows, shard_groups=2, **kw, **extra)
+        return [next(it) for _ in range(6)], it
+
+    one, _ = batches([0, 1, 2, 3])
+    halves = [batches([0, 1]), batches([2, 3])]
+    for b, whole in enumerate(one):  # 1 process or 2: the same global batches
+        for key, value in whole.items():
+            both = np.concatenate([halves[0][0][b][key], halves[1][0][b][key]])
+            np.testing.assert_array_equal(value, both)
+    for g, (got, _) in enumerate(halves):  # doc i was written to shard i % 4; group g = {g, g+2}
+        uids = {int(t[0]) // _STRIDE for batch in got for t, _, _ in _pieces(batch)}
+        assert {u % 4 for u in uids} == {g, g + 2}
+    state = next(iter(halves[1][1].get_state().values()))
+    assert state["shard_groups"] == 2
+    with pytest.raises(ValueError, match="shard_groups=2 but this run has shard_groups=1"):
+        input_pipeline.make_row_iterator(spec, rows=[2, 3], start_state=state, **kw)
+    with pytest.raises(ValueError, match="4 shard\\(s\\) for input.shard_groups=8"):
         input_pipeline.make_row_iterator(
-            spec, rows=[2, 3], global_batch_size=4, seq_len=64, vocab_size=VOCAB, seed=0,
-            start_state=saved, shard_owner=(1, 4),
-        )  # fmt: skip
-    with pytest.raises(ValueError, match="4 shard\\(s\\) for 8 processes"):
-        input_pipeline.make_row_iterator(
-            spec, rows=[0], global_batch_size=8, seq_len=64, vocab_size=VOCAB, seed=0,
-            shard_owner=(0, 8),
-        )  # fmt: skip
+            spec, rows=[0], shard_groups=8, **dict(kw, global_batch_size=8)
+        )

@@ -373,11 +373,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         num_workers=config.input.num_workers,
         prefetch_buffer_size=config.input.prefetch_buffer_size,
         start_state=data_state,
-        shard_owner=(
-            (jax.process_index(), jax.process_count())
-            if config.input.get("shard_ownership", "global") == "process"
-            else None
-        ),
+        shard_groups=config.input.get("shard_groups", 0),
     )
 
     def to_global(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
