@@ -1,18 +1,14 @@
 """glmvoice_jax.story_cloze: sequence layout, scoring rule, item validation, audio sources."""
 
-import dataclasses
 import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 from data_pipelines import story_cloze_items
-from glmvoice_jax import audio, checkpoint, scoring, speech_tokenizer, story_cloze, token_layout
-from glmvoice_jax.models import glm
+from glmvoice_jax import audio, scoring, speech_tokenizer, story_cloze, token_layout
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 WHISPER_VQ = os.path.join(FIXTURES, "whisper_vq")
@@ -25,27 +21,9 @@ NEEDS_ESPEAK = pytest.mark.skipif(
 )
 
 
-def write_lm(path, layout=LAYOUT):
-    """A tiny random GLM checkpoint; numpy init (eager NNX init takes seconds on a busy CPU)."""
-    cfg = dataclasses.replace(glm.VARIANTS["tiny"], num_layers=2, remat_policy="none")
-    shapes = nnx.to_pure_dict(
-        nnx.state(nnx.eval_shape(lambda: glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))))
-    )
-    rng = np.random.default_rng(0)
-
-    def init(key_path, x):
-        if key_path[-1].key == "scale":
-            return np.ones(x.shape, x.dtype)
-        return (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
-
-    params = jax.tree_util.tree_map_with_path(init, shapes)
-    checkpoint.write_weights(str(path), params, checkpoint.model_meta(cfg, layout))
-    return str(path)
-
-
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    return write_lm(tmp_path_factory.mktemp("lm") / "ckpt")
+def lm(tiny_lm):
+    return tiny_lm
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +194,7 @@ def test_bad_items_name_the_line_and_field(tmp_path, lines, message):
         story_cloze.read_items(str(path))
 
 
-def test_user_errors(lm, tmp_path):
+def test_user_errors(lm, tmp_path, write_lm):
     items = write_items(tmp_path / "items.jsonl", DEMO)
     with pytest.raises(ValueError, match="need a speech tokenizer"):
         story_cloze.evaluate(lm, items, speech_tokenizer=None, cache_dir=str(tmp_path))

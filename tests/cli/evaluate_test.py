@@ -1,38 +1,17 @@
 """glmvoice-eval: the table, the output files and usage errors."""
 
-import dataclasses
 import json
 import sys
 
-import jax
-import numpy as np
 import pytest
-from flax import nnx
 
-from glmvoice_jax import checkpoint, story_cloze, token_layout
+from glmvoice_jax import story_cloze
 from glmvoice_jax.cli import evaluate
-from glmvoice_jax.models import glm
 
 
 @pytest.fixture(scope="module")
-def lm(tmp_path_factory):
-    """A tiny random GLM in the demo layout (numpy init: eager NNX init is slow on a busy CPU)."""
-    path = str(tmp_path_factory.mktemp("lm") / "ckpt")
-    cfg = dataclasses.replace(glm.VARIANTS["tiny"], num_layers=2, remat_policy="none")
-    model = nnx.eval_shape(lambda: glm.GLMDecoder(cfg, rngs=nnx.Rngs(0)))
-    shapes = nnx.to_pure_dict(nnx.state(model))
-    rng = np.random.default_rng(0)
-    params = jax.tree_util.tree_map_with_path(
-        lambda p, x: (
-            np.ones(x.shape, x.dtype)
-            if p[-1].key == "scale"
-            else (0.1 * rng.standard_normal(x.shape)).astype(x.dtype)
-        ),
-        shapes,
-    )
-    meta = checkpoint.model_meta(cfg, token_layout.get("demo"))
-    checkpoint.write_weights(path, params, meta)
-    return path
+def lm(tiny_lm):
+    return tiny_lm
 
 
 def test_text_mode_on_the_demo_items(lm, tmp_path, capsys):
