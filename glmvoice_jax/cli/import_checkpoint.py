@@ -4,9 +4,12 @@ Usage:
     glmvoice-import --src HF_DIR --dst CKPT_DIR [--add_speech_tokens 16384] [--param_dtype bfloat16]
 
 The source kind is detected from ``config.json`` ``architectures`` (house_style.md §12):
-ChatGLM* -> chatglm layout, GlmForCausalLM -> transformers layout. The result is a weight-only
-Orbax checkpoint at step 0 (params + meta, plus the tokenizer files when the source has them),
-assembled next to --dst and renamed into place at the end.
+ChatGLM* -> chatglm layout, GlmForCausalLM -> transformers layout, WhisperVQEncoder (the
+GLM-4-Voice tokenizer release), WhisperVQForConditionalGeneration and
+WhisperForConditionalGeneration -> convert/whisper_import.py; a directory with config.yaml,
+flow.pt and hift.pt is the speech decoder. The result is a weight-only Orbax checkpoint at step 0
+(params + meta, plus the tokenizer files when the source has them), assembled next to --dst and
+renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from glmvoice_jax.convert import chatglm, decoder_checkpoint, glm_weights, hf_glm, safetensors_dir
+from glmvoice_jax.convert import (
+    chatglm,
+    decoder_checkpoint,
+    glm_weights,
+    hf_glm,
+    safetensors_dir,
+    whisper,
+    whisper_import,
+)
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("src", None, "Source directory (config.json + safetensors).", flag_values=FLAGS)
@@ -34,7 +45,7 @@ flags.DEFINE_enum(
     "param_dtype",
     None,
     ["float32", "bfloat16", "float16"],
-    "Stored parameter dtype (default: the source dtype).",
+    "Stored parameter dtype (default: the source dtype; GLM and Whisper checkpoints only).",
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("seed", 0, "Seed of the new-row initialisation.", flag_values=FLAGS)
@@ -48,6 +59,7 @@ IMPORTERS: dict[str, Importer] = {
         glm_weights.import_glm, fmt=chatglm.FORMAT
     ),
     "GlmForCausalLM": functools.partial(glm_weights.import_glm, fmt=hf_glm.FORMAT),
+    **{arch: whisper_import.import_whisper for arch in whisper.ARCHITECTURES},
 }
 
 
@@ -57,17 +69,12 @@ def _import_decoder(src, dst, *, add_speech_tokens=0, param_dtype=None, seed=0) 
     if add_speech_tokens or param_dtype not in (None, "float32"):
         raise ValueError(
             f"{src} is a speech-decoder directory: --add_speech_tokens and --param_dtype apply to "
-            "GLM checkpoints only; drop them"
+            "GLM checkpoints only (--param_dtype also to Whisper ones); drop them"
         )
     return decoder_checkpoint.import_decoder(src, dst)
 
 
 IMPORTERS["decoder"] = _import_decoder
-# Kinds of the project contract whose importers live in other modules and are not wired here yet.
-PENDING = {
-    "WhisperForConditionalGeneration": "glmvoice_jax/convert/whisper.py",
-    "WhisperVQEncoder": "glmvoice_jax/convert/whisper.py",
-}
 DECODER_FILES = ("config.yaml", "flow.pt", "hift.pt")
 
 
@@ -90,11 +97,10 @@ def detect(src: str) -> str:
     arch = safetensors_dir.read_json(cfg_path).get("architectures")
     if not isinstance(arch, list) or not arch:
         raise ValueError(f"{cfg_path}: field 'architectures' is missing or not a list")
-    known = [a for a in arch if a in IMPORTERS or a in PENDING]
+    known = [a for a in arch if a in IMPORTERS]
     if not known:
         raise ValueError(
-            f"{cfg_path}: architectures = {arch} is not supported; supported: "
-            f"{sorted(IMPORTERS) + sorted(PENDING)}"
+            f"{cfg_path}: architectures = {arch} is not supported; supported: {sorted(IMPORTERS)}"
         )
     return known[0]
 
@@ -104,11 +110,6 @@ def import_checkpoint(
 ) -> dict:
     """Detects the kind of ``src`` and runs its importer. Returns the checkpoint meta."""
     kind = detect(src)
-    if kind in PENDING:
-        raise NotImplementedError(
-            f"{src}: {kind} checkpoints are imported by {PENDING[kind]}, which is not wired into "
-            "glmvoice-import yet"
-        )
     return IMPORTERS[kind](
         src, dst, add_speech_tokens=add_speech_tokens, param_dtype=param_dtype, seed=seed
     )
@@ -135,6 +136,8 @@ def main(argv: Sequence[str]) -> dict:
             f"layers, d={m['embed_dim']}, vocab {m['vocab_size']}, {m['param_dtype']}, token "
             f"layout {meta['token_layout']['name']}"
         )
+    elif meta["model_class"] == "WhisperVQConfig":
+        print(f"imported {FLAGS.src} -> {FLAGS.dst}: {whisper_import.describe(meta)}")
     else:
         print(f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']}")
     return meta

@@ -14,7 +14,11 @@ Layouts, chosen by ``config.json`` ``architectures`` (glm4voice.md §2.11-2.12, 
 Layout rules (one table, ``_encoder_table`` / ``_decoder_table``): Linear W(out, in) -> kernel W.T,
 then split into heads where the kernel has a head axis; Conv1d W(out, in, k) -> kernel (k, in, out);
 LayerNorm weight -> scale. Every checkpoint key must be consumed and every model variable filled;
-otherwise the error lists the offending names. JSON and safetensors are read as data only.
+otherwise the error lists the offending names. config.json fields that are neither read nor listed
+in ``IGNORED_FIELDS`` are an error too. JSON and safetensors are read as data only.
+
+``glmvoice-import`` turns such a directory into a project checkpoint (``whisper_import.py``);
+``load_text_tokenizer`` reads the Whisper text tokenizer from either.
 """
 
 from __future__ import annotations
@@ -54,6 +58,39 @@ _REQUIRED_FIELDS = (
     "max_source_positions", "vocab_size", "decoder_layers", "decoder_attention_heads",
     "decoder_ffn_dim", "max_target_positions",
 )  # fmt: skip
+# Every other config.json field must be one of these, or the import stops (an unknown field may
+# change the forward pass). Read: the fields above plus the optional ones below. Accepted without
+# effect: training-time regularisation (no dropout / SpecAugment in the imported weights), heads
+# that are not imported, generation settings and HF bookkeeping. Keys starting with "_" are HF
+# private bookkeeping and always accepted.
+_OPTIONAL_FIELDS = (
+    "architectures", "init_std", "activation_function", "scale_embedding", "quantize_loss_scale",
+    "quantize_restart_interval",
+)  # fmt: skip
+IGNORED_FIELDS = frozenset((
+    # training regularisation
+    "dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "decoder_layerdrop",
+    "apply_spec_augment", "mask_time_prob", "mask_time_length", "mask_time_min_masks",
+    "mask_feature_prob", "mask_feature_length", "mask_feature_min_masks", "gradient_checkpointing",
+    # heads and reference-inference switches (the project builds all layers either way)
+    "use_weighted_layer_sum", "classifier_proj_size", "quantize_encoder_only",
+    "skip_language_detection", "tie_word_embeddings",  # proj_out is checked against the embedding
+    # generation
+    "bos_token_id", "eos_token_id", "pad_token_id", "sep_token_id", "decoder_start_token_id",
+    "begin_suppress_tokens", "suppress_tokens", "forced_decoder_ids", "max_length", "min_length",
+    "median_filter_width", "use_cache", "do_sample", "early_stopping", "num_beams",
+    "num_beam_groups", "diversity_penalty", "temperature", "top_k", "top_p", "typical_p",
+    "repetition_penalty", "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "bad_words_ids", "num_return_sequences", "output_scores", "return_dict_in_generate",
+    "forced_bos_token_id", "forced_eos_token_id", "remove_invalid_values",
+    "exponential_decay_length_penalty",
+    # bookkeeping (transformers PretrainedConfig)
+    "model_type", "transformers_version", "torch_dtype", "dtype", "is_encoder_decoder",
+    "num_hidden_layers", "return_dict", "output_hidden_states", "output_attentions", "torchscript",
+    "use_bfloat16", "tf_legacy_loss", "pruned_heads", "chunk_size_feed_forward", "is_decoder",
+    "cross_attention_hidden_size", "add_cross_attention", "tie_encoder_decoder", "finetuning_task",
+    "id2label", "label2id", "tokenizer_class", "prefix", "task_specific_params", "problem_type",
+))  # fmt: skip
 
 
 def is_hf_checkpoint(path: str | os.PathLike) -> bool:
@@ -88,23 +125,40 @@ def detect_layout(hf: Mapping[str, Any]) -> str:
     return found[0]
 
 
-def config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32") -> WhisperVQConfig:
+def config_from_hf(
+    hf: Mapping[str, Any], *, param_dtype: str = "float32", path: str = "config.json"
+) -> WhisperVQConfig:
     """Builds the WhisperVQConfig described by a HF config.json.
 
     Forward-pass fields are read from the file and must be present (see ``_REQUIRED_VQ_FIELDS``);
     only ``quantize_loss_scale`` and ``quantize_restart_interval`` fall back to the project
-    defaults (40 and 100) when absent or null.
+    defaults (40 and 100) when absent or null. Fields that are neither read nor known to be
+    harmless (``IGNORED_FIELDS``) are an error.
+
+    Args:
+      hf: the parsed config.json.
+      param_dtype: the model's parameter dtype.
+      path: the file, for error messages.
 
     Raises:
-      ValueError: unsupported architecture or settings, or missing fields (all listed).
+      ValueError: unsupported architecture or settings, missing or unknown fields (all listed).
     """
     layout = detect_layout(hf)
     required = _REQUIRED_FIELDS + (_REQUIRED_VQ_FIELDS if layout != STOCK else ())
     missing = [k for k in required if k not in hf]
     if missing:
         raise ValueError(
-            f"config.json ({layout}) lacks {missing}; they define the model and have no safe "
+            f"{path} ({layout}) lacks {missing}; they define the model and have no safe "
             "default (the reference code defaults describe a different model); add them"
+        )
+    known = {*_REQUIRED_FIELDS, *_REQUIRED_VQ_FIELDS, *_OPTIONAL_FIELDS, *IGNORED_FIELDS}
+    unknown = sorted(k for k in hf if k not in known and not k.startswith("_"))
+    if unknown:
+        raise ValueError(
+            f"{path} ({layout}) has unknown fields {unknown}: the importer does not know whether "
+            "they change the model. If they only concern training or generation, add them to "
+            "glmvoice_jax/convert/whisper.py IGNORED_FIELDS (or drop them from a copy of the "
+            "directory); otherwise the model needs to support them first"
         )
     if hf.get("activation_function", "gelu") != "gelu":
         raise ValueError(f"activation_function {hf['activation_function']!r}: only 'gelu' is built")
@@ -162,6 +216,31 @@ def config_from_hf(hf: Mapping[str, Any], *, param_dtype: str = "float32") -> Wh
         vq_loss_scale=PROJECT_LOSS_SCALE if loss_scale is None else float(loss_scale),
         restart_interval=PROJECT_RESTART_INTERVAL if restart is None else int(restart),
     )
+
+
+# The log-mel front end (audio.py) is fixed; a feature extractor with other settings would feed
+# the model features it was not trained on.
+_PREPROCESSOR = {"sampling_rate": 16000, "hop_length": 160, "n_fft": 400}
+
+
+def check_preprocessor(src: str | os.PathLike, cfg: WhisperVQConfig) -> None:
+    """Checks ``preprocessor_config.json`` (when present) against the project's log-mel.
+
+    Raises:
+      ValueError: naming the file and the fields whose values differ.
+    """
+    path = os.path.join(os.fspath(src), "preprocessor_config.json")
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        pre = json.load(f)
+    want = dict(_PREPROCESSOR, feature_size=cfg.num_mels)
+    bad = {k: pre[k] for k, v in want.items() if k in pre and pre[k] != v}
+    if bad:
+        raise ValueError(
+            f"{path}: {bad} differ from the log-mel this project computes ({want}); the "
+            "checkpoint expects other features"
+        )
 
 
 # --- The rename table ------------------------------------------------------------------------
@@ -267,7 +346,7 @@ def rename_table(cfg: WhisperVQConfig) -> dict[str, tuple[tuple, str, tuple, tup
 
 def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of ``model.safetensors`` or of the shards named in its index (numpy)."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     src = os.fspath(src)
     single = os.path.join(src, "model.safetensors")
@@ -290,11 +369,14 @@ def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
     for path in files:
         if not os.path.isfile(path):
             raise ValueError(f"safetensors shard {path!r} (named in the index) does not exist")
-        with safe_open(path, framework="numpy") as f:
-            for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                if key in tensors:
-                    raise ValueError(f"tensor {key!r} appears in more than one shard")
-                tensors[key] = f.get_tensor(key)
+        try:
+            with safe_open(path, framework="numpy") as f:
+                for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                    if key in tensors:
+                        raise ValueError(f"tensor {key!r} appears in more than one shard")
+                    tensors[key] = f.get_tensor(key)
+        except SafetensorError as e:
+            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
     return tensors
 
 
@@ -307,9 +389,11 @@ def _convert(value: np.ndarray, kind: str, ours: tuple) -> np.ndarray:
 
 
 def convert_tensors(
-    cfg: WhisperVQConfig, tensors: Mapping[str, np.ndarray]
+    cfg: WhisperVQConfig, tensors: Mapping[str, np.ndarray], *, where: str = "checkpoint"
 ) -> dict[tuple, np.ndarray]:
     """Maps HF tensors to model variable paths through ``rename_table``.
+
+    ``where`` names the source in errors (e.g. the directory).
 
     Raises:
       ValueError: listing every missing key, unknown key and wrong shape together.
@@ -337,8 +421,7 @@ def convert_tensors(
             problems.append("proj_out.weight differs from model.decoder.embed_tokens.weight")
     if problems:
         raise ValueError(
-            "checkpoint does not match the model described by its config.json: "
-            + "; ".join(problems)
+            f"{where} does not match the model described by its config.json: " + "; ".join(problems)
         )
     return {
         ours: _convert(np.asarray(extra[k]), kind, shp) for k, (ours, kind, _, shp) in table.items()
@@ -362,8 +445,11 @@ def load_checkpoint(
       ValueError: unsupported architecture, missing config fields, missing/unknown keys or wrong
         shapes (each listed).
     """
-    cfg = config_from_hf(read_hf_config(src), param_dtype=param_dtype)
-    converted = convert_tensors(cfg, read_safetensors(src))
+    cfg = config_from_hf(
+        read_hf_config(src), param_dtype=param_dtype, path=os.path.join(src, "config.json")
+    )
+    check_preprocessor(src, cfg)
+    converted = convert_tensors(cfg, read_safetensors(src), where=os.fspath(src))
     abs_model = nnx.eval_shape(lambda: WhisperVQ(cfg, rngs=nnx.Rngs(0)))
     graphdef, abs_state = nnx.split(abs_model)
     pure = nnx.to_pure_dict(abs_state)
@@ -374,8 +460,8 @@ def load_checkpoint(
             here = path + (key,)
             if isinstance(value, dict):
                 fill(value, here)
-            elif here in converted:
-                node[key] = jnp.asarray(converted[here], value.dtype)
+            elif here in converted:  # popped: host copies are freed as the model fills
+                node[key] = jnp.asarray(converted.pop(here), value.dtype)
                 filled.add(here)
             elif here == ("encoder", "quantizer", "ema_steps"):
                 node[key] = jnp.zeros(value.shape, value.dtype)
@@ -383,7 +469,7 @@ def load_checkpoint(
                 raise AssertionError(f"model variable {here} has no entry in the rename table")
 
     fill(pure, ())
-    unused = sorted(set(converted) - filled)
+    unused = sorted(converted)
     if unused:
         raise AssertionError(f"rename table targets {unused} that the model does not have")
     nnx.replace_by_pure_dict(abs_state, pure)
@@ -431,13 +517,36 @@ def _added_tokens(src: str) -> dict[str, int]:
     return found
 
 
+def _checkpoint_text_tokenizer(src: str):
+    """The Whisper tokenizer that a project checkpoint records, or None if ``src`` is not one."""
+    from glmvoice_jax import checkpoint, text_tokenizer  # local: Orbax only for checkpoints
+
+    try:
+        checkpoint.resolve(src)
+    except FileNotFoundError:
+        return None
+    tok = text_tokenizer.load_for_checkpoint(src)
+    missing = [t for t in (*WHISPER_PREFIX, WHISPER_EOS) if t not in getattr(tok, "specials", {})]
+    if tok is None or missing:
+        what = "no text tokenizer" if tok is None else f"a {tok.kind} tokenizer without {missing}"
+        raise ValueError(
+            f"checkpoint {src!r} records {what}, not Whisper's: import the Whisper checkpoint "
+            "together with its tokenizer files (vocab.json + added_tokens.json or "
+            "tokenizer_config.json), set text.whisper_dir to a HF Whisper directory, or train "
+            "with text.tokenizer='sentencepiece'"
+        )
+    return tok
+
+
 def load_text_tokenizer(src: str | os.PathLike):
     """Whisper's byte-level BPE from a HF checkpoint directory, as a ``TiktokenTokenizer``.
 
     Reads ``vocab.json`` (byte-level BPE: ids are the merge ranks, as in openai/whisper's
     ``.tiktoken`` files) and the added/special tokens (``added_tokens.json``,
     ``tokenizer_config.json`` ``added_tokens_decoder`` or ``tokenizer.json``). ``encode`` prepends
-    <|startoftranscript|><|en|><|transcribe|><|notimestamps|>.
+    <|startoftranscript|><|en|><|transcribe|><|notimestamps|>. ``src`` may also be a project
+    checkpoint (``glmvoice-import`` of a Whisper directory, a speech-tokenizer run): then the
+    tokenizer its meta records is loaded.
 
     Raises:
       ValueError: missing files, ranks that are not 0..n-1, or missing special tokens.
@@ -447,6 +556,9 @@ def load_text_tokenizer(src: str | os.PathLike):
     src = os.fspath(src)
     path = os.path.join(src, "vocab.json")
     if not os.path.isfile(path):
+        tok = _checkpoint_text_tokenizer(src)
+        if tok is not None:
+            return tok
         raise ValueError(
             f"{src!r} has no vocab.json: the Whisper text tokenizer needs the HF tokenizer files "
             "(vocab.json + added_tokens.json or tokenizer_config.json); copy them from the "

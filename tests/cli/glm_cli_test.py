@@ -44,7 +44,7 @@ def test_dispatch(tmp_path):
     assert import_checkpoint.detect(os.path.join(FIXTURES, "glm_chatglm")) == "ChatGLMModel"
     (tmp_path / "w").mkdir()
     (tmp_path / "w" / "config.json").write_text('{"architectures": ["WhisperVQEncoder"]}')
-    with pytest.raises(NotImplementedError, match="whisper.py"):
+    with pytest.raises(ValueError, match=r"config.json \(WhisperVQEncoder\) lacks \['d_model'"):
         import_checkpoint.import_checkpoint(str(tmp_path / "w"), str(tmp_path / "x"))
     (tmp_path / "d").mkdir()
     for f in import_checkpoint.DECODER_FILES:

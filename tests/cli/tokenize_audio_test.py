@@ -1,6 +1,6 @@
 """glmvoice-tokenize on the tiny release-layout fixture: tokens equal the reference extraction,
 bad audio is listed with its reason, finished parts are not redone, array_record output, and an
-Orbax checkpoint gives the same tokens as the HF directory it came from.
+Orbax checkpoint made by glmvoice-import gives the same tokens as the HF directory it came from.
 """
 
 import glob
@@ -12,11 +12,9 @@ import numpy as np
 import pytest
 import soundfile
 from array_record.python import array_record_module
-from flax import nnx
 
-from glmvoice_jax import checkpoint, records, token_layout
-from glmvoice_jax.cli import tokenize_audio
-from glmvoice_jax.convert import whisper as convert_whisper
+from glmvoice_jax import records, token_layout
+from glmvoice_jax.cli import import_checkpoint, tokenize_audio
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "whisper_vq")
 
@@ -75,11 +73,8 @@ def test_directory_to_jsonl_with_errors_and_resume(inputs, tmp_path):
 
 
 def test_orbax_checkpoint_manifest_to_array_record(tmp_path):
-    cfg, model = convert_whisper.load_checkpoint(FIXTURE)
-    ckpt = str(tmp_path / "ckpt")
-    checkpoint.write_weights(
-        ckpt, nnx.to_pure_dict(nnx.state(model)), checkpoint.model_meta(cfg, None)
-    )
+    ckpt = str(tmp_path / "ckpt")  # the release directory through glmvoice-import
+    import_checkpoint.main(["glmvoice-import", f"--src={FIXTURE}", f"--dst={ckpt}"])
     out = str(tmp_path / "shards")
     manifest = os.path.join(FIXTURE, "audio.jsonl")
     stats = _run("--checkpoint", ckpt, "--input", manifest, "--output", out,

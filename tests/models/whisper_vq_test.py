@@ -39,8 +39,10 @@ def _mel(b, length, seed=0):
     return np.random.default_rng(seed).normal(size=(b, length, TINY.num_mels)).astype(np.float32)
 
 
+@nnx.jit
 def _hidden(model, mel, mask):
-    return nnx.jit(lambda m, x, k: m.encoder(x, k).hidden)(model, mel, mask)
+    # One jitted function for the module: calls with the same model and shapes reuse one compile.
+    return model.encoder(mel, mask).hidden
 
 
 def test_tiny_shapes_and_token_path():

@@ -3,6 +3,7 @@ utterances, initialised from a tiny stock-Whisper checkpoint; the EMA/restart st
 data-parallel mesh equals the single-device step.
 """
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, config_lib, optim, sharding, speech_tokenizer, text_tokenizer
 from glmvoice_jax.convert import whisper as convert_whisper
+from glmvoice_jax.convert import whisper_import
 from glmvoice_jax.models.whisper_vq import WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as st
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
@@ -53,38 +55,27 @@ def _config(**extra):
 
 def _stock_whisper_dir(path, cfg):
     """A tiny HF WhisperForConditionalGeneration directory with the test model's dims."""
-    import safetensors.numpy
-
-    stock = convert_whisper.config_from_hf(
-        {
-            "architectures": [convert_whisper.STOCK], "d_model": cfg.embed_dim,
-            "encoder_layers": cfg.num_layers, "decoder_layers": cfg.num_decoder_layers,
-            "encoder_attention_heads": cfg.num_heads, "encoder_ffn_dim": cfg.mlp_dim,
-            "decoder_attention_heads": cfg.num_decoder_heads,
-            "decoder_ffn_dim": cfg.decoder_mlp_dim, "num_mel_bins": cfg.num_mels,
-            "max_source_positions": cfg.max_source_positions,
-            "max_target_positions": cfg.max_target_positions, "vocab_size": cfg.vocab_size,
-        }
+    stock = dataclasses.replace(
+        cfg, use_causal_conv=False, attention_block_size=None, pooling_kernel=1,
+        pooling_position=None, quantize_position=None,
     )  # fmt: skip
-    rng = np.random.default_rng(0)
-    tensors = {
-        k: (rng.normal(size=hf_shape) * 0.05).astype(np.float32)
-        for k, (_, _, hf_shape, _) in convert_whisper.rename_table(stock).items()
-    }
-    os.makedirs(path)
-    safetensors.numpy.save_file(tensors, os.path.join(path, "model.safetensors"))
-    hf = {
-        "architectures": [convert_whisper.STOCK], "d_model": stock.embed_dim,
-        "encoder_layers": stock.num_layers, "decoder_layers": stock.num_decoder_layers,
-        "encoder_attention_heads": stock.num_heads, "encoder_ffn_dim": stock.mlp_dim,
-        "decoder_attention_heads": stock.num_decoder_heads,
-        "decoder_ffn_dim": stock.decoder_mlp_dim,
-        "num_mel_bins": stock.num_mels, "max_source_positions": stock.max_source_positions,
-        "max_target_positions": stock.max_target_positions, "vocab_size": stock.vocab_size,
-    }  # fmt: skip
-    with open(os.path.join(path, "config.json"), "w") as f:
-        json.dump(hf, f)
-    return tensors
+    return whisper_import.write_synthetic(path, stock, convert_whisper.STOCK)
+
+
+@pytest.fixture
+def compile_cache(tmp_path):
+    """A persistent compilation cache for one test. Every train() call jits a fresh closure, so
+    a resumed run compiles its (identical) step again: ~30 s here. With the cache it is read back.
+    """
+    from jax.experimental.compilation_cache import compilation_cache
+
+    name = "jax_compilation_cache_dir"
+    old = getattr(jax.config, name)
+    jax.config.update(name, str(tmp_path / "jax_cache"))
+    compilation_cache.reset_cache()  # the cache is set up once per process otherwise
+    yield
+    jax.config.update(name, old)
+    compilation_cache.reset_cache()
 
 
 def _metrics(workdir):
@@ -93,7 +84,7 @@ def _metrics(workdir):
 
 
 @NEEDS_ESPEAK
-def test_init_from_whisper_train_and_resume(tmp_path, capsys):
+def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
     wd, src = str(tmp_path / "run"), str(tmp_path / "whisper")
     cfg = st.model_config(_config())
     tensors = _stock_whisper_dir(src, cfg)
@@ -113,8 +104,10 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys):
     assert fresh and params["encoder"]["conv1"]["kernel"].sharding.spec == param_sh["encoder"][
         "conv1"]["kernel"].spec  # fmt: skip
 
-    # train(): 3 steps (eval + checkpoint at 3), then a second run resumes to 5.
-    out = st.train(_config(init_from=src, total_steps=3), wd)
+    # train(): 3 steps (eval + checkpoint at 3), then a second run resumes to 5. A constant lr:
+    # total_steps is then not baked into the step, and the resumed run reuses its executable.
+    constant = {"schedule.decay": "constant"}
+    out = st.train(_config(init_from=src, total_steps=3, **constant), wd)
     printed = capsys.readouterr().out
     assert "initialised weights from" in printed and "codebook initialised from data" in printed
     assert "bitrate: 12.5 Hz x 5 bits = 62.5 bps" in printed
@@ -137,7 +130,9 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys):
         )["encoder"]["embed_positions"],
         pos,
     )
-    out = st.train(_config(init_from=src, total_steps=5, **{"evals.every_steps": 0}), wd)
+    out = st.train(
+        _config(init_from=src, total_steps=5, **constant, **{"evals.every_steps": 0}), wd
+    )
     assert out["step"] == 5 and [r["step"] for r in _metrics(wd)] == [1, 2, 3, 4, 5]
     # The training workdir is a CKPT for the tokenizer (it has a config.json but no safetensors).
     loaded_cfg, model = speech_tokenizer.load_model(wd)
@@ -175,9 +170,16 @@ def _step_on(mesh_cfg, devices, cfg, config, batch):
             "rng": jax.random.key_data(jax.random.key(0)),
             "last_used": jnp.full((cfg.codebook_size,), -(2**30), jnp.int32),
         }
-        train = jax.device_put(train, replicated)
+        train_sh = setup.train_shardings(train, abs_params, param_sh, replicated)
+        train = jax.device_put(train, train_sh)
         batch_sh = {k: sharding.batch_sharding(mesh, "fsdp", v.ndim) for k, v in batch.items()}
-        fn = jax.jit(step, in_shardings=(param_sh, None, batch_sh))
+        # Shardings pinned as in the trainer: step 2 then reuses step 1's executable (with the
+        # train shardings left to XLA, the 8-device step compiled twice: ~30 s on this box).
+        fn = jax.jit(
+            step,
+            in_shardings=(param_sh, train_sh, batch_sh),
+            out_shardings=(param_sh, train_sh, replicated),
+        )
         outs = []
         for _ in range(2):
             params, train, out = fn(params, train, jax.device_put(batch, batch_sh))
