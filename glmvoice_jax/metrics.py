@@ -1,5 +1,8 @@
 """Metric output: WORKDIR/metrics.jsonl, TensorBoard event files, a one-line console display.
 
+WORKDIR may be a local path or a gs:// (any etils.epath) URI; ``MetricWriter`` says how the
+files reach a remote one.
+
 MFU = achieved model FLOP/s per device / peak FLOP/s of the device kind, with model FLOPs from
 ``GLMConfig.flops_per_token`` (6·N·D plus causal attention). Peaks are the bf16 dense figures
 the anchors use (anchors.md §3.8); on CPU there is no meaningful vendor peak, so the config gives
@@ -8,14 +11,17 @@ one (``metrics.peak_flops_per_device``; bench/ measures this machine's practical
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping
 
 import jax
+from etils import epath
 
 # Dense bf16 peak FLOP/s per device (chip) by jax device_kind prefix.
 PEAK_FLOPS = {
@@ -41,24 +47,84 @@ def peak_flops(device: jax.Device, configured: float) -> float:
     return float(configured)
 
 
+def is_remote(path: str | os.PathLike) -> bool:
+    """True for a URI (gs://, s3://, ...): a path that etils.epath, not the OS, opens."""
+    return "://" in os.fspath(path)
+
+
+def staging_dir(workdir: str) -> str:
+    """Local directory where a remote workdir's log files are written before they are copied.
+
+    $GLMVOICE_LOGDIR (default /tmp/glmvoice_logs) / the URI without its ``://``.
+    """
+    base = os.environ.get("GLMVOICE_LOGDIR", os.path.join(tempfile.gettempdir(), "glmvoice_logs"))
+    return os.path.join(base, os.fspath(workdir).replace("://", "/").strip("/"))
+
+
 class MetricWriter:
     """Writes one JSON object per logged step and the same scalars to TensorBoard.
 
     Only process 0 writes. On resume, lines for steps after the restored step (written by a run
     that was killed before its next checkpoint) are dropped, so the file reads as one history.
+
+    A local ``workdir`` is written in place: WORKDIR/metrics.jsonl is appended to and the event
+    files go to WORKDIR/tensorboard. A remote one (gs://, s3://: any etils.epath URI) is not:
+    object stores cannot append, and tensorboardX writes gs:// only through google-cloud-storage,
+    which is no dependency of ours. Both files are then written under ``staging_dir(workdir)``
+    and copied whole to the workdir through etils.epath at most every ``sync_every_secs``, and
+    at ``close()``. A killed run loses at most that interval of log lines (the checkpoint, not
+    this file, is what a resume starts from). On resume, the remote metrics.jsonl is fetched
+    first, so a new machine continues the same file.
     """
 
-    def __init__(self, workdir: str, *, resume_step: int, enabled: bool = True):
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        resume_step: int,
+        enabled: bool = True,
+        sync_every_secs: float = 60.0,
+        local_dir: str | None = None,
+    ):
+        """Opens the writers.
+
+        Args:
+          workdir: where metrics.jsonl and tensorboard/ end up: a local path or an epath URI.
+          resume_step: the step training resumes from; later lines are dropped.
+          enabled: False on every process but 0 (then nothing is written).
+          sync_every_secs: remote workdirs only: the shortest interval between two copies.
+          local_dir: remote workdirs only: the staging directory (default ``staging_dir``).
+        """
         self.enabled = enabled
-        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.workdir = os.fspath(workdir)
+        self.remote = is_remote(self.workdir)
+        self.local_dir = (local_dir or staging_dir(self.workdir)) if self.remote else self.workdir
+        self.path = os.path.join(self.local_dir, "metrics.jsonl")
+        self.sync_every_secs = sync_every_secs
         self._tb = None
+        self._synced: dict[str, int] = {}  # relative path -> bytes copied
+        self._last_sync = time.monotonic()
         if not enabled:
             return
+        os.makedirs(self.local_dir, exist_ok=True)
+        if self.remote:
+            remote_metrics = epath.Path(self.workdir) / "metrics.jsonl"
+            if remote_metrics.exists():  # the remote copy is the history; the local may be stale
+                with open(self.path, "wb") as f:
+                    f.write(remote_metrics.read_bytes())
         self._truncate(resume_step)
         from tensorboardX import SummaryWriter  # lazy: its import costs ~0.3 s
 
-        self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=10)
+        # The suffix keeps two runs that start in the same second (the name has the time in
+        # seconds and the host) from overwriting each other's event file.
+        self._tb = SummaryWriter(
+            logdir=os.path.join(self.local_dir, "tensorboard"),
+            flush_secs=10,
+            filename_suffix=f".from_step_{resume_step}",
+        )
         self._file = open(self.path, "a")  # noqa: SIM115 (closed in close())
+        if self.remote:
+            self.sync()  # the truncated history, and a write check of the workdir up front
 
     def _truncate(self, resume_step: int) -> None:
         if not os.path.exists(self.path):
@@ -87,9 +153,36 @@ class MetricWriter:
         for k, v in scalars.items():
             if math.isfinite(float(v)):
                 self._tb.add_scalar(k, float(v), global_step=int(step))
+        if self.remote and time.monotonic() - self._last_sync >= self.sync_every_secs:
+            self.sync()
+
+    def sync(self) -> None:
+        """Remote workdir: copies metrics.jsonl and the changed event files there now."""
+        if not (self.enabled and self.remote):
+            return
+        self._file.flush()
+        self._tb.flush()
+        root = epath.Path(self.workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        files = ["metrics.jsonl"]
+        tb_dir = os.path.join(self.local_dir, "tensorboard")
+        for dirpath, _, names in os.walk(tb_dir):
+            files += [os.path.relpath(os.path.join(dirpath, n), self.local_dir) for n in names]
+        for rel in sorted(files):
+            src = os.path.join(self.local_dir, rel)
+            size = os.path.getsize(src)
+            if rel != "metrics.jsonl" and self._synced.get(rel) == size:
+                continue  # an event file only grows: unchanged size, unchanged file
+            dst = root.joinpath(*rel.split(os.sep))
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with open(src, "rb") as f:
+                dst.write_bytes(f.read())  # one whole-object write: no append on object stores
+            self._synced[rel] = size
+        self._last_sync = time.monotonic()
 
     def close(self) -> None:
         if self.enabled:
+            self.sync()
             self._file.close()
             self._tb.close()
 
@@ -134,12 +227,14 @@ def _hms(secs: float) -> str:
 
 
 def plot_losses(workdir: str, out_png: str) -> str | None:
-    """PNG of loss / text_loss / speech_loss against step from metrics.jsonl."""
-    path = os.path.join(workdir, "metrics.jsonl")
-    if not os.path.exists(path):
+    """PNG of loss / text_loss / speech_loss against step from metrics.jsonl.
+
+    Both paths may be local or etils.epath URIs (gs://...).
+    """
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
         return None
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         return None
     import matplotlib
@@ -153,10 +248,13 @@ def plot_losses(workdir: str, out_png: str) -> str | None:
         ax.plot(steps, [r[key] for r in rows], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title(os.path.basename(os.path.abspath(workdir)))
+    name = epath.Path(workdir).name if is_remote(workdir) else os.path.abspath(workdir)
+    ax.set_title(os.path.basename(name))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out_png, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
     plt.close(fig)
+    epath.Path(out_png).write_bytes(png.getvalue())
     return out_png

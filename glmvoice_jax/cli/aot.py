@@ -3,8 +3,9 @@ r"""glmvoice-aot: compile the real sharded train step for a TPU topology on a CP
     glmvoice-aot --config configs/NAME.py[:ARGS] --topology v5p-128 [--config.a.b=V ...]
         [--mfu 0.45] [--json OUT.json]
 
-The step is ``lm.jit_train_step`` with the shardings of ``lm.step_shapes``: the program that
-``glmvoice-train`` runs, lowered for the topology's devices instead of this machine's. XLA's TPU
+The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``aot_steps.STEPS``: the LM
+trainer's ``lm.jit_train_step``, or the speech-tokenizer trainer's step at its widest audio
+bucket), lowered for the topology's devices instead of this machine's. XLA's TPU
 compiler (libtpu; ``pip install 'glmvoice_jax[tpu]'``) plans every buffer, so an OOM shows here
 before a pod is rented (anchors.md §5). Printed per device: arguments, outputs, temporaries,
 code, their total against the chip's HBM; FLOPs per step; the step time implied by a stated MFU.
@@ -12,7 +13,7 @@ code, their total against the chip's HBM; FLOPs per step; the step time implied 
 Topologies: ``v5p-128`` (TensorCore count, as Cloud TPU names slices), ``v6e-256``, ``v5e-64``,
 ``v4-32``, ..., an explicit ``v5p:4x4x4``, or ``NxNAME`` for N slices joined by DCN
 (``2xv6e-256``). ``--topology cpu`` compiles for this machine's devices instead, and
-``--benchmark_steps N`` then also runs N steps on random tokens and reports the step time.
+``--benchmark_steps N`` then also runs N steps on random inputs and reports the step time.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
+from glmvoice_jax import aot_steps
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p-128, v6e-256, 2xv6e-256, cpu.")
 _MFU = flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilisation for the implied step time.")
@@ -38,6 +41,7 @@ _BENCH = flags.DEFINE_integer(
 )
 
 GIB = 2**30
+CPU_PEAK = 1.5e11  # FLOP/s of one CPU device when the config names none (the LM configs' value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,28 +163,20 @@ def _tpu_devices(topo: Topology):
     return list(desc.devices)
 
 
-def compile_step(config, devices) -> tuple[object | None, dict]:
-    """Lowers and compiles the train step for ``devices``; returns (compiled, info).
+def compile_step(step: aot_steps.AotStep) -> tuple[object | None, dict]:
+    """Lowers and compiles ``step``; returns (compiled, timings).
 
-    ``compiled`` is None when XLA refuses the program for lack of HBM (RESOURCE_EXHAUSTED); the
-    compiler's message, with the bytes it needed, is then ``info["oom"]``.
+    ``compiled`` is None when XLA refuses the program for lack of memory (RESOURCE_EXHAUSTED);
+    the compiler's message, with the bytes it needed, is then ``info["oom"]``.
     """
     import jax
 
-    from glmvoice_jax import checkpoint, distributed, sharding
-    from glmvoice_jax.trainers import lm
+    from glmvoice_jax import sharding
 
     t0 = time.time()
-    mesh = distributed.make_mesh(config.mesh, devices)
-    shapes = lm.step_shapes(config, mesh)
-    args = (
-        checkpoint.abstract_like(shapes.abs_params, shapes.param_sh),
-        checkpoint.abstract_like(shapes.abs_train, shapes.train_sh),
-        lm.abstract_batch(config, shapes),
-    )
     oom = None
-    with sharding.activate(mesh, config.axis_rules):
-        lowered = lm.jit_train_step(config, shapes).lower(*args)
+    with sharding.activate(step.mesh, step.axis_rules):
+        lowered = step.jitted.lower(*step.args)
         t1 = time.time()
         try:
             compiled = lowered.compile()
@@ -188,14 +184,7 @@ def compile_step(config, devices) -> tuple[object | None, dict]:
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
             compiled, oom = None, str(e).strip().splitlines()[0]
-    t2 = time.time()
-    return compiled, {
-        "mesh": dict(mesh.shape),
-        "shapes": shapes,
-        "lower_s": t1 - t0,
-        "compile_s": t2 - t1,
-        "oom": oom,
-    }
+    return compiled, {"lower_s": t1 - t0, "compile_s": time.time() - t1, "oom": oom}
 
 
 def memory_report(compiled) -> dict:
@@ -221,30 +210,14 @@ def _xla_flops(compiled) -> float:
     return float((cost or {}).get("flops", float("nan")))
 
 
-def _benchmark(config, compiled, shapes, steps: int) -> float:
-    """Mean seconds per step of ``steps`` timed steps on random tokens (after one warm-up)."""
+def _benchmark(step: aot_steps.AotStep, compiled, steps: int) -> float:
+    """Mean seconds per step of ``steps`` timed steps on random inputs (after one warm-up)."""
     import jax
-    import numpy as np
-    from flax import nnx
 
-    from glmvoice_jax import config_lib, sharding
+    from glmvoice_jax import sharding
 
-    gbs, seq_len = config.input.global_batch_size, config.input.seq_len
-    vocab = config_lib.model_config(config).vocab_size
-    rng = np.random.default_rng(0)
-    host = {
-        "tokens": rng.integers(0, vocab, (gbs, seq_len), dtype=np.int32),
-        "segment_ids": np.ones((gbs, seq_len), np.int32),
-        "positions": np.broadcast_to(np.arange(seq_len, dtype=np.int32), (gbs, seq_len)),
-        "loss_mask": np.ones((gbs, seq_len), np.int32),
-    }
-    batch = {k: jax.device_put(v, shapes.batch_sh) for k, v in host.items()}
-    with sharding.activate(shapes.mesh, config.axis_rules):
-        params = jax.jit(
-            lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())),
-            out_shardings=shapes.param_sh,
-        )()
-        train = jax.jit(shapes.init_train, out_shardings=shapes.train_sh)(params)
+    params, train, batch = step.make_args()
+    with sharding.activate(step.mesh, step.axis_rules):
         params, train, out = compiled(params, train, batch)  # warm-up
         jax.block_until_ready(out["loss"])
         t0 = time.time()
@@ -255,55 +228,59 @@ def _benchmark(config, compiled, shapes, steps: int) -> float:
 
 
 def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
-    """Compiles the step for ``topology`` ("cpu" = local devices) and returns the numbers."""
+    """Compiles the step of ``config.trainer`` for ``topology`` ("cpu" = local devices).
+
+    Returns the numbers as a dict (``format_report`` prints it).
+    """
     import jax
 
     from glmvoice_jax import config_lib, metrics
 
     config_lib.validate(config)
+    if benchmark_steps and topology != "cpu":
+        raise ValueError("--benchmark_steps runs steps, so it needs --topology cpu")
     if topology == "cpu":
         devices, hbm, chips, kind = jax.devices(), None, jax.device_count(), "cpu"
     else:
         topo = parse_topology(topology)
         devices = _tpu_devices(topo)
         hbm, chips, kind = topo.chip.hbm_bytes, topo.num_chips, devices[0].device_kind
-    compiled, info = compile_step(config, devices)
-    model_cfg = config_lib.model_config(config)
-    gbs, seq_len = config.input.global_batch_size, config.input.seq_len
-    tokens = gbs * seq_len
-    model_flops = model_cfg.flops_per_token(seq_len) * tokens
-    peak = metrics.peak_flops(devices[0], config.metrics.peak_flops_per_device)
-    step_s = model_flops / (chips * peak * mfu)
+    step = aot_steps.build(config, devices)
+    compiled, info = compile_step(step)
+    # Only a CPU device needs the configured peak; the speech-tokenizer configs have none.
+    peak = metrics.peak_flops(devices[0], config.metrics.get("peak_flops_per_device", CPU_PEAK))
+    step_s = step.model_flops / (chips * peak * mfu)
     out = {
+        "trainer": config.trainer,
         "topology": topology,
         "device_kind": kind,
         "chips": chips,
-        "mesh": info["mesh"],
-        "global_batch": gbs,
-        "seq_len": seq_len,
-        "tokens_per_step": tokens,
-        "grad_accum_steps": config.optim.grad_accum_steps,
-        "remat_policy": model_cfg.remat_policy,
-        "parameters": model_cfg.param_count(),
+        "mesh": dict(step.mesh.shape),
+        **step.fields,
+        "step": step.summary,
+        "parameters": step.parameters,
         "memory": memory_report(compiled) if compiled is not None else None,
         "oom": info["oom"],
         "hbm_bytes": hbm,
         "xla_flops_per_device": _xla_flops(compiled) if compiled is not None else None,
-        "model_flops_per_step": model_flops,
+        "model_flops_per_step": step.model_flops,
+        "model_flops_basis": step.flops_basis,
         "peak_flops_per_chip": peak,
         "mfu": mfu,
         "implied_step_s": step_s,
-        "implied_tokens_per_s_per_chip": tokens / step_s / chips,
+        "units": step.units,
+        "units_per_step": step.units_per_step,
+        "implied_units_per_s_per_chip": step.units_per_step / step_s / chips,
         "lower_s": info["lower_s"],
         "compile_s": info["compile_s"],
     }
+    if step.units == "tokens":
+        out["implied_tokens_per_s_per_chip"] = out["implied_units_per_s_per_chip"]
     out["fits"] = compiled is not None and (
         hbm is None or out["memory"]["total"] <= out["hbm_bytes"]
     )
     if benchmark_steps and compiled is not None:
-        if topology != "cpu":
-            raise ValueError("--benchmark_steps runs steps, so it needs --topology cpu")
-        out["measured_step_s"] = _benchmark(config, compiled, info["shapes"], benchmark_steps)
+        out["measured_step_s"] = _benchmark(step, compiled, benchmark_steps)
     return out
 
 
@@ -313,9 +290,7 @@ def format_report(r: dict) -> str:
 
     lines = [
         f"topology {r['topology']}: {r['chips']} x {r['device_kind']}, mesh {r['mesh']}",
-        f"step: global batch {r['global_batch']} x seq {r['seq_len']} = "
-        f"{r['tokens_per_step']:,} tokens, grad_accum {r['grad_accum_steps']}, remat "
-        f"{r['remat_policy']}, {r['parameters']:,} parameters",
+        f"{r['trainer']} step: {r['step']}, {r['parameters']:,} parameters",
         f"compile: lower {r['lower_s']:.1f} s, compile {r['compile_s']:.1f} s",
     ]
     mem = r["memory"]
@@ -338,7 +313,7 @@ def format_report(r: dict) -> str:
             verdict = "fits" if r["fits"] else "DOES NOT FIT"
             total += f"   of {r['hbm_bytes'] / GIB:.2f} GiB HBM = {100 * frac:.0f}%: {verdict}"
         lines.append(total)
-    flops = f"FLOPs per step: model {r['model_flops_per_step']:.3e} (6N + attention)"
+    flops = f"FLOPs per step: model {r['model_flops_per_step']:.3e} ({r['model_flops_basis']})"
     if r["xla_flops_per_device"] is not None:
         # XLA's cost analysis counts a while loop body once, so scanned layers are undercounted.
         flops += f"; XLA counts {r['xla_flops_per_device']:.3e} per device (loop bodies once)"
@@ -346,7 +321,7 @@ def format_report(r: dict) -> str:
         flops,
         f"at {100 * r['mfu']:.0f}% MFU of {r['peak_flops_per_chip'] / 1e12:.3g} TFLOP/s per "
         f"chip: {r['implied_step_s']:.2f} s per step, "
-        f"{r['implied_tokens_per_s_per_chip']:,.0f} tokens/s/chip",
+        f"{r['implied_units_per_s_per_chip']:,.0f} {r['units']}/s/chip",
     ]
     if "measured_step_s" in r:
         lines.append(f"measured: {r['measured_step_s']:.3f} s per step on this machine")

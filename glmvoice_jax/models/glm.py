@@ -20,6 +20,7 @@ dims.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,12 +31,44 @@ from glmvoice_jax.models import attention
 
 ACT = ("act_batch", "act_len", "act_embed")
 
+# What each block keeps from its forward pass for the backward pass (the rest is recomputed).
+# "offload" keeps what "dots_no_batch" keeps (the weight-matmul outputs), but in pinned host
+# memory instead of HBM; the backward pass streams it back (docs/aot.md: on v5p it turns 64 GiB
+# of HBM into 20 GiB plus 44 GiB of host memory). On CPU, host memory is device memory, so it
+# runs and behaves exactly like "dots_no_batch".
 REMAT_POLICIES = {
     "none": None,
     "full": jax.checkpoint_policies.nothing_saveable,
     "dots": jax.checkpoint_policies.dots_saveable,
     "dots_no_batch": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "offload": jax.checkpoint_policies.offload_dot_with_no_batch_dims(
+        offload_src="device", offload_dst="pinned_host"
+    ),
 }
+HOST_OFFLOAD_POLICIES = frozenset({"offload"})
+
+
+def check_remat_policy(name: str, devices: Sequence[jax.Device]) -> None:
+    """Checks that ``devices`` can run the preset: the offload presets need pinned host memory.
+
+    Called on the mesh's devices before the step is traced (inside a trace the devices are not
+    known). CPU devices pass: their "pinned host" memory is ordinary memory.
+
+    Raises:
+      ValueError: an unknown preset, or an offload preset on devices without pinned host memory.
+    """
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"unknown remat_policy {name!r}; known: {sorted(REMAT_POLICIES)}")
+    if name not in HOST_OFFLOAD_POLICIES:
+        return
+    device = devices[0]
+    kinds = sorted({m.kind for m in device.addressable_memories()})
+    if "pinned_host" not in kinds:
+        raise ValueError(
+            f"remat_policy {name!r} offloads saved matmul outputs to pinned host memory, but "
+            f"{device.platform} devices ({device.device_kind}) have only the memory kinds {kinds}; "
+            "use remat_policy 'dots_no_batch' (the same values, kept in device memory) or 'full'"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,7 +91,8 @@ class GLMConfig:
       param_dtype: dtype parameters are stored in.
       dtype: compute dtype of matmuls and activations (softmax, norms and loss stay float32).
       scan_layers: run layers with nnx.scan (True) or an unrolled loop (same parameters).
-      remat_policy: one of REMAT_POLICIES.
+      remat_policy: one of REMAT_POLICIES ("offload" needs devices with pinned host memory:
+        ``check_remat_policy``).
       attention_impl: "xla" or "chunked" (attention.py).
       attention_chunk: query block of the chunked attention.
     """

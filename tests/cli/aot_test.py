@@ -1,4 +1,4 @@
-"""glmvoice-aot: topology names, the CPU path, and (opt-in: needs libtpu) a real TPU compile."""
+"""glmvoice-aot: topology names, the CPU path, and (opt-in: needs libtpu) real TPU compiles."""
 
 import importlib.util
 import json
@@ -8,11 +8,25 @@ import sys
 
 import pytest
 
-from glmvoice_jax import config_lib
+from glmvoice_jax import aot_steps, config_lib
 from glmvoice_jax.cli import aot
+from glmvoice_jax.models import whisper_vq
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "configs", "demo_tiny.py")
+TOKENIZER = os.path.join(REPO, "configs", "tokenizer_12hz.py") + ":tiny"
+# The tiny tokenizer cut to 2 + 1 layers, 2 s of audio and 16 decoder positions: a fast compile.
+TOKENIZER_TINY = {
+    "model.num_layers": 2,
+    "model.pooling_position": 1,
+    "model.quantize_position": 1,
+    "model.num_decoder_layers": 1,
+    "input.max_audio_secs": 2.0,
+    "input.max_text_tokens": 16,
+    "input.global_batch_size": 8,
+    "evals.batch_size": 8,
+    "evals.max_new_tokens": 8,
+}
 TINY = {
     "model.embed_dim": 32,
     "model.num_layers": 2,
@@ -53,9 +67,9 @@ def test_bad_topology_names(name, message):
         aot.parse_topology(name)
 
 
-def _tiny_config(**extra):
-    c = config_lib.load_config_file(DEMO)
-    for key, value in {**TINY, **extra}.items():
+def _tiny_config(spec=DEMO, base=TINY, **extra):
+    c = config_lib.load_config_file(spec)
+    for key, value in {**base, **extra}.items():
         node = c
         *parents, leaf = key.split(".")
         for p in parents:
@@ -74,15 +88,58 @@ def test_cpu_compile_and_benchmark():
         == mem["arguments"] + mem["outputs"] - mem["aliased"] + mem["temps"] + (mem["code"])
     )
     assert r["measured_step_s"] > 0 and r["remat_policy"] == "full"
+    assert r["units"] == "tokens" and r["tokens_per_step"] == 8 * 64
     text = aot.format_report(r)
-    assert "per-device memory" in text and "measured:" in text
+    assert "per-device memory" in text and "measured:" in text and "tokens/s/chip" in text
 
 
-@pytest.mark.skipif(importlib.util.find_spec("libtpu") is None, reason="needs libtpu (tpu extra)")
-def test_tpu_topology_compile(tmp_path):
+def test_cpu_compile_of_the_speech_tokenizer_step():
+    r = aot.report(_tiny_config(TOKENIZER, TOKENIZER_TINY), "cpu", 0.5, benchmark_steps=1)
+    assert r["trainer"] == "speech_tokenizer" and r["remat_policy"] == "none"
+    assert r["units"] == "audio seconds" and r["units_per_step"] == 8 * 2.0
+    assert r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and r["measured_step_s"] > 0
+    assert r["memory"]["arguments"] > 0 and r["memory"]["temps"] > 0
+    # Layers are unrolled, so XLA counts every op: the model FLOPs (matmuls and the attention
+    # pairs the masks let through) must be a large part of it, and no more than all of it.
+    xla_total = r["xla_flops_per_device"] * r["chips"]
+    assert 0.6 * xla_total < r["model_flops_per_step"] < xla_total
+    text = aot.format_report(r)
+    assert "speech_tokenizer step: global batch 8 utterances x 2 s" in text
+    assert "audio seconds/s/chip" in text
+
+
+def test_block_causal_pairs_and_stock_whisper_flops():
+    assert aot_steps._block_causal_pairs(5, 2) == 2 + 2 + 4 + 4 + 5
+    assert aot_steps._block_causal_pairs(5, None) == 25
+    assert aot_steps._block_causal_pairs(5, 1) == 15  # plain causal
+    cfg = whisper_vq.VARIANTS["whisper_large_v3"]
+    # Stock large-v3, 30 s, 448 tokens, no VQ, by hand (x 3 for forward + backward):
+    #   encoder matmuls 6 * 32 * (4 D^2 + 2 D F) * 1500                = 5.66e12
+    #   decoder self/cross-q,o/MLP 6 * 32 * (6 D^2 + 2 D F) * 448      = 1.97e12
+    #   cross k/v 6 * 32 * 2 D^2 * 1500 + head 6 * 448 * V D           = 0.94e12 + 0.18e12
+    #   attention 3 * 4 D * 32 * (1500^2 + 448 * 449 / 2 + 448 * 1500) = 1.49e12
+    #   conv stem 3 * (6 M D * 3000 + 6 D^2 * 1500)                    = 0.05e12
+    flops = aot_steps.speech_tokenizer_flops(cfg, mel_frames=3000, text_tokens=448)
+    assert flops == pytest.approx(10.29e12, rel=0.01)
+
+
+def test_unknown_trainer_is_refused():
+    c = _tiny_config()
+    with c.unlocked():
+        c.trainer = "vocoder"
+    with pytest.raises(ValueError, match="compiles the steps of"):
+        aot_steps.build(c, [])
+
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None, reason="needs libtpu (tpu extra)"
+)
+
+
+def _aot_cli(tmp_path, config, overrides):
     out = tmp_path / "r.json"
-    args = [sys.executable, "-m", "glmvoice_jax.cli.aot", f"--config={DEMO}", "--topology=v5p-8"]
-    args += [f"--config.{k}={v}" for k, v in TINY.items()] + [f"--json={out}"]
+    args = [sys.executable, "-m", "glmvoice_jax.cli.aot", f"--config={config}", "--topology=v5p-8"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()] + [f"--json={out}"]
     proc = subprocess.run(
         args, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
     )
@@ -91,3 +148,21 @@ def test_tpu_topology_compile(tmp_path):
     r = json.loads(out.read_text())
     assert r["chips"] == 4 and r["hbm_bytes"] == int(95.74 * 2**30) and r["fits"]
     assert 0 < r["memory"]["total"] < r["hbm_bytes"]
+    return r
+
+
+@needs_libtpu
+def test_tpu_topology_compile(tmp_path):
+    _aot_cli(tmp_path, DEMO, TINY)
+
+
+@needs_libtpu
+def test_tpu_compile_of_the_offload_preset_uses_host_memory(tmp_path):
+    r = _aot_cli(tmp_path, DEMO, {**TINY, "model.remat_policy": "offload"})
+    assert r["remat_policy"] == "offload" and r["memory"]["host_temps"] > 0
+
+
+@needs_libtpu
+def test_tpu_compile_of_the_speech_tokenizer_step(tmp_path):
+    r = _aot_cli(tmp_path, TOKENIZER, {**TOKENIZER_TINY, "model.remat": True})
+    assert r["trainer"] == "speech_tokenizer" and r["remat_policy"] == "per layer"

@@ -135,3 +135,39 @@ def test_kv_cache_decode_equals_full_forward():
         for b in range(2):
             np.testing.assert_allclose(logits[b, 0], full[b][index[b]], atol=2e-5)
         index += 1
+
+
+def test_remat_policies_give_the_same_gradients():
+    tokens = jax.random.randint(jax.random.key(2), (2, 32), 0, 200)
+    ref = _model(dataclasses.replace(SMALL, remat_policy="none"))
+
+    @nnx.jit
+    def grads(m):
+        return nnx.grad(lambda m: jnp.mean(m(tokens) ** 2))(m)
+
+    expected = jax.tree.leaves(grads(ref))
+    for policy in sorted(set(glm.REMAT_POLICIES) - {"none"}):
+        model = _copy(ref, dataclasses.replace(SMALL, remat_policy=policy))
+        for a, b in zip(expected, jax.tree.leaves(grads(model)), strict=True):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=policy)
+
+
+class _Memory:
+    def __init__(self, kind):
+        self.kind = kind
+
+
+class _DeviceWithoutHostMemory:
+    platform, device_kind = "gpu", "some accelerator"
+
+    def addressable_memories(self):
+        return [_Memory("device")]
+
+
+def test_offload_policy_needs_pinned_host_memory():
+    glm.check_remat_policy("offload", jax.devices())  # CPU: host memory is device memory
+    glm.check_remat_policy("full", [_DeviceWithoutHostMemory()])
+    with pytest.raises(ValueError, match="pinned host memory.*'dots_no_batch'"):
+        glm.check_remat_policy("offload", [_DeviceWithoutHostMemory()])
+    with pytest.raises(ValueError, match="unknown remat_policy"):
+        glm.check_remat_policy("offload_everything", jax.devices())
