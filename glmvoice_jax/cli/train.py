@@ -95,7 +95,7 @@ def main(argv) -> None:
         os._exit(1)
     if jax.process_index() == 0:
         wd = _WORKDIR.value if "://" in _WORKDIR.value else os.path.abspath(_WORKDIR.value)
-        logs = lm.log_dir(wd)
+        logs = wd
         print(f"\ndone: step {summary.get('step')}  loss {summary.get('loss', float('nan')):.4f}")
         print(f"  checkpoints   {wd}/checkpoints")
         print(f"  metrics       {logs}/metrics.jsonl")

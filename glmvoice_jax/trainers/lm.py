@@ -148,6 +148,7 @@ def step_shapes(config: mlc.ConfigDict, mesh: Mesh) -> StepShapes:
       ValueError: when the global batch does not split over the data-parallel shards.
     """
     model_cfg = config_lib.model_config(config)
+    glm.check_remat_policy(model_cfg.remat_policy, list(mesh.devices.flat))
     preset = config.axis_rules
     dp = sharding.data_parallel_size(mesh, preset)
     gbs, accum = config.input.global_batch_size, config.optim.grad_accum_steps
@@ -232,19 +233,6 @@ def _check_workdir(workdir: str) -> None:
         ) from e
 
 
-def log_dir(workdir: str) -> str:
-    """Where metrics, TensorBoard and plots go: the workdir, or a local mirror of a remote one.
-
-    Checkpoints always go to WORKDIR/checkpoints (Orbax writes gs:// natively). The log writers
-    need a POSIX path, so for a remote workdir process 0 logs to $GLMVOICE_LOGDIR (default
-    /tmp/glmvoice_logs/<bucket path>); copy it out with ``gsutil rsync`` if it must outlive the VM.
-    """
-    if "://" not in workdir:
-        return workdir
-    base = os.environ.get("GLMVOICE_LOGDIR", "/tmp/glmvoice_logs")
-    return os.path.join(base, workdir.replace("://", "/").strip("/"))
-
-
 def dry_run(config: mlc.ConfigDict) -> dict:
     """Shapes only: parameter count and per-device bytes of params + AdamW state on the mesh.
 
@@ -304,12 +292,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     model_cfg = config_lib.model_config(config)
     layout = config_lib.token_layout_of(config)
     is_main = jax.process_index() == 0
-    logs = log_dir(workdir)
+    # Metrics, TensorBoard and the loss plot go to the workdir, gs:// included (metrics.py stages
+    # them locally and copies them through epath).
+    logs = workdir
     if is_main:
-        os.makedirs(logs, exist_ok=True)
+        epath.Path(workdir).mkdir(parents=True, exist_ok=True)
         (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-        if logs != workdir:
-            print(f"logs (metrics, tensorboard) go to {logs}", flush=True)
 
     ####################################################################################
     # Mesh, shapes and shardings
@@ -475,7 +463,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     writer.close()
     stop.restore()
     if is_main:
-        png = metrics.plot_losses(logs, os.path.join(logs, "loss.png"))
+        png = metrics.plot_losses(logs, str(epath.Path(logs) / "loss.png"))
         summary = {"workdir": workdir, "step": step, "loss_plot": png, **last}
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return last
