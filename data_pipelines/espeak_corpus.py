@@ -1,9 +1,10 @@
 r"""Real-speech demo corpus for the speech-tokenizer trainer, synthesised with espeak-ng.
 
-The bundled English sentences (``assets/sentences.txt``: 255 hand-written ones, or
-``assets/grammar_sentences.txt``: 1200 over a 100-word grammar; both written for this project) are
-spoken by
-several espeak-ng voices at several speeds and pitches, resampled by sox to 16 kHz mono 16-bit PCM
+The bundled English sentences (``assets/sentences.txt``: 255 hand-written ones;
+``assets/grammar_sentences.txt``: 1200 over a 108-word grammar;
+``assets/grammar_sentences_6k.txt``: those 1200, then 4800 more from the same grammar, made by
+data_pipelines/grammar_sentences.py; all written for this project) are spoken by several
+espeak-ng voices at several speeds and pitches, resampled by sox to 16 kHz mono 16-bit PCM
 (``sox -R -D``: repeatable, no dither, so the corpus is bit-identical on every run), and listed in
 two manifests, one JSON object per line:
 
@@ -19,7 +20,7 @@ directory already holds a finished corpus of the same settings (``corpus.json`` 
 
 Needs the ``espeak-ng`` and ``sox`` programs: ``apt-get install -y espeak-ng sox``.
 
-Usage: python -m data_pipelines.espeak_corpus --out DIR [--sentences natural|grammar]
+Usage: python -m data_pipelines.espeak_corpus --out DIR [--sentences natural|grammar|grammar_6k]
            [--variants_per_sentence 3] [--max_sentences N]
 """
 
@@ -37,11 +38,13 @@ import soundfile
 from absl import app, flags
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
-# Bundled sentence lists: "natural" (255 hand-written sentences) and "grammar" (1200 sentences
-# over a 100-word grammar: held-out sentences are new combinations of seen words).
+# Bundled sentence lists: "natural" (255 hand-written sentences), "grammar" (1200 sentences over
+# a 108-word grammar: held-out sentences are new combinations of seen words) and "grammar_6k"
+# (those 1200 first, so the same sentences are held out in the same order, then 4800 more).
 SENTENCE_SETS = {
     "natural": os.path.join(ASSETS, "sentences.txt"),
     "grammar": os.path.join(ASSETS, "grammar_sentences.txt"),
+    "grammar_6k": os.path.join(ASSETS, "grammar_sentences_6k.txt"),
 }
 SENTENCES_PATH = SENTENCE_SETS["natural"]
 # espeak-ng voice (+ variant) names; each one is a "speaker" of the corpus.

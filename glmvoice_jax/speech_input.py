@@ -14,7 +14,8 @@ Batches have fixed shapes per length bucket, so the jitted step compiles once pe
   and pads the audio to the bucket of the *global* batch's longest utterance (a multiple of
   ``bucket_secs`` and of the model's samples-per-token), and the text to ``max_text_tokens``.
 
-The log-mel is computed on device inside the train step from ``wav`` and ``wav_len``.
+The log-mel is computed on device inside the train step from ``wav`` and ``wav_len``, and
+``SpecAugment`` masks it there (training only; ``config.augment``).
 
 Decoder sequences: full = prefix + text ids + [eos]; ``dec_in`` = full[:-1], ``dec_target`` =
 full[1:], ``dec_weight`` = 1 where the target is a text token or eos (not a prefix token),
@@ -31,6 +32,8 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 
 import grain
+import jax
+import jax.numpy as jnp
 import numpy as np
 import soundfile
 
@@ -259,3 +262,59 @@ def eval_batches(
                 num_rows=batch_size,
             ),
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class SpecAugment:
+    """SpecAugment masking (Park et al. 2019, arXiv:1904.08779, §2), without time warping.
+
+    Per utterance: ``freq_masks`` bands of f ~ U{0..freq_width} mel bins starting at
+    f0 ~ U{0..M - f}, and ``time_masks`` bands of t ~ U{0..min(time_width, time_frac * length)}
+    frames starting at t0 ~ U{0..length - t}; the ``time_frac`` bound on the width is the paper's
+    p (its adaptive form, Park et al. 2020, arXiv:1912.05533, scales it with the length). Masked
+    values are set to the utterance's mean log-mel (the paper masks to the mean, 0 after its
+    normalisation); padding frames are left alone. Zero masks of both kinds = off.
+    """
+
+    freq_masks: int = 0
+    freq_width: int = 27
+    time_masks: int = 0
+    time_width: int = 20
+    time_frac: float = 0.1
+
+    @property
+    def enabled(self) -> bool:
+        return self.freq_masks > 0 or self.time_masks > 0
+
+    def __call__(self, mel: jax.Array, mel_mask: jax.Array, key: jax.Array) -> jax.Array:
+        """Masks mel [B, L, M] (valid frames: mel_mask [B, L]); returns the same shape."""
+        if not self.enabled:
+            return mel
+        b, frames, bins = mel.shape
+        length = jnp.sum(mel_mask, axis=1).astype(jnp.int32)  # [B]
+        key_f, key_t = jax.random.split(key)
+        masked_f = _bands(key_f, self.freq_masks, jnp.full((b,), self.freq_width), bins, bins)
+        max_t = jnp.minimum(self.time_width, jnp.floor(self.time_frac * length).astype(jnp.int32))
+        masked_t = _bands(key_t, self.time_masks, max_t, length, frames)
+        masked = (masked_f[:, None, :] | masked_t[:, :, None]) & mel_mask[:, :, None]  # [B, L, M]
+        valid = mel_mask[:, :, None].astype(mel.dtype)
+        mean = jnp.sum(mel * valid, axis=(1, 2)) / jnp.maximum(
+            jnp.sum(valid, axis=(1, 2)) * bins, 1
+        )
+        return jnp.where(masked, mean[:, None, None].astype(mel.dtype), mel)
+
+
+def _bands(key: jax.Array, count: int, max_width: jax.Array, extent, size: int) -> jax.Array:
+    """[B, size] bool: ``count`` bands per row, width U{0..max_width}, inside [0, extent)."""
+    b = max_width.shape[0]
+    if count == 0:
+        return jnp.zeros((b, size), bool)
+    key_w, key_s = jax.random.split(key)
+    extent = jnp.broadcast_to(jnp.asarray(extent, jnp.int32), (b,))[:, None]  # [B, 1]
+    max_width = jnp.minimum(max_width[:, None], extent)  # [B, 1]
+    width = jnp.floor(jax.random.uniform(key_w, (b, count)) * (max_width + 1)).astype(jnp.int32)
+    start = jnp.floor(jax.random.uniform(key_s, (b, count)) * (extent - width + 1))
+    start = start.astype(jnp.int32)  # [B, K]
+    pos = jnp.arange(size)[None, None, :]  # [1, 1, size]
+    inside = (pos >= start[..., None]) & (pos < (start + width)[..., None])  # [B, K, size]
+    return jnp.any(inside, axis=1)

@@ -14,6 +14,11 @@ last_used}. Only Param leaves are optimised; the VQStats leaves come out of the 
 ``last_used[c]`` is the last step that used code c, for ``codebook_usage`` (the fraction of codes
 used in the last ``vq.usage_window_steps`` steps).
 
+Regularisers, both configurable and used by the ``:tiny`` configs only where they helped:
+label smoothing of the ASR cross-entropy (``loss.label_smoothing``) and SpecAugment masking of
+the log-mel inside the jitted step (``augment``; speech_input.SpecAugment, key folded from the
+step's key). ``cpu_minutes`` in the metrics is the process CPU time (all threads) since start-up.
+
 Text side: a sentencepiece model trained on the training transcripts (from-scratch configs), or
 the Whisper tokenizer of the imported checkpoint (``text.tokenizer = "whisper"``). Its files go to
 WORKDIR/checkpoints/tokenizer and are recorded in the checkpoint meta, with the WhisperVQConfig and
@@ -65,6 +70,8 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
     window = config.vq.usage_window_steps
     skip_nonfinite = config.metrics.on_nonfinite == "skip"
     num_codes = model_cfg.codebook_size
+    augment = speech_input.SpecAugment(**config.augment)
+    smoothing = config.loss.label_smoothing
 
     def loss_fn(trainable, params, batch, mel, mel_mask, key):
         model = nnx.merge(graphdef, setup.merge(params, trainable))
@@ -73,8 +80,13 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
         )
         xent = optax.softmax_cross_entropy_with_integer_labels(logits, batch["dec_target"])
         w = batch["dec_weight"]
-        asr = jnp.sum(xent * w) / jnp.maximum(jnp.sum(w), 1.0)
-        loss = asr + enc.aux["vq_loss"]
+        denom = jnp.maximum(jnp.sum(w), 1.0)
+        asr = jnp.sum(xent * w) / denom  # logged: the plain cross-entropy
+        if smoothing:  # CE against (1 - a) onehot + a / V: (1 - a) xent + a (lse - mean logit)
+            logits32 = logits.astype(jnp.float32)
+            uniform = jax.nn.logsumexp(logits32, axis=-1) - jnp.mean(logits32, axis=-1)
+            xent = (1.0 - smoothing) * xent + smoothing * uniform
+        loss = jnp.sum(xent * w) / denom + enc.aux["vq_loss"]
         stats = setup.subset(nnx.to_pure_dict(nnx.state(model)), mask, keep=False)
         return loss, (asr, stats, enc.ids, enc.token_mask, enc.aux)
 
@@ -83,6 +95,7 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
     def step_fn(params, train, batch):
         mel, mel_mask = features(batch, model_cfg)
         key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), train["step"])
+        mel = augment(mel, mel_mask, jax.random.fold_in(key, 1))  # restarts use ``key`` itself
         trainable = setup.subset(params, mask, keep=True)
         (loss, (asr, stats, ids, tmask, aux)), grads = grad_fn(
             trainable, params, batch, mel, mel_mask, key
@@ -429,6 +442,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 scalars = setup.summarize(fetched, dt)
                 scalars["skipped_steps"] = float(skipped)
                 scalars["minutes"] = (now - t_start) / 60
+                scalars["cpu_minutes"] = time.process_time() / 60  # all threads, since start-up
                 if eval_now:
                     t_eval = time.time()
                     scalars.update(run_eval(params))
