@@ -47,4 +47,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps = arg.steps or (2500 if arg.tiny else 58_600)
     # pooling x4 -> 12.5 Hz; log2(16384) = 14 bits -> 175 bps. Tiny: 256 codes (100 bps).
     model = dict(pooling_kernel=4, codebook_size=256 if arg.tiny else 16384)
+    if not arg.tiny:
+        # Per-layer remat: without it the 4096 x 30 s step needs 320 GiB of temporaries per
+        # v5p chip; with it 48.3 GiB on v5p-128 and 18.6 GiB on v6e-256 (docs/aot.md).
+        model["remat"] = True
     return setup.default_config("glm4_voice_tokenizer", tiny=arg.tiny, steps=steps, model=model)
