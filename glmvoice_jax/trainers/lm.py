@@ -389,7 +389,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     peak = metrics.peak_flops(jax.devices()[0], config.metrics.peak_flops_per_device)
     flops_per_step = model_cfg.flops_per_token(seq_len) * gbs * seq_len
     tokens_per_step = gbs * seq_len
-    stop = _StopFlag()
+    stop = StopFlag()
     vote = _StopVote(mesh)
     pending: list[tuple[int, dict]] = []
     last = {}
@@ -414,10 +414,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             pending.append((step, out))
             # The finiteness check lags one step so the host never stalls the device queue.
             if prev is not None:
-                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+                skipped += check_finite(prev, config.metrics.on_nonfinite)
             prev = (step, out["finite"])
             if step % config.log_every_steps == 0 or step == config.total_steps or stopping:
-                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+                skipped += check_finite(prev, config.metrics.on_nonfinite)
                 prev = None
                 fetched = jax.device_get([o for _, o in pending])
                 now = time.time()
@@ -519,7 +519,11 @@ def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh)
     return jax.tree.map(lambda x, a: x.astype(a.dtype), params, abs_params)
 
 
-def _check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
+def check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
+    """0, or 1 for a skipped non-finite step (mode "skip"); raises in mode "raise".
+
+    Shared with the speech-tokenizer trainer.
+    """
     if prev is None:
         return 0
     step, finite = prev
@@ -534,7 +538,7 @@ def _check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
     return 1
 
 
-class _StopFlag:
+class StopFlag:
     """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
 
     def __init__(self):

@@ -32,7 +32,6 @@ the first training batches (§12 #3; ``vq.codebook_init``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -44,7 +43,6 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
-from absl import logging
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -52,6 +50,7 @@ from glmvoice_jax import audio, checkpoint, metrics, optim, sharding, speech_inp
 from glmvoice_jax.asr_scoring import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_decoding
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
+from glmvoice_jax.trainers import lm
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 TRAINER = "speech_tokenizer"
@@ -60,8 +59,8 @@ model_config = setup.model_config
 model_section = setup.model_section
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/inf; the message names the step."""
+# The LM trainer's non-finite check and stop flag (one definition of each for both trainers).
+NonFiniteLossError = lm.NonFiniteLossError
 
 
 def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.ConfigDict, mask):
@@ -409,7 +408,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Train loop
     ####################################################################################
     writer = metrics.MetricWriter(workdir, resume_step=start_step, enabled=is_main)
-    stop = _StopFlag()
+    stop = lm.StopFlag()
     pending: list[dict] = []
     last: dict[str, float] = {}
     step = start_step
@@ -429,12 +428,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 steps_since_log += 1
             pending.append(out)
             if prev is not None:  # the finiteness check lags one step: no host stall
-                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+                skipped += lm.check_finite(prev, config.metrics.on_nonfinite)
             prev = (step, out["finite"])
             log_now = step % config.log_every_steps == 0 or step == config.total_steps
             eval_now = every_eval > 0 and (step % every_eval == 0 or step == config.total_steps)
             if log_now or eval_now:
-                skipped += _check_finite(prev, config.metrics.on_nonfinite)
+                skipped += lm.check_finite(prev, config.metrics.on_nonfinite)
                 prev = None
                 fetched = jax.device_get(pending)
                 now = time.time()
@@ -469,38 +468,3 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         with open(os.path.join(workdir, "summary.json"), "w") as f:
             json.dump(summary, f, indent=2)
     return last
-
-
-def _check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
-    if prev is None:
-        return 0
-    step, finite = prev
-    if bool(jax.device_get(finite)):
-        return 0
-    if mode == "raise":
-        raise NonFiniteLossError(
-            f"loss or gradient norm became NaN/inf at step {step}; the update was not applied. "
-            "Lower the learning rate, check the data, or set --config.metrics.on_nonfinite=skip"
-        )
-    logging.warning("non-finite loss at step %d: update skipped", step)
-    return 1
-
-
-class _StopFlag:
-    """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
-
-    def __init__(self):
-        self.set = False
-        self.name = ""
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: no handler
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.set = True
-        self.name = signal.Signals(signum).name
-
-    def restore(self):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
