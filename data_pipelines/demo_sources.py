@@ -31,23 +31,15 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-from data_pipelines import interleave_records, speech_records, text_records
+from data_pipelines import espeak_corpus, interleave_records, speech_records, text_records
 from glmvoice_jax import interleave, sampling, token_layout
 
 LAYOUT = "demo"
 # How the interleaving job samples the tiny text-to-token model (speech tokens per text byte: the
 # espeak corpus at 12.5 Hz has ~0.8, so 3 per byte + 8 bounds every span).
 T2T_SAMPLING = sampling.SamplingConfig(max_len_ratio=3.0, max_len_extra=8, batch_size=64)
-# The espeak-ng corpus' sentences (data_pipelines/espeak_corpus.py reads the same file; importing
-# that module would define its absl flags).
-SENTENCES_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets", "sentences.txt")
-
-
-def read_sentences(path: str = SENTENCES_PATH) -> list[str]:
-    """The non-empty, non-comment lines of the bundled sentence file."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    return [line for line in lines if line and not line.startswith("#")]
+# The bundled sentences (data_pipelines/assets/sentences.txt, as the espeak-ng corpus reads them).
+read_sentences = espeak_corpus.read_sentences
 
 
 def bundled_text_docs(num_docs: int, seed: int = 0) -> list[str]:

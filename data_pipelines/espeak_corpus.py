@@ -31,11 +31,11 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import tempfile
 
 import soundfile
 from absl import app, flags
+
+from glmvoice_jax import espeak
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 # Bundled sentence lists: "natural" (255 hand-written sentences), "grammar" (1200 sentences over
@@ -58,7 +58,7 @@ VOICES = (
 )
 SPEEDS_WPM = (140, 165, 190)
 PITCHES = (35, 50, 65)
-SAMPLE_RATE = 16000
+SAMPLE_RATE = espeak.SAMPLE_RATE
 SPLITS = ("train", "heldout")
 _FORMAT = 2  # bump when the generated audio would change
 _MARKER = "corpus.json"
@@ -102,31 +102,9 @@ def plan(
     return out
 
 
-def _check_tools() -> None:
-    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
-    if missing:
-        raise FileNotFoundError(
-            f"the espeak corpus needs the programs {missing}, which are not on PATH; install them "
-            "with `apt-get update && apt-get install -y espeak-ng sox`"
-        )
-
-
 def _synthesise(utt: dict, path: str) -> float:
-    """espeak-ng (22.05 kHz) -> sox -> 16 kHz mono PCM_16 at ``path``; returns seconds."""
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = os.path.join(tmp, "raw.wav")
-        subprocess.run(
-            ["espeak-ng", "-v", utt["speaker"], "-s", str(utt["speed_wpm"]), "-p",
-             str(utt["pitch"]), "-w", raw, utt["text"]],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        part = path + ".tmp.wav"
-        subprocess.run(
-            ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", part],
-            check=True,
-            capture_output=True,
-        )
-    os.replace(part, path)
+    """Speaks one planned utterance into ``path`` (glmvoice_jax/espeak.py); returns seconds."""
+    espeak.synthesize(utt["text"], path, utt["speaker"], utt["speed_wpm"], utt["pitch"])
     return soundfile.info(path).duration
 
 
@@ -171,7 +149,7 @@ def make_corpus(
             return manifests
         os.remove(marker)  # other settings: start over
         shutil.rmtree(os.path.join(out_dir, "audio"), ignore_errors=True)
-    _check_tools()
+    espeak.check_tools("the espeak corpus")
     utts = plan(sentences, variants_per_sentence=variants_per_sentence, heldout_every=heldout_every)
     os.makedirs(os.path.join(out_dir, "audio"), exist_ok=True)
 
@@ -198,21 +176,16 @@ def make_corpus(
     return manifests
 
 
-_OUT = flags.DEFINE_string("out", None, "Output directory.")
-_SET = flags.DEFINE_enum("sentences", "natural", sorted(SENTENCE_SETS), "Bundled sentence list.")
-_MAX = flags.DEFINE_integer("max_sentences", None, "Use only the first N sentences.")
-_VARIANTS = flags.DEFINE_integer("variants_per_sentence", 3, "Voices per sentence (1..6).")
-
-
 def main(argv) -> None:
     del argv
+    out = flags.FLAGS.out
     paths = make_corpus(
-        _OUT.value,
-        max_sentences=_MAX.value,
-        variants_per_sentence=_VARIANTS.value,
-        sentences_path=SENTENCE_SETS[_SET.value],
+        out,
+        max_sentences=flags.FLAGS.max_sentences,
+        variants_per_sentence=flags.FLAGS.variants_per_sentence,
+        sentences_path=SENTENCE_SETS[flags.FLAGS.sentences],
     )
-    with open(os.path.join(_OUT.value, _MARKER)) as f:
+    with open(os.path.join(out, _MARKER)) as f:
         counts = json.load(f)["counts"]
     for split, path in paths.items():
         c = counts[split]
@@ -220,5 +193,10 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-    flags.mark_flags_as_required(["out"])
+    # Flags are defined here, not at import, so that the jobs and the package can import this
+    # module next to their own flags.
+    flags.DEFINE_string("out", None, "Output directory.", required=True)
+    flags.DEFINE_enum("sentences", "natural", sorted(SENTENCE_SETS), "Bundled sentence list.")
+    flags.DEFINE_integer("max_sentences", None, "Use only the first N sentences.")
+    flags.DEFINE_integer("variants_per_sentence", 3, "Voices per sentence (1..6).")
     app.run(main)

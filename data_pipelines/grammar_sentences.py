@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import numpy as np
 from absl import app, flags
 
+from data_pipelines import espeak_corpus
+
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 BASE_PATH = os.path.join(ASSETS, "grammar_sentences.txt")
 
@@ -122,13 +124,6 @@ def generate(num_sentences: int, *, seed: int = 0, keep: Sequence[str] = ()) -> 
     return out
 
 
-def read_sentences(path: str) -> list[str]:
-    """The non-empty, non-comment lines of a sentence file."""
-    with open(path, encoding="utf-8") as f:
-        lines = [line.strip() for line in f]
-    return [line for line in lines if line and not line.startswith("#")]
-
-
 def write(path: str, sentences: Sequence[str], *, seed: int, num_kept: int) -> None:
     header = (
         f"# {len(sentences)} distinct sentences over the 108-word grammar of "
@@ -146,7 +141,7 @@ def write(path: str, sentences: Sequence[str], *, seed: int, num_kept: int) -> N
 
 def main(argv) -> None:
     del argv
-    keep = read_sentences(BASE_PATH)
+    keep = espeak_corpus.read_sentences(BASE_PATH)
     num, seed, out = flags.FLAGS.num_sentences, flags.FLAGS.seed, flags.FLAGS.out
     sentences = generate(num, seed=seed, keep=keep)
     write(out, sentences, seed=seed, num_kept=len(keep))

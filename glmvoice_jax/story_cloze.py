@@ -43,14 +43,13 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from glmvoice_jax import audio, checkpoint, prompts, scoring, text_tokenizer, tokenizing_job
+from glmvoice_jax import checkpoint, espeak, jsonl, prompts, scoring, text_tokenizer, tokenizing_job
 from glmvoice_jax import speech_tokenizer as speech_tokenizer_lib
 from glmvoice_jax import token_layout as token_layout_lib
 
@@ -104,59 +103,47 @@ def read_items(path: str, max_items: int | None = None) -> list[Item]:
     base = os.path.dirname(os.path.abspath(path))
     items: list[Item] = []
     seen: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
+    for n, where, obj in jsonl.objects(path):
+        uid = obj.get("id")
+        if isinstance(uid, bool) or not isinstance(uid, str | int) or uid == "":
+            raise ValueError(f'{where}: field "id" must be a non-empty string or an integer')
+        uid = str(uid)
+        if uid in seen:
+            raise ValueError(f'{where}: field "id" {uid!r} repeats the id of line {seen[uid]}')
+        seen[uid] = n
+        for part in PARTS:
+            if not isinstance(obj.get(part), str) or not obj[part].strip():
+                raise ValueError(f'{where}: field "{part}" must be a non-empty string')
+        if obj["correct"].strip() == obj["wrong"].strip():
+            raise ValueError(f'{where}: fields "correct" and "wrong" are the same text')
+        audio_files = {}
+        for part in PARTS:
+            value = obj.get(f"{part}_audio")
+            if value is None:
                 continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{where}: expected a JSON object, got {type(obj).__name__}")
-            uid = obj.get("id")
-            if isinstance(uid, bool) or not isinstance(uid, str | int) or uid == "":
-                raise ValueError(f'{where}: field "id" must be a non-empty string or an integer')
-            uid = str(uid)
-            if uid in seen:
-                raise ValueError(f'{where}: field "id" {uid!r} repeats the id of line {seen[uid]}')
-            seen[uid] = n
-            for part in PARTS:
-                if not isinstance(obj.get(part), str) or not obj[part].strip():
-                    raise ValueError(f'{where}: field "{part}" must be a non-empty string')
-            if obj["correct"].strip() == obj["wrong"].strip():
-                raise ValueError(f'{where}: fields "correct" and "wrong" are the same text')
-            audio_files = {}
-            for part in PARTS:
-                value = obj.get(f"{part}_audio")
-                if value is None:
-                    continue
-                if not isinstance(value, str) or not value:
-                    raise ValueError(f'{where}: field "{part}_audio" must be a non-empty path')
-                audio_files[part] = os.path.normpath(os.path.join(base, value))
-            kind = obj.get("kind")
-            items.append(
-                Item(
-                    uid,
-                    obj["context"].strip(),
-                    obj["correct"].strip(),
-                    obj["wrong"].strip(),
-                    audio_files,
-                    str(kind) if kind is not None else None,
-                )
+            if not isinstance(value, str) or not value:
+                raise ValueError(f'{where}: field "{part}_audio" must be a non-empty path')
+            audio_files[part] = os.path.normpath(os.path.join(base, value))
+        kind = obj.get("kind")
+        items.append(
+            Item(
+                uid,
+                obj["context"].strip(),
+                obj["correct"].strip(),
+                obj["wrong"].strip(),
+                audio_files,
+                str(kind) if kind is not None else None,
             )
-            if max_items is not None and len(items) >= max_items:
-                break
+        )
+        if max_items is not None and len(items) >= max_items:
+            break
     if not items:
         raise ValueError(f"items file {path} holds no items")
     return items
 
 
 # ---------------------------------------------------------------------------------------------
-# Speech synthesis: the espeak-ng + sox commands of data_pipelines/espeak_corpus.py, whose
-# ``_synthesise`` is not imported because that module defines absl flags at import time (as
-# data_pipelines/demo_sources.py notes); a process that defines the same flag names would fail.
+# Speech synthesis (glmvoice_jax/espeak.py, the commands of the demo corpus), cached by content.
 
 
 def synthesis_path(text: str, cache_dir: str, voice: tuple[str, int, int] = ESPEAK_VOICE) -> str:
@@ -166,56 +153,19 @@ def synthesis_path(text: str, cache_dir: str, voice: tuple[str, int, int] = ESPE
     return os.path.join(cache_dir, "speech", f"{name}.wav")
 
 
-def check_tools() -> None:
-    """Raises FileNotFoundError (with the install command) when espeak-ng or sox is missing."""
-    missing = [tool for tool in ("espeak-ng", "sox") if shutil.which(tool) is None]
-    if missing:
-        raise FileNotFoundError(
-            f"synthesising the items' speech needs the programs {missing}, which are not on "
-            "PATH; install them with `apt-get update && apt-get install -y espeak-ng sox`, or "
-            "give every part of every item an audio file (docs/eval.md)"
-        )
-
-
-def synthesize(text: str, path: str, voice: tuple[str, int, int] = ESPEAK_VOICE) -> None:
-    """espeak-ng (22.05 kHz) -> sox -R -D (repeatable, no dither) -> 16 kHz mono PCM_16 at path.
-
-    Raises:
-      subprocess.CalledProcessError: espeak-ng or sox failed.
-    """
-    name, speed_wpm, pitch = voice
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    raw, part = f"{path}.{os.getpid()}.raw.wav", f"{path}.{os.getpid()}.tmp.wav"
-    try:
-        # The text goes through stdin, so a text that starts with "-" is not read as an option.
-        subprocess.run(
-            ["espeak-ng", "-v", name, "-s", str(speed_wpm), "-p", str(pitch), "-w", raw, "--stdin"],
-            input=text.encode("utf-8"),
-            check=True,
-            capture_output=True,
-        )
-        subprocess.run(
-            ["sox", "-R", "-D", raw, "-r", str(audio.SAMPLE_RATE), "-c", "1", "-b", "16", part],
-            check=True,
-            capture_output=True,
-        )
-        os.replace(part, path)
-    finally:
-        for tmp in (raw, part):
-            if os.path.exists(tmp):
-                os.remove(tmp)
-
-
 def _synthesize_missing(texts: Sequence[str], cache_dir: str) -> dict[str, str]:
     """Synthesises the texts whose cached audio is missing; returns {text: error} of failures."""
     todo = sorted({t for t in texts if not os.path.exists(synthesis_path(t, cache_dir))})
     if not todo:
         return {}
-    check_tools()
+    espeak.check_tools(
+        "synthesising the items' speech (or give every part of every item an audio file, "
+        "docs/eval.md)"
+    )
 
     def one(text: str) -> str | None:
         try:
-            synthesize(text, synthesis_path(text, cache_dir))
+            espeak.synthesize(text, synthesis_path(text, cache_dir), *ESPEAK_VOICE)
         except subprocess.CalledProcessError as e:
             err = (e.stderr or b"").decode("utf-8", "replace").strip()[-200:]
             return f"synthesis failed: {e.cmd[0]} exited with {e.returncode}: {err}"
