@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import checkpoint, sharding, text_tokenizer
+from glmvoice_jax import checkpoint, jsonl, sharding, text_tokenizer
 from glmvoice_jax.models import glm
 
 MIN_BUCKET = 16
@@ -59,43 +59,35 @@ def read_inputs(
     """
     out = []
     tok = None
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{n}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not valid JSON ({e})") from None
-            if not isinstance(obj, dict) or ("ids" in obj) == ("text" in obj):
-                raise ValueError(f'{where}: expected an object with exactly one of "ids", "text"')
-            if "text" in obj:
-                if not isinstance(obj["text"], str):
-                    raise ValueError(f'{where}: "text" must be a string')
-                if tok is None and tokenizer is not None:
-                    tok = tokenizer()
-                if tok is None:
-                    raise ValueError(
-                        f'{where}: "text" input needs a tokenizer, but the checkpoint records '
-                        'none; pass "ids" instead'
-                    )
-                ids = tok.encode(obj["text"])
-            else:
-                ids = obj["ids"]
-                if not isinstance(ids, list) or not all(
-                    isinstance(i, int) and not isinstance(i, bool) for i in ids
-                ):
-                    raise ValueError(f'{where}: "ids" must be a list of integers')
-            if not ids:
-                raise ValueError(f"{where}: the sequence is empty; it needs at least one id")
-            bad = [i for i in ids if not 0 <= i < vocab_size]
-            if bad:
+    for n, where, obj in jsonl.objects(path):
+        if ("ids" in obj) == ("text" in obj):
+            raise ValueError(f'{where}: expected an object with exactly one of "ids", "text"')
+        if "text" in obj:
+            if not isinstance(obj["text"], str):
+                raise ValueError(f'{where}: "text" must be a string')
+            if tok is None and tokenizer is not None:
+                tok = tokenizer()
+            if tok is None:
                 raise ValueError(
-                    f"{where}: id {bad[0]} is outside the vocabulary [0, {vocab_size}) of the "
-                    "checkpoint"
+                    f'{where}: "text" input needs a tokenizer, but the checkpoint records '
+                    'none; pass "ids" instead'
                 )
-            out.append(Record(obj.get("id", n), np.asarray(ids, np.int32)))
+            ids = tok.encode(obj["text"])
+        else:
+            ids = obj["ids"]
+            if not isinstance(ids, list) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids
+            ):
+                raise ValueError(f'{where}: "ids" must be a list of integers')
+        if not ids:
+            raise ValueError(f"{where}: the sequence is empty; it needs at least one id")
+        bad = [i for i in ids if not 0 <= i < vocab_size]
+        if bad:
+            raise ValueError(
+                f"{where}: id {bad[0]} is outside the vocabulary [0, {vocab_size}) of the "
+                "checkpoint"
+            )
+        out.append(Record(obj.get("id", n), np.asarray(ids, np.int32)))
     return out
 
 

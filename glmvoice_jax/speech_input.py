@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -37,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import soundfile
 
-from glmvoice_jax import audio
+from glmvoice_jax import audio, jsonl
 
 BATCH_KEYS = ("wav", "wav_len", "dec_in", "dec_target", "dec_weight", "dec_valid")
 
@@ -61,19 +60,12 @@ def read_manifest(path: str) -> list[dict]:
     """
     base = os.path.dirname(os.path.abspath(path))
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {n}: not JSON ({e})") from None
-            missing = [k for k in ("id", "audio", "text") if k not in row]
-            if missing:
-                raise ValueError(f"{path} line {n}: missing fields {missing}; need id, audio, text")
-            row["audio"] = os.path.join(base, row["audio"])
-            rows.append(row)
+    for _, where, row in jsonl.objects(path):
+        missing = [k for k in ("id", "audio", "text") if k not in row]
+        if missing:
+            raise ValueError(f"{where}: missing fields {missing}; need id, audio, text")
+        row["audio"] = os.path.join(base, row["audio"])
+        rows.append(row)
     if not rows:
         raise ValueError(f"manifest {path} holds no utterances")
     return rows

@@ -29,7 +29,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from glmvoice_jax import audio, records, speech_tokenizer, token_layout
+from glmvoice_jax import audio, jsonl, records, speech_tokenizer, token_layout
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 FORMATS = ("jsonl", "array_record")
@@ -57,21 +57,14 @@ def list_inputs(path: str) -> list[tuple[str, str]]:
     if not path.endswith(".jsonl"):
         return [(os.path.splitext(os.path.basename(path))[0], path)]
     base, out, seen = os.path.dirname(os.path.abspath(path)), [], set()
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                uid, wav = str(row["id"]), os.path.join(base, row["audio"])
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(
-                    f"{path} line {n}: need JSON with 'id' and 'audio' ({e!r})"
-                ) from None
-            if uid in seen:
-                raise ValueError(f"{path} line {n}: duplicate id {uid!r}")
-            seen.add(uid)
-            out.append((uid, wav))
+    for _, where, row in jsonl.objects(path):
+        if not isinstance(row.get("id"), str | int) or not isinstance(row.get("audio"), str):
+            raise ValueError(f'{where}: need "id" (string or integer) and "audio" (a path)')
+        uid, wav = str(row["id"]), os.path.join(base, row["audio"])
+        if uid in seen:
+            raise ValueError(f"{where}: duplicate id {uid!r}")
+        seen.add(uid)
+        out.append((uid, wav))
     if not out:
         raise ValueError(f"manifest {path} lists no audio")
     return out

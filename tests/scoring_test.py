@@ -30,7 +30,7 @@ def ckpt(tmp_path_factory):
         (['{"ids": [true]}'], r'"ids" must be a list of integers'),
         (['{"ids": []}'], r"in.jsonl:1: the sequence is empty"),
         (['{"ids": [1], "text": "a"}'], r"exactly one of"),
-        (["[1, 2]"], r"exactly one of"),
+        (["[1, 2]"], r"in.jsonl:1: expected a JSON object"),
         (['{"text": "hello"}'], r"in.jsonl:1: \"text\" input needs a tokenizer"),
     ],
 )
