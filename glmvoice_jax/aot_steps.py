@@ -7,11 +7,10 @@ one step, and a way to build concrete inputs for a CPU benchmark.
 
 * ``lm``: ``lm.jit_train_step`` with the shapes of ``lm.step_shapes``, the objects ``train()``
   itself uses.
-* ``speech_tokenizer``: ``speech_tokenizer.make_train_step`` jitted as its ``train()`` jits it.
-  That trainer builds its train state inline in ``train()``, so the few lines that make the model,
-  optimizer, train-state layout and shardings are repeated here (``_tokenizer_state``), each from
-  the trainer's public pieces (``speech_tokenizer_setup``). The batch is the worst-case bucket:
-  every row ``input.max_audio_secs`` long and ``input.max_text_tokens`` decoder positions.
+* ``speech_tokenizer``: ``speech_tokenizer.make_train_step`` jitted as its ``train()`` jits it,
+  over the model, optimizer and train-state layout of ``speech_tokenizer.state_layout``, the one
+  ``train()`` itself uses. The batch is the worst-case bucket: every row
+  ``input.max_audio_secs`` long and ``input.max_text_tokens`` decoder positions.
 
 Axes (speech tokenizer FLOPs): L mel frames, T encoder frames, T'' pooled frames, U decoder
 tokens, D embed, F mlp, V vocab, C codebook entries, M mel bins.
@@ -175,59 +174,6 @@ def speech_tokenizer_flops(cfg, mel_frames: int, text_tokens: int) -> float:
     return 3.0 * (stem + encoder + decoder) + vq
 
 
-def _tokenizer_state(config: mlc.ConfigDict, mesh):
-    """The model, optimizer and train-state layout of ``speech_tokenizer.train()``.
-
-    Its "Model & optimizer, created sharded" section, rebuilt from the trainer's public pieces.
-    """
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    from glmvoice_jax import optim, sharding
-    from glmvoice_jax.models.whisper_vq import WhisperVQ
-    from glmvoice_jax.trainers import speech_tokenizer_setup as setup
-
-    model_cfg = setup.model_config(config)
-
-    def make_model():
-        return WhisperVQ(model_cfg, rngs=nnx.Rngs(config.seed))
-
-    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, config.axis_rules)
-    mask = setup.param_mask(make_model, abs_params)
-    tx = optim.make(
-        config.optim,
-        optim.schedule(config.schedule, config.total_steps),
-        setup.subset(abs_params, mask, keep=True),
-    )
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def init_train(params):
-        return {
-            "opt": tx.init(setup.subset(params, mask, keep=True)),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed)),
-            "last_used": jnp.full((model_cfg.codebook_size,), -(2**30), jnp.int32),
-        }
-
-    abs_train = jax.eval_shape(init_train, abs_params)
-    train_sh = setup.train_shardings(abs_train, abs_params, param_sh, replicated)
-    return dict(
-        model_cfg=model_cfg,
-        make_model=make_model,
-        graphdef=graphdef,
-        mask=mask,
-        tx=tx,
-        init_train=init_train,
-        abs_params=abs_params,
-        param_sh=param_sh,
-        abs_train=abs_train,
-        train_sh=train_sh,
-        replicated=replicated,
-    )
-
-
 def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The speech-tokenizer trainer's step (``trainers/speech_tokenizer.py``) on ``devices``."""
     import jax
@@ -241,8 +187,8 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     preset = config.axis_rules
     mesh = sharding.make_mesh(config.mesh, devices)  # as train(): one slice
     setup.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
-    s = _tokenizer_state(config, mesh)
-    model_cfg = s["model_cfg"]
+    s = trainer.state_layout(config, mesh)
+    model_cfg = setup.model_config(config)
     gbs, max_text = config.input.global_batch_size, config.input.max_text_tokens
     # The widest bucket: every row max_audio_secs long (a multiple of the bucket unit).
     max_samples = int(config.input.max_audio_secs * audio.SAMPLE_RATE)
@@ -261,14 +207,14 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
         for k, (_, shape) in batch_dtypes.items()
     }
     jitted = jax.jit(
-        trainer.make_train_step(s["graphdef"], s["tx"], model_cfg, config, s["mask"]),
-        in_shardings=(s["param_sh"], s["train_sh"], batch_sh),
-        out_shardings=(s["param_sh"], s["train_sh"], s["replicated"]),
+        trainer.make_train_step(s.graphdef, s.tx, model_cfg, config, s.mask),
+        in_shardings=(s.param_sh, s.train_sh, batch_sh),
+        out_shardings=(s.param_sh, s.train_sh, s.replicated),
         donate_argnums=(0, 1),
     )
     args = (
-        checkpoint.abstract_like(s["abs_params"], s["param_sh"]),
-        checkpoint.abstract_like(s["abs_train"], s["train_sh"]),
+        checkpoint.abstract_like(s.abs_params, s.param_sh),
+        checkpoint.abstract_like(s.abs_train, s.train_sh),
         {
             k: jax.ShapeDtypeStruct(shape, dt, sharding=batch_sh[k])
             for k, (dt, shape) in batch_dtypes.items()
@@ -287,15 +233,15 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
         }
         with sharding.activate(mesh, preset):
             params = jax.jit(
-                lambda: nnx.to_pure_dict(nnx.state(s["make_model"]())),
-                out_shardings=s["param_sh"],
+                lambda: nnx.to_pure_dict(nnx.state(s.make_model())),
+                out_shardings=s.param_sh,
             )()
-            train = jax.jit(s["init_train"], out_shardings=s["train_sh"])(params)
+            train = jax.jit(s.init_train, out_shardings=s.train_sh)(params)
         return params, train, {k: jax.device_put(v, batch_sh[k]) for k, v in host.items()}
 
     mel_frames = width // audio.HOP_LENGTH
     secs = width / audio.SAMPLE_RATE
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s["abs_params"]))
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abs_params))
     remat = "per layer" if model_cfg.remat else "none"
     return AotStep(
         mesh=mesh,

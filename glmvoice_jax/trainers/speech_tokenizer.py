@@ -32,10 +32,12 @@ the first training batches (§12 #3; ``vq.codebook_init``).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -206,6 +208,57 @@ def dry_run(config: mlc.ConfigDict) -> dict:
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The model, optimizer and train-state layout of ``train()``, created sharded on a mesh.
+
+    Shared with glmvoice-aot (aot_steps.speech_tokenizer_step), which lowers the same step.
+    """
+
+    make_model: Callable[[], WhisperVQ]
+    graphdef: Any
+    abs_params: Any
+    param_sh: Any
+    mask: Any
+    tx: optax.GradientTransformation
+    init_train: Callable[[Any], dict]
+    abs_train: Any
+    train_sh: Any
+    replicated: NamedSharding
+
+
+def state_layout(config: mlc.ConfigDict, mesh) -> StateLayout:
+    """Abstract params and train state with their shardings under ``config.axis_rules``."""
+    model_cfg = setup.model_config(config)
+
+    def make_model():
+        return WhisperVQ(model_cfg, rngs=nnx.Rngs(config.seed))
+
+    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, config.axis_rules)
+    mask = setup.param_mask(make_model, abs_params)
+    tx = optim.make(
+        config.optim,
+        optim.schedule(config.schedule, config.total_steps),
+        setup.subset(abs_params, mask, keep=True),
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_train(params):
+        return {
+            "opt": tx.init(setup.subset(params, mask, keep=True)),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed)),
+            "last_used": jnp.full((model_cfg.codebook_size,), -(2**30), jnp.int32),
+        }
+
+    abs_train = jax.eval_shape(init_train, abs_params)
+    train_sh = setup.train_shardings(abs_train, abs_params, param_sh, replicated)
+    return StateLayout(
+        make_model, graphdef, abs_params, param_sh, mask, tx, init_train, abs_train, train_sh,
+        replicated,
+    )  # fmt: skip
+
+
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics."""
     ####################################################################################
@@ -256,27 +309,11 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Model & optimizer, created sharded
     ####################################################################################
-    def make_model():
-        return WhisperVQ(model_cfg, rngs=nnx.Rngs(config.seed))
-
-    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
-    mask = setup.param_mask(make_model, abs_params)
-    abs_trainable = setup.subset(abs_params, mask, keep=True)
-    tx = optim.make(
-        config.optim, optim.schedule(config.schedule, config.total_steps), abs_trainable
-    )
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def init_train(params):
-        return {
-            "opt": tx.init(setup.subset(params, mask, keep=True)),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed)),
-            "last_used": jnp.full((model_cfg.codebook_size,), -(2**30), jnp.int32),
-        }
-
-    abs_train = jax.eval_shape(init_train, abs_params)
-    train_sh = setup.train_shardings(abs_train, abs_params, param_sh, replicated)
+    layout = state_layout(config, mesh)
+    make_model, graphdef, mask, tx = layout.make_model, layout.graphdef, layout.mask, layout.tx
+    abs_params, param_sh = layout.abs_params, layout.param_sh
+    init_train, abs_train, train_sh = layout.init_train, layout.abs_train, layout.train_sh
+    replicated = layout.replicated
 
     ####################################################################################
     # Input pipeline
