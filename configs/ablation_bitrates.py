@@ -17,6 +17,13 @@ Command (pod scale; corpora from the data pipelines, tokenizers from whisper-lar
         --sweep.tokenizer.overrides='("init_from=/data/whisper-large-v3",)'
 Expected: Table 1's trend (ASR error rises as the frame rate drops); fill in after the first run.
 
+Arguments (after ``:``, comma-separated): ``tiny``; ``tokenizer_steps=N`` and ``lm_steps=N``
+(0 = the defaults below); ``cells=6p25hz+50hz`` runs only those cells; ``sentences=grammar_6k``
+picks the bundled espeak-ng sentence set (data_pipelines/espeak_corpus.py). E.g. the tiny study at
+the tokenizer scale where the 12.5 Hz tokenizer reaches 24% CER (configs/tokenizer_12hz.py):
+    glmvoice-ablate --workdir runs/ablate_2500 \
+        --sweep configs/ablation_bitrates.py:tiny,tokenizer_steps=2500,sentences=grammar_6k
+
 Fields: ``cells`` maps a cell name to its tokenizer config spec and ``overrides`` (``key=value``
 strings applied to that config after the sweep-wide ``tokenizer.overrides``; any config field can
 be swept this way, e.g. ``model.codebook_size=1024`` at a fixed frame rate, or
@@ -32,8 +39,14 @@ CELLS = (("50hz", "tokenizer_50hz"), ("25hz", "tokenizer_25hz"), ("12p5hz", "tok
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
-    arg = config_lib.parse_arg(arg, tiny=False, tokenizer_steps=0, lm_steps=0)
+    arg = config_lib.parse_arg(
+        arg, tiny=False, tokenizer_steps=0, lm_steps=0, cells="", sentences=""
+    )
     tiny = arg.tiny
+    names = [n for n in arg.cells.split("+") if n] or [n for n, _ in CELLS]
+    unknown = sorted(set(names) - {n for n, _ in CELLS})
+    if unknown:
+        raise ValueError(f"unknown cells {unknown} in cells=; known: {[n for n, _ in CELLS]}")
     c = mlc.ConfigDict()
     c.seed = 0
     c.corpus = dict(
@@ -41,7 +54,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         train_manifest="",
         heldout_manifest="",
         espeak_dir="{sweep}/espeak",
-        espeak_sentences="grammar",
+        espeak_sentences=arg.sentences or "grammar",
         espeak_max_sentences=0,  # 0 = all
         # Text documents for the LM's text share (jsonl {"text"}); empty = bundled sentences.
         text="",
@@ -51,6 +64,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         name: dict(tokenizer=f"configs/{cfg}.py" + (":tiny" if tiny else ""), overrides=(),
                    checkpoint="", decoder="")
         for name, cfg in CELLS
+        if name in names
     }  # fmt: skip
     # Tiny: the same 256 codes in every cell, so the cells differ by frame rate only (bitrates
     # 400 / 200 / 100 / 50 bps); a corpus of minutes cannot use 4096+ codes. Full size keeps

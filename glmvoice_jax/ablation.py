@@ -140,6 +140,11 @@ class Sweep:
             return {"train": c.train_manifest, "heldout": c.heldout_manifest}
         from data_pipelines import espeak_corpus
 
+        if c.espeak_sentences not in espeak_corpus.SENTENCE_SETS:
+            raise ValueError(
+                f"corpus.espeak_sentences {c.espeak_sentences!r} is not a bundled sentence set; "
+                f"choose one of {sorted(espeak_corpus.SENTENCE_SETS)}"
+            )
         return espeak_corpus.make_corpus(
             c.espeak_dir.replace("{sweep}", self.workdir),
             max_sentences=c.espeak_max_sentences or None,
