@@ -161,7 +161,10 @@ class MetricWriter:
         if not (self.enabled and self.remote):
             return
         self._file.flush()
-        self._tb.flush()
+        self._tb.flush()  # the file only: events still queued for its writer thread come later
+        self._copy()
+
+    def _copy(self) -> None:
         root = epath.Path(self.workdir)
         root.mkdir(parents=True, exist_ok=True)
         files = ["metrics.jsonl"]
@@ -182,9 +185,12 @@ class MetricWriter:
 
     def close(self) -> None:
         if self.enabled:
-            self.sync()
-            self._file.close()
+            # Close first: tensorboardX's close() drains its event queue, so the last copy to a
+            # remote workdir holds every event (a flush() alone can leave some in the queue).
             self._tb.close()
+            self._file.close()
+            if self.remote:
+                self._copy()
 
 
 class Progress:

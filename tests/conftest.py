@@ -13,6 +13,51 @@ import dataclasses  # noqa: E402
 
 import pytest  # noqa: E402
 
+# A gs:// bucket in memory, for the real etils.epath path (its fsspec backend, which epath uses for
+# gs:// when TensorFlow is absent): only the network is replaced. Like GCS, objects cannot be
+# appended to. One class for the session (fsspec caches filesystem instances by class name); the
+# fixture empties its store.
+_FAKE_GCS = []
+
+
+def _fake_gcs_class():
+    if not _FAKE_GCS:
+        from fsspec.implementations.memory import MemoryFileSystem
+
+        class FakeGCS(MemoryFileSystem):
+            """An in-memory gs:// bucket store: whole-object writes only."""
+
+            protocol = ("gs", "gcs")
+            store: dict = {}  # class-level, as in MemoryFileSystem: one store per class
+            pseudo_dirs = [""]
+
+            def _open(self, path, mode="rb", **kwargs):
+                if "a" in mode:
+                    raise NotImplementedError("GCS objects cannot be appended to")
+                return super()._open(path, mode, **kwargs)
+
+        _FAKE_GCS.append(FakeGCS)
+    return _FAKE_GCS[0]
+
+
+@pytest.fixture
+def fake_gcs(monkeypatch):
+    """Binds fsspec's gs / gcs protocols to an emptied in-memory store; yields the store."""
+    import importlib
+
+    from etils import epath
+
+    fake = _fake_gcs_class()
+    fake.store.clear()
+    fake.pseudo_dirs[:] = [""]
+    registry = importlib.import_module("fsspec.registry")._registry
+    clear = type(epath.backend.fsspec_backend)._get_filesystem.cache_clear
+    for name in ("gs", "gcs"):
+        monkeypatch.setitem(registry, name, fake)
+    clear()
+    yield fake.store
+    clear()
+
 
 def write_tiny_lm(path: str, layout: str = "demo") -> str:
     """A 2-layer random ``tiny`` GLM checkpoint (numpy init: eager NNX init is slow on CPU)."""

@@ -1,45 +1,15 @@
 """MetricWriter and plot_losses on a local workdir and on a gs:// workdir.
 
-The gs:// tests go through the real etils.epath path (its fsspec backend, which epath uses for
-gs:// when TensorFlow is absent); only the network is replaced: fsspec's "gcs" protocol is bound
-to an in-memory filesystem that, like GCS, refuses to append to an object.
+The gs:// tests go through the real etils.epath path; only the network is replaced (the
+``fake_gcs`` fixture of tests/conftest.py).
 """
 
-import importlib
 import json
 import os
 
-import pytest
 from etils import epath
-from fsspec.implementations.memory import MemoryFileSystem
 
 from glmvoice_jax import metrics
-
-
-class _FakeGCS(MemoryFileSystem):
-    """An in-memory gs:// bucket store: whole-object writes only."""
-
-    protocol = ("gs", "gcs")
-    store: dict = {}  # class-level, as in MemoryFileSystem: one store per filesystem class
-    pseudo_dirs = [""]
-
-    def _open(self, path, mode="rb", **kwargs):
-        if "a" in mode:
-            raise NotImplementedError("GCS objects cannot be appended to")
-        return super()._open(path, mode, **kwargs)
-
-
-@pytest.fixture
-def fake_gcs(monkeypatch):
-    registry = importlib.import_module("fsspec.registry")._registry
-    clear = type(epath.backend.fsspec_backend)._get_filesystem.cache_clear
-    _FakeGCS.store.clear()
-    _FakeGCS.pseudo_dirs[:] = [""]
-    for name in ("gs", "gcs"):
-        monkeypatch.setitem(registry, name, _FakeGCS)
-    clear()
-    yield _FakeGCS.store
-    clear()
 
 
 def _scalars(step):
