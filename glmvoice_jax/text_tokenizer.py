@@ -10,7 +10,7 @@
 
 A checkpoint records its tokenizer in ``meta["tokenizer"]`` (``{"kind", "dir", "model_file",
 "files", ...}``) with the files under ``<checkpoint root>/<dir>/``; ``load_for_checkpoint``
-rebuilds it. Files are read as data only.
+rebuilds it. Files are read as data only, through etils.epath (local paths or gs://).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import abc
 import base64
 import io
 import json
-import os
 import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import regex
+from etils import epath
 
 from glmvoice_jax import token_layout as token_layout_lib
 
@@ -62,7 +62,7 @@ class TextTokenizer(abc.ABC):
 
 def detect_kind(path: str) -> str:
     """Returns "tiktoken" if the first line is ``base64 rank``, else "sentencepiece"."""
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         first = f.readline(4096)
     return "tiktoken" if _TIKTOKEN_LINE.match(first.rstrip(b"\n")) else "sentencepiece"
 
@@ -74,24 +74,25 @@ def detect_kind(path: str) -> str:
 def read_tiktoken_ranks(path: str) -> dict[bytes, int]:
     """Parses ``base64 rank`` lines. Raises ValueError naming the file and line."""
     ranks: dict[bytes, int] = {}
-    with open(path, "rb") as f:
-        for n, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
-            if not _TIKTOKEN_LINE.match(line):
-                raise ValueError(f"{path} line {n}: expected 'base64token rank', got {line[:60]!r}")
-            tok, rank = line.split()
-            ranks[base64.b64decode(tok, validate=True)] = int(rank)
+    for n, line in enumerate(epath.Path(path).read_bytes().split(b"\n"), 1):
+        line = line.strip()
+        if not line:
+            continue
+        if not _TIKTOKEN_LINE.match(line):
+            raise ValueError(f"{path} line {n}: expected 'base64token rank', got {line[:60]!r}")
+        tok, rank = line.split()
+        ranks[base64.b64decode(tok, validate=True)] = int(rank)
     if sorted(ranks.values()) != list(range(len(ranks))):
         raise ValueError(f"{path}: ranks must be 0..{len(ranks) - 1} without gaps or repeats")
     return ranks
 
 
 def write_tiktoken_ranks(ranks: Mapping[bytes, int], path: str) -> None:
-    with open(path, "wb") as f:
-        for tok, rank in sorted(ranks.items(), key=lambda p: p[1]):
-            f.write(base64.b64encode(tok) + b" " + str(rank).encode() + b"\n")
+    lines = (
+        base64.b64encode(tok) + b" " + str(rank).encode() + b"\n"
+        for tok, rank in sorted(ranks.items(), key=lambda p: p[1])
+    )
+    epath.Path(path).write_bytes(b"".join(lines))
 
 
 def bpe_merge(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
@@ -193,8 +194,8 @@ class TiktokenTokenizer(TextTokenizer):
         return data.decode("utf-8", errors="replace")
 
     def save(self, directory: str) -> dict:
-        os.makedirs(directory, exist_ok=True)
-        write_tiktoken_ranks(self.ranks, os.path.join(directory, "tokenizer.model"))
+        epath.Path(directory).mkdir(parents=True, exist_ok=True)
+        write_tiktoken_ranks(self.ranks, str(epath.Path(directory) / "tokenizer.model"))
         return {
             "kind": self.kind,
             "model_file": "tokenizer.model",
@@ -256,8 +257,7 @@ class SentencePieceTokenizer(TextTokenizer):
 
     @classmethod
     def from_file(cls, path: str, prefix_ids: Sequence[int] = ()) -> SentencePieceTokenizer:
-        with open(path, "rb") as f:
-            return cls(f.read(), prefix_ids)
+        return cls(epath.Path(path).read_bytes(), prefix_ids)
 
     @property
     def vocab_size(self) -> int:
@@ -271,9 +271,8 @@ class SentencePieceTokenizer(TextTokenizer):
         return self._sp.decode([int(i) for i in ids])
 
     def save(self, directory: str) -> dict:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, "tokenizer.model"), "wb") as f:
-            f.write(self.model_proto)
+        epath.Path(directory).mkdir(parents=True, exist_ok=True)
+        (epath.Path(directory) / "tokenizer.model").write_bytes(self.model_proto)
         return {
             "kind": self.kind,
             "model_file": "tokenizer.model",
@@ -287,11 +286,10 @@ class SentencePieceTokenizer(TextTokenizer):
 
 
 def _specials_from_hf(directory: str) -> dict[str, int] | None:
-    path = os.path.join(directory, "tokenizer_config.json")
-    if not os.path.exists(path):
+    path = epath.Path(directory) / "tokenizer_config.json"
+    if not path.exists():
         return None
-    with open(path, encoding="utf-8") as f:
-        decoder = json.load(f).get("added_tokens_decoder") or {}
+    decoder = json.loads(path.read_text(encoding="utf-8")).get("added_tokens_decoder") or {}
     return {v["content"]: int(k) for k, v in decoder.items() if isinstance(v, dict)} or None
 
 
@@ -302,7 +300,7 @@ def from_meta(meta: Mapping, directory: str) -> TextTokenizer:
       ValueError: unknown kind, or a checkpoint whose tokenizer files are only HF files.
     """
     kind = meta.get("kind")
-    path = os.path.join(directory, meta.get("model_file", "tokenizer.model"))
+    path = str(epath.Path(directory) / meta.get("model_file", "tokenizer.model"))
     if kind == "tiktoken":
         specials = (
             {t: int(i) for t, i in meta["specials"]}
@@ -330,4 +328,4 @@ def load_for_checkpoint(path: str) -> TextTokenizer | None:
     meta = checkpoint.read_meta(path).get("tokenizer")
     if not meta:
         return None
-    return from_meta(meta, os.path.join(str(root), meta.get("dir", "tokenizer")))
+    return from_meta(meta, str(epath.Path(root) / meta.get("dir", "tokenizer")))

@@ -143,3 +143,32 @@ def test_checkpoint_records_and_scores_text(tmp_path):
     files = glm_weights.export_glm(str(ck), str(out), chatglm.FORMAT)
     assert {"tokenizer.model", "tokenizer_config.json"} <= set(files)
     assert (out / "tokenizer.model").read_bytes() == (src / "tokenizer.model").read_bytes()
+
+
+def test_tokenizer_files_on_a_gs_bucket(fake_gcs, model_file):
+    """Tokenizers save to and load from gs:// (a checkpoint or tokenizer workdir on a bucket)."""
+    tik = text_tokenizer.TiktokenTokenizer.from_file(model_file)
+    spm = text_tokenizer.SentencePieceTokenizer.train(CORPUS * 20, vocab_size=400, prefix_ids=[2])
+    for name, tok in (("tik", tik), ("spm", spm)):
+        meta = tok.save(f"gs://bucket/ckpt/{name}")
+        assert text_tokenizer.detect_kind(f"gs://bucket/ckpt/{name}/tokenizer.model") == tok.kind
+        again = text_tokenizer.from_meta(meta, f"gs://bucket/ckpt/{name}")
+        for t in TEXTS:
+            assert again.encode(t) == tok.encode(t)
+    assert any(k.endswith("ckpt/spm/tokenizer.model") for k in fake_gcs)
+
+
+def test_speech_tokenizer_text_side_and_workdir_on_gs(fake_gcs):
+    """The speech-tokenizer trainer's own files (tokenizer, meta) go through epath to gs://."""
+    from glmvoice_jax.trainers import lm
+    from glmvoice_jax.trainers import speech_tokenizer_setup as setup
+
+    lm.check_workdir("gs://bucket/run")
+    config = setup.default_config("glm4_voice_tokenizer", tiny=True, steps=1, model={})
+    made = setup.text_side(config, "gs://bucket/run/checkpoints", CORPUS * 20)
+    assert any(k.endswith("run/checkpoints/tokenizer/meta.json") for k in fake_gcs)
+    loaded = setup.text_side(config, "gs://bucket/run/checkpoints", ["unused when resuming"])
+    assert loaded.encode(TEXTS[0]) == made.encode(TEXTS[0]) and loaded.meta == made.meta
+    config.input.espeak_corpus_dir = "{workdir}/espeak"
+    with pytest.raises(ValueError, match="not a local directory"):
+        setup.manifests(config, "gs://bucket/run")

@@ -219,7 +219,8 @@ def local_rows(batch_sh: NamedSharding, global_batch_size: int, seq_len: int) ->
     return sorted(rows)
 
 
-def _check_workdir(workdir: str) -> None:
+def check_workdir(workdir: str) -> None:
+    """Creates ``workdir`` (local or gs://) and probes that this process can write there."""
     try:
         root = epath.Path(workdir)
         root.mkdir(parents=True, exist_ok=True)
@@ -288,7 +289,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Validate, workdir
     ####################################################################################
     config_lib.validate(config)
-    _check_workdir(workdir)
+    check_workdir(workdir)
     model_cfg = config_lib.model_config(config)
     layout = config_lib.token_layout_of(config)
     is_main = jax.process_index() == 0

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
 import optax
+from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
@@ -265,18 +266,17 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Validate, workdir
     ####################################################################################
     validate(config)
-    setup.check_workdir(workdir)
+    lm.check_workdir(workdir)
     model_cfg = model_config(config)
     is_main = jax.process_index() == 0
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json_best_effort(indent=2))
     if is_main:
+        (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
         print(setup.banner(config, model_cfg), flush=True)
 
     ####################################################################################
     # Data: corpus, text tokenizer, utterances
     ####################################################################################
-    ckpt_dir = os.path.join(workdir, "checkpoints")
+    ckpt_dir = str(epath.Path(workdir) / "checkpoints")
     manifests = setup.manifests(config, workdir)
     train_rows = speech_input.read_manifest(manifests["train"])
     text = setup.text_side(config, ckpt_dir, [r["text"] for r in train_rows])
@@ -502,6 +502,5 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     stop.restore()
     if is_main:
         summary = {"workdir": workdir, "step": step, **last}
-        with open(os.path.join(workdir, "summary.json"), "w") as f:
-            json.dump(summary, f, indent=2)
+        (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return last

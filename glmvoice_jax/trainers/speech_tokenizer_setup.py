@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -20,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
@@ -169,19 +169,6 @@ def check_batch_sizes(config: mlc.ConfigDict, dp: int) -> None:
             )
 
 
-def check_workdir(workdir: str) -> None:
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write_probe")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.remove(probe)
-    except OSError as e:
-        raise PermissionError(
-            f"workdir {workdir} is not writable ({e.strerror}); pass a --workdir you can write to"
-        ) from e
-
-
 def banner(config: mlc.ConfigDict, cfg: WhisperVQConfig) -> str:
     pool = (
         f"avg-pool x{cfg.pooling_kernel} after layer {cfg.pooling_position}"
@@ -212,13 +199,21 @@ def manifests(config: mlc.ConfigDict, workdir: str) -> dict[str, str]:
     if inp.espeak_corpus_dir:
         from data_pipelines import espeak_corpus  # offline job, used on first use only
 
+        corpus_dir = inp.espeak_corpus_dir.replace("{workdir}", workdir)
+        if "://" in corpus_dir:
+            raise ValueError(
+                f"input.espeak_corpus_dir {corpus_dir!r} is not a local directory: the espeak-ng "
+                "corpus is synthesised to local disk (a gs:// workdir needs e.g. "
+                "--config.input.espeak_corpus_dir=/tmp/espeak)"
+            )
+
         if inp.espeak_sentences not in espeak_corpus.SENTENCE_SETS:
             raise ValueError(
                 f"input.espeak_sentences {inp.espeak_sentences!r} must be one of "
                 f"{sorted(espeak_corpus.SENTENCE_SETS)}"
             )
         made = espeak_corpus.make_corpus(
-            inp.espeak_corpus_dir.replace("{workdir}", workdir),
+            corpus_dir,
             max_sentences=inp.espeak_max_sentences or None,
             variants_per_sentence=inp.espeak_variants_per_sentence,
             sentences_path=espeak_corpus.SENTENCE_SETS[inp.espeak_sentences],
@@ -258,12 +253,11 @@ class AsrText:
 
 def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str]) -> AsrText:
     """Loads the run's tokenizer from CKPT_DIR/tokenizer, or makes it (and saves it there)."""
-    tok_dir = os.path.join(ckpt_dir, "tokenizer")
-    meta_path = os.path.join(tok_dir, "meta.json")
+    tok_dir = str(epath.Path(ckpt_dir) / "tokenizer")
+    meta_path = epath.Path(tok_dir) / "meta.json"
     normalize = bool(config.text.normalize)
-    if os.path.exists(meta_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
+    if meta_path.exists():
+        meta = json.loads(meta_path.read_text())
         tok = text_tokenizer_lib.from_meta(meta, tok_dir)
     else:
         if config.text.tokenizer == "sentencepiece":
@@ -283,9 +277,9 @@ def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str])
             tok = convert_whisper.load_text_tokenizer(src)
         meta = dict(tok.save(tok_dir), dir="tokenizer")
         if jax.process_index() == 0:
-            with open(meta_path + ".tmp", "w") as f:
-                json.dump(meta, f, indent=2)
-            os.replace(meta_path + ".tmp", meta_path)
+            # Written last: its presence means the tokenizer files are complete. (Each process
+            # trains the same model from the same transcripts, so a race writes equal bytes.)
+            meta_path.write_text(json.dumps(meta, indent=2))
     if isinstance(tok, text_tokenizer_lib.SentencePieceTokenizer):
         import sentencepiece as spm
 
