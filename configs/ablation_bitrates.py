@@ -11,7 +11,7 @@ Command (CPU demo, `make ablate-demo`):
 Hardware: 2 CPU cores. Expected: the report table of README "Bitrate ablation" (< 60 min).
 
 Command (pod scale; corpora from the data pipelines, tokenizers from whisper-large-v3):
-    glmvoice-ablate --sweep configs/ablation_bitrates.py --workdir gs://BUCKET/ablate \
+    glmvoice-ablate --sweep configs/ablation_bitrates.py --workdir /mnt/shared/ablate \
         --sweep.corpus.train_manifest=/data/asr/train.jsonl \
         --sweep.corpus.heldout_manifest=/data/asr/heldout.jsonl \
         --sweep.tokenizer.overrides='("init_from=/data/whisper-large-v3",)'

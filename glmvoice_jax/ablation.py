@@ -120,6 +120,11 @@ class Sweep:
     """Runs a sweep config in ``workdir``; ``run()`` returns the per-cell results."""
 
     def __init__(self, config: mlc.ConfigDict, workdir: str, log: Callable[[str], None] = print):
+        if "://" in workdir:
+            raise ValueError(
+                f"--workdir {workdir!r}: the sweep runs the offline corpus jobs, which write local "
+                "files; give a local or mounted shared path (e.g. a GCSFuse or Filestore mount)"
+            )
         self.config = config
         self.workdir = os.path.abspath(workdir)
         self.log = log

@@ -98,3 +98,14 @@ def test_overrides_and_bad_cells_are_reported(tmp_path):
     c.corpus.train_manifest = str(tmp_path / "missing.jsonl")
     with pytest.raises(FileNotFoundError, match="missing.jsonl"):
         ablation.Sweep(c, str(tmp_path)).corpus()
+    with pytest.raises(ValueError, match="local or mounted"):
+        ablation.Sweep(c, "gs://bucket/ablate")
+    c.corpus.train_manifest = ""
+    c.corpus.espeak_sentences = "poems"
+    with pytest.raises(ValueError, match="'poems' is not a bundled sentence set"):
+        ablation.Sweep(c, str(tmp_path)).corpus()
+    arg = "tiny,cells=50hz+6p25hz,sentences=grammar_6k"
+    sub = config_lib.load_config_file(os.path.join(REPO, f"configs/ablation_bitrates.py:{arg}"))
+    assert sorted(sub.cells) == ["50hz", "6p25hz"] and sub.corpus.espeak_sentences == "grammar_6k"
+    with pytest.raises(ValueError, match="unknown cells"):
+        config_lib.load_config_file(os.path.join(REPO, "configs/ablation_bitrates.py:cells=7hz"))

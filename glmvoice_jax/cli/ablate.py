@@ -30,7 +30,7 @@ def main(argv) -> None:
 
     try:
         results = ablation.Sweep(_SWEEP.value, _WORKDIR.value).run()
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"glmvoice-ablate: error: {e}\n")
         sys.exit(1)
     from glmvoice_jax import ablation_report
