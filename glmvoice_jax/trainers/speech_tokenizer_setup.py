@@ -277,9 +277,12 @@ def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str])
             tok = convert_whisper.load_text_tokenizer(src)
         meta = dict(tok.save(tok_dir), dir="tokenizer")
         if jax.process_index() == 0:
-            # Written last: its presence means the tokenizer files are complete. (Each process
-            # trains the same model from the same transcripts, so a race writes equal bytes.)
-            meta_path.write_text(json.dumps(meta, indent=2))
+            # Written last, through a temporary name: its presence means the tokenizer files are
+            # complete, and a kill mid-write leaves no half file (rename is atomic locally; an
+            # object store has no partial objects).
+            tmp = meta_path.with_name("meta.json.tmp")
+            tmp.write_text(json.dumps(meta, indent=2))
+            tmp.replace(meta_path)
     if isinstance(tok, text_tokenizer_lib.SentencePieceTokenizer):
         import sentencepiece as spm
 
