@@ -16,14 +16,14 @@ $(STAMP): setup.py pyproject.toml
 
 install: $(STAMP)
 
-# espeak-ng + sox synthesise the real-speech demo corpus (data_pipelines/espeak_corpus.py).
+# espeak-ng + sox synthesise the real-speech demo corpus (glmvoice_jax/corpora/espeak_corpus.py).
 system-deps:
 	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
 	  { echo "installing espeak-ng and sox (apt-get)"; \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng sox; }
 
 # Tiny GLM pretrained on CPU on a four-kind corpus made from espeak-ng speech and bundled text by
-# the real jobs (data_pipelines/demo_pipeline.py); running it again resumes every stage.
+# the real jobs (glmvoice_jax/workflows/demo.py); running it again resumes every stage.
 demo: $(STAMP) system-deps
 	$(PY) -m data_pipelines.demo_pipeline --workdir $(WORKDIR)
 	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)

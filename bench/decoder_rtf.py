@@ -33,16 +33,16 @@ import jax
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax.convert import decoder_pt
-from glmvoice_jax.models.decoder import (
+from glmvoice_jax.convert.decoder import decoder_pt
+from glmvoice_jax.models.speech_decoder import (
     VARIANTS,
     DecoderConfig,
     SpeechDecoder,
     export,
     tokens_to_audio,
 )
-from glmvoice_jax.models.decoder.layers import frames_from_tokens
-from glmvoice_jax.models.decoder.stream import stream_decode
+from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
+from glmvoice_jax.models.speech_decoder.stream import stream_decode
 
 
 def machine() -> dict:

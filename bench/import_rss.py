@@ -26,7 +26,8 @@ import time
 
 import numpy as np
 
-from glmvoice_jax.convert import chatglm, glm_weights, safetensors_dir
+from glmvoice_jax.convert.glm import chatglm, glm_weights
+from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.models import glm
 
 GB = 1e9

@@ -1,7 +1,7 @@
 r"""Input pipeline throughput per process: pre-tokenized shards -> mix -> pack -> batches.
 
 Writes (once) a synthetic four-kind corpus in the GLM-4-Voice layout with the record templates of
-glmvoice_jax/prompts.py and the document lengths the 9B plan assumes (configs/pretrain_mixture.py
+glmvoice_jax/data/prompts.py and the document lengths the 9B plan assumes (configs/pretrain_mixture.py
 MEAN_DOC_TOKENS, log-normal), many small shards per kind, then times
 ``input_pipeline.make_iterator`` exactly as the trainer builds it, plus its stages alone:
 
@@ -27,7 +27,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from glmvoice_jax import input_pipeline, prompts, records, token_layout  # noqa: E402
+from glmvoice_jax import token_layout  # noqa: E402
+from glmvoice_jax.data import input_pipeline, prompts, records
 
 KINDS = ("interleaved", "speech_only", "asr_tts", "text")
 SHARES = {"interleaved": 0.626, "speech_only": 0.062, "asr_tts": 0.028, "text": 0.284}

@@ -1,4 +1,4 @@
-r"""Scoring throughput (tokens/s) of glmvoice_jax.scoring on a synthetic GLM checkpoint.
+r"""Scoring throughput (tokens/s) of glmvoice_jax.inference.scoring on a synthetic GLM checkpoint.
 
 Usage:
     .venv/bin/python bench/score_throughput.py [--size small|1b] [--seq_len 1024] [--num_seqs 64]
@@ -26,8 +26,8 @@ import time
 import jax
 import numpy as np
 
-from glmvoice_jax import scoring
-from glmvoice_jax.convert import chatglm, glm_weights
+from glmvoice_jax.convert.glm import chatglm, glm_weights
+from glmvoice_jax.inference import scoring
 from glmvoice_jax.models import glm
 
 SIZES = {

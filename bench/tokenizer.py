@@ -1,6 +1,6 @@
 """Speech-tokenizer throughput on this machine: audio seconds tokenized per second, train step.
 
-* tokenize: ``speech_tokenizer.tokenize_waveforms`` (log-mel on device, encoder up to the
+* tokenize: ``speech_tokenization.tokenize_waveforms`` (log-mel on device, encoder up to the
   quantizer, nearest code) on random 16 kHz noise, with random weights, for the ``:tiny`` model
   of configs/tokenizer_12hz.py and the full 12.5 Hz model (whisper-large-v3 dims; only the 16
   layers before the quantizer run, so the model is built encoder-only with 16 layers).
@@ -29,7 +29,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import config_lib, optim, sharding, speech_tokenizer
+from glmvoice_jax import config_lib, optim, sharding
+from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import VARIANTS, WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as trainer
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
@@ -70,12 +71,12 @@ def bench_tokenize(name, cfg, secs_per_file, files, batch_size, repeats) -> dict
     wavs = [(rng.standard_normal(int(secs_per_file * 16000)) * 0.1).astype(np.float32)
             for _ in range(files)]  # fmt: skip
     t = time.perf_counter()
-    speech_tokenizer.tokenize_waveforms(model, wavs, batch_size=batch_size)
+    speech_tokenization.tokenize_waveforms(model, wavs, batch_size=batch_size)
     first = time.perf_counter() - t
     times = []
     for _ in range(repeats):
         t = time.perf_counter()
-        speech_tokenizer.tokenize_waveforms(model, wavs, batch_size=batch_size)
+        speech_tokenization.tokenize_waveforms(model, wavs, batch_size=batch_size)
         times.append(time.perf_counter() - t)
     audio = secs_per_file * files
     return {

@@ -25,7 +25,8 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import optim, sharding, token_layout
+from glmvoice_jax import optim, sharding
+from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm
 from glmvoice_jax.trainers import lm
 

@@ -3,7 +3,7 @@ r"""The tokenizer-bitrate study (glm4voice.md §3 Table 1, §9): cells 50hz ... 
 Every cell trains its tokenizer (configs/tokenizer_*.py), evaluates it on held-out audio,
 tokenizes the corpus with it, builds speech-only + ASR/TTS + text records, pretrains the same GLM
 with the same steps x tokens, and evaluates that LM (per-modality loss, speech nats per second of
-audio, spoken StoryCloze, ASR/TTS through the LM). glmvoice_jax/ablation.py runs it;
+audio, spoken StoryCloze, ASR/TTS through the LM). glmvoice_jax/workflows/ablation.py runs it;
 ``report.md`` / ``report.json`` / ``report.png`` land in the sweep workdir.
 
 Command (CPU demo, `make ablate-demo`):
@@ -19,7 +19,7 @@ Expected: Table 1's trend (ASR error rises as the frame rate drops); fill in aft
 
 Arguments (after ``:``, comma-separated): ``tiny``; ``tokenizer_steps=N`` and ``lm_steps=N``
 (0 = the defaults below); ``cells=6p25hz+50hz`` runs only those cells; ``sentences=grammar_6k``
-picks the bundled espeak-ng sentence set (data_pipelines/espeak_corpus.py). E.g. the tiny study at
+picks the bundled espeak-ng sentence set (glmvoice_jax/corpora/espeak_corpus.py). E.g. the tiny study at
 the tokenizer scale where the 12.5 Hz tokenizer reaches 24% CER (configs/tokenizer_12hz.py):
     glmvoice-ablate --workdir runs/ablate_2500 \
         --sweep configs/ablation_bitrates.py:tiny,tokenizer_steps=2500,sentences=grammar_6k

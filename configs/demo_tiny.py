@@ -5,10 +5,10 @@ Command (what `make demo` runs):
     glmvoice-train --config configs/demo_tiny.py --workdir runs/demo
 The first command makes the four-kind corpus from espeak-ng speech and bundled text through the
 real jobs (TFDS builders, a tiny speech tokenizer trained from scratch, glmvoice-tokenize, the
-record jobs, the text-to-token model for the interleaved spans): data_pipelines/demo_pipeline.py.
+record jobs, the text-to-token model for the interleaved spans): glmvoice_jax/workflows/demo.py.
 Hardware: 2 CPU cores (1 JAX device). Measured: see README ("make demo").
 
-``:corpus=synthetic`` reads the three generated sources of data_pipelines/demo_corpus.py instead
+``:corpus=synthetic`` reads the three generated sources of glmvoice_jax/corpora/demo_corpus.py instead
 (text, speech, interleaved; seconds to make, used by the fast tests).
 
 The same code path as configs/glm4_voice_9b_pretrain.py: only sizes differ.
@@ -31,7 +31,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     c.tokens = dict(layout="demo")
     # "{workdir}" is replaced by --workdir. Weights are per document.
     root = "{workdir}/corpus"
-    if arg.corpus == "speech":  # data_pipelines/demo_pipeline.py
+    if arg.corpus == "speech":  # glmvoice_jax/workflows/demo.py
         sources = {
             "text": dict(paths=f"{root}/text/*.array_record", weight=0.25),
             "speech_only": dict(paths=f"{root}/speech_only/*.array_record", weight=0.2),
@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
             ),
             "interleaved": dict(paths=f"{root}/interleaved/*.array_record", weight=0.25),
         }
-    elif arg.corpus == "synthetic":  # data_pipelines/demo_corpus.py
+    elif arg.corpus == "synthetic":  # glmvoice_jax/corpora/demo_corpus.py
         sources = {
             "text": dict(paths=f"{root}/text/*.array_record", weight=0.3),
             "speech": dict(paths=f"{root}/speech/*.array_record", weight=0.2),

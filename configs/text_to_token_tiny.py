@@ -2,8 +2,8 @@ r"""The text-to-token model (glm4voice.md §7.2, §12 #12), tiny: text ids -> sp
 
 A GLM decoder trained with the canonical LM trainer on ``tts`` records (prompts.py: loss only on
 the speech tokens and <|end_of_audio|>), built from a speech corpus by
-``data_pipelines/speech_records.py --kind tts``. Sampled by glmvoice_jax/sampling.py to synthesise
-the speech spans of interleaved documents (data_pipelines/interleave_records.py).
+``glmvoice_jax/corpora/speech_records.py --kind tts``. Sampled by glmvoice_jax/inference/sampling.py to synthesise
+the speech spans of interleaved documents (glmvoice_jax/corpora/interleave_records.py).
 
 Command:
     python -m data_pipelines.speech_records --kind tts --tokens TOK.jsonl \

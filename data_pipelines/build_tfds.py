@@ -23,7 +23,7 @@ import os
 
 from absl import app, flags
 
-from data_pipelines import tfds_builders
+from glmvoice_jax.corpora import tfds_builders
 
 
 def _define_flags() -> None:

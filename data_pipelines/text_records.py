@@ -10,75 +10,16 @@ Usage:
       --tokenizer /path/glm-4/tokenizer.model --layout glm4_voice --num_shards 1024
   python -m data_pipelines.text_records --input DATA_DIR/my_text --out DIR/text \
       --tokenizer bytes --layout demo
+
+The command line of ``glmvoice_jax.corpora.text_records`` (the job's code).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 from absl import app, flags
 
-from data_pipelines import corpus_io, shard_job
-from glmvoice_jax import prompts, records
-from glmvoice_jax import token_layout as token_layout_lib
-
-
-def write_text_records(
-    input_spec: str,
-    out_dir: str,
-    *,
-    tokenizer: str,
-    layout: str,
-    source: str = "text",
-    num_shards: int = 16,
-    split: str = "train",
-    max_tokens: int = 1 << 20,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    progress: bool = True,
-) -> tuple[shard_job.JobPlan, dict]:
-    """Runs the job; returns (plan, totals). See the module docstring."""
-    lay = token_layout_lib.get(layout)
-    tok = corpus_io.load_tokenizer(tokenizer, lay)
-    corpus = corpus_io.open_corpus(input_spec, split)
-    if process_index is None or process_count is None:
-        process_index, process_count = shard_job.default_process()
-    plan = shard_job.JobPlan(out_dir, source, len(corpus), num_shards, process_index, process_count)
-
-    def produce(shard: int, r: range, log: shard_job.ShardLog) -> Iterator:
-        del shard
-        for item in corpus.iter_range(r):
-            if item.error:
-                log.error(item.index, item.id, *item.error)
-                continue
-            text = item.fields.get("text")
-            if not isinstance(text, str):
-                log.error(item.index, item.id, "no_text", f"'text' is {type(text).__name__}")
-                continue
-            if not text.strip():
-                log.error(item.index, item.id, "empty_text")
-                continue
-            try:
-                ex = prompts.text(tok.encode(text, add_prefix=False), lay, source=source)
-            except ValueError as e:
-                log.error(item.index, item.id, "bad_tokens", str(e))
-                continue
-            log.add("text_tokens", len(ex.tokens) - len(lay.bos_ids) - 1)
-            yield item.index, item.id, ex
-
-    params = dict(
-        job="text_records",
-        input=input_spec,
-        tokenizer=tokenizer,
-        layout=layout,
-        split=split,
-        max_tokens=max_tokens,
-        record_version=records.VERSION,
-    )
-    totals = shard_job.run(
-        plan, produce, params=params, layout=lay, max_tokens=max_tokens, progress=progress
-    )
-    return plan, totals
+from glmvoice_jax.corpora import corpus_io, shard_job
+from glmvoice_jax.corpora.text_records import write_text_records
 
 
 def _define_flags() -> None:
@@ -87,7 +28,7 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("out", None, "Output folder of the shards.", required=True)
     flags.DEFINE_string("tokenizer", None, "'bytes' or a tokenizer model file.", required=True)
-    flags.DEFINE_string("layout", "glm4_voice", "Token layout (glmvoice_jax.token_layout).")
+    flags.DEFINE_string("layout", "glm4_voice", "Token layout (glmvoice_jax.data.token_layout).")
     flags.DEFINE_string("source", "text", "Corpus name stored in the records; shard prefix.")
     flags.DEFINE_string("split", "train", "Split of a TFDS input.")
     flags.DEFINE_integer("num_shards", 16, "Output shards.")

@@ -29,9 +29,9 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from glmvoice_jax import token_layout as token_layout_lib
+from glmvoice_jax.data import token_layout as token_layout_lib
 from glmvoice_jax.models import glm, whisper_vq
-from glmvoice_jax.models.decoder import config as decoder_config
+from glmvoice_jax.models.speech_decoder import config as decoder_config
 
 MODEL_CLASSES = {
     "GLMConfig": glm.GLMConfig,

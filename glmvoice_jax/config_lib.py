@@ -15,7 +15,8 @@ from typing import Any
 
 import ml_collections as mlc
 
-from glmvoice_jax import sharding, token_layout
+from glmvoice_jax import sharding
+from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm
 
 # GLMConfig fields a config may override (None = keep the preset's value).

@@ -16,7 +16,7 @@ CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
 def test_every_config_loads_and_validates(path):
     config = config_lib.load_config_file(path)
     if "cells" in config:  # a glmvoice-ablate sweep: every cell's tokenizer config validates
-        from glmvoice_jax import ablation
+        from glmvoice_jax.workflows import ablation
 
         for cell in config.cells.values():
             config_lib.validate(config_lib.load_config_file(ablation.resolve(cell.tokenizer)))

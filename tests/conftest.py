@@ -65,7 +65,8 @@ def write_tiny_lm(path: str, layout: str = "demo") -> str:
     import numpy as np
     from flax import nnx
 
-    from glmvoice_jax import checkpoint, token_layout
+    from glmvoice_jax import checkpoint
+    from glmvoice_jax.data import token_layout
     from glmvoice_jax.models import glm
 
     cfg = dataclasses.replace(glm.VARIANTS["tiny"], num_layers=2, remat_policy="none")

@@ -3,7 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import losses, token_layout
+from glmvoice_jax import losses
+from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm
 
 CFG = glm.GLMConfig(

@@ -6,7 +6,7 @@ Usage:
 
 Resumable: rerun the same command after a kill and it continues at the first unfinished stage of
 the first unfinished cell. Output: DIR/report.md, report.json, report.png, DIR/tensorboard/CELL,
-and per cell DIR/cells/CELL/{tokenizer,tokens,corpus,lm,stages}. See glmvoice_jax/ablation.py.
+and per cell DIR/cells/CELL/{tokenizer,tokens,corpus,lm,stages}. See glmvoice_jax/workflows/ablation.py.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ def main(argv) -> None:
         logging.set_verbosity(logging.WARNING)  # Orbax/Grain INFO lines drown the progress
     if not _WORKDIR.value:
         raise app.UsageError("--workdir is required")
-    from glmvoice_jax import ablation
+    from glmvoice_jax.workflows import ablation
 
     try:
         results = ablation.Sweep(_SWEEP.value, _WORKDIR.value).run()
     except (FileNotFoundError, ValueError) as e:
         sys.stderr.write(f"glmvoice-ablate: error: {e}\n")
         sys.exit(1)
-    from glmvoice_jax import ablation_report
+    from glmvoice_jax.workflows import ablation_report
 
     print()
     print(ablation_report.table(results))

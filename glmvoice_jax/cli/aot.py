@@ -30,7 +30,7 @@ import time
 from absl import app, flags
 from ml_collections import config_flags
 
-from glmvoice_jax import aot_steps
+from glmvoice_jax.trainers import aot as aot_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p-128, v6e-256, 2xv6e-256, cpu.")

@@ -28,7 +28,7 @@ def main(argv) -> None:
     del argv
     from absl import logging
 
-    from glmvoice_jax import data_stats
+    from glmvoice_jax.data import stats as data_stats
 
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)

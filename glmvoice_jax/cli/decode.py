@@ -30,8 +30,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from glmvoice_jax import decoding
-from glmvoice_jax.convert import decoder_checkpoint
+from glmvoice_jax.convert.decoder import decoder_checkpoint
+from glmvoice_jax.inference import speech_decoding
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
@@ -46,7 +46,7 @@ flags.DEFINE_string("output_dir", None, "Directory for <id>.wav (created).", fla
 flags.DEFINE_enum(
     "noise",
     "random",
-    list(decoding.NOISE_MODES),
+    list(speech_decoding.NOISE_MODES),
     "random: seeded flow/NSF noise; zeros: deterministic mode.",
     flag_values=FLAGS,
 )
@@ -60,7 +60,7 @@ flags.DEFINE_bool("progress", True, "One progress line per input line.", flag_va
 EXIT_SOME_LINES_FAILED = 2
 
 
-def main(argv: Sequence[str]) -> decoding.Report:
+def main(argv: Sequence[str]) -> speech_decoding.Report:
     """Parses ``argv`` (program name first) and decodes. Usage errors raise; bad lines do not."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
@@ -72,7 +72,7 @@ def main(argv: Sequence[str]) -> decoding.Report:
     def log(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
-    report = decoding.decode_file(
+    report = speech_decoding.decode_file(
         model,
         FLAGS.input,
         FLAGS.output_dir,
@@ -82,7 +82,7 @@ def main(argv: Sequence[str]) -> decoding.Report:
         streaming=FLAGS.streaming,
         log=log if FLAGS.progress else None,
     )
-    print(decoding.summary(report), file=sys.stderr)
+    print(speech_decoding.summary(report), file=sys.stderr)
     return report
 
 

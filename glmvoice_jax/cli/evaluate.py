@@ -7,7 +7,7 @@ Usage:
 
 Tasks:
   story_cloze  spoken StoryCloze-style likelihood choice between a correct and a wrong ending
-               (glmvoice_jax/story_cloze.py, docs/eval.md). ``--items`` defaults to the bundled
+               (glmvoice_jax/evals/story_cloze.py, docs/eval.md). ``--items`` defaults to the bundled
                demo set; s2s / s2t need ``--speech_tokenizer``.
 
 Prints a table of accuracies; ``--output`` writes the summary as JSON and, unless ``--per_item``
@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from glmvoice_jax import story_cloze
+from glmvoice_jax.evals import story_cloze
 
 TASKS = ("story_cloze",)
 DEFAULT_CACHE = os.path.join(

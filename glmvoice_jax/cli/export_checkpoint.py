@@ -16,7 +16,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from glmvoice_jax.convert import chatglm, glm_weights, hf_glm, safetensors_dir
+from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
+from glmvoice_jax.convert.io import safetensors_dir
 
 FORMATS = {"chatglm": chatglm.FORMAT, "transformers": hf_glm.FORMAT}
 

@@ -22,9 +22,9 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
-from glmvoice_jax.convert import decoder_checkpoint
-from glmvoice_jax.models.decoder import export
-from glmvoice_jax.models.decoder.layers import frames_per_token
+from glmvoice_jax.convert.decoder import decoder_checkpoint
+from glmvoice_jax.models.speech_decoder import export
+from glmvoice_jax.models.speech_decoder.layers import frames_per_token
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(

@@ -21,15 +21,10 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
-from glmvoice_jax.convert import (
-    chatglm,
-    decoder_checkpoint,
-    glm_weights,
-    hf_glm,
-    safetensors_dir,
-    whisper,
-    whisper_import,
-)
+from glmvoice_jax.convert.decoder import decoder_checkpoint
+from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
+from glmvoice_jax.convert.io import safetensors_dir
+from glmvoice_jax.convert.whisper import hf_whisper, whisper_import
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("src", None, "Source directory (config.json + safetensors).", flag_values=FLAGS)
@@ -38,7 +33,7 @@ flags.DEFINE_integer(
     "add_speech_tokens",
     0,
     "Append <|begin_of_audio|>, <|end_of_audio|> and this many <|audio_k|> tokens "
-    "(16384 for GLM-4-Voice; see glmvoice_jax/convert/speech_vocab.py).",
+    "(16384 for GLM-4-Voice; see glmvoice_jax/convert/glm/speech_vocab.py).",
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(
@@ -59,7 +54,7 @@ IMPORTERS: dict[str, Importer] = {
         glm_weights.import_glm, fmt=chatglm.FORMAT
     ),
     "GlmForCausalLM": functools.partial(glm_weights.import_glm, fmt=hf_glm.FORMAT),
-    **{arch: whisper_import.import_whisper for arch in whisper.ARCHITECTURES},
+    **{arch: whisper_import.import_whisper for arch in hf_whisper.ARCHITECTURES},
 }
 
 

@@ -6,7 +6,7 @@ Usage:
 IN lines: ``{"id"?, "ids": [int, ...]}`` or ``{"id"?, "text": "..."}`` (text needs a checkpoint
 with a tokenizer; it is encoded with the tokenizer's prefix, e.g. [gMASK]<sop>).
 OUT lines: ``{"id", "logprob", "token_logprobs"}`` with token_logprobs[i-1] = log p(ids[i] |
-ids[:i]) in float32 math (glmvoice_jax/scoring.py).
+ids[:i]) in float32 math (glmvoice_jax/inference/scoring.py).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
-from glmvoice_jax import scoring
+from glmvoice_jax.inference import scoring
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "Checkpoint (manager root or step dir).", flag_values=FLAGS)

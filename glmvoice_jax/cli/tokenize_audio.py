@@ -11,7 +11,7 @@ of them, or a manifest JSONL ``{"id", "audio"}``. Audio is resampled to 16 kHz m
 ``--output_format array_record``, OUT holds speech-only training examples in the record schema.
 Skipped inputs (unreadable, empty, NaN, silent) are listed with the reason in an errors file.
 A rerun resumes: finished output parts are not redone. Multi-host: every process does its share
-(glmvoice_jax/tokenizing_job.py).
+(glmvoice_jax/inference/tokenizing_job.py).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def main(argv: Sequence[str]) -> dict:
 
     if FLAGS.distributed:
         jax.distributed.initialize()
-    from glmvoice_jax import tokenizing_job
+    from glmvoice_jax.inference import tokenizing_job
 
     def log(msg: str) -> None:
         if jax.process_index() == 0 or FLAGS.distributed:

@@ -49,9 +49,10 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio, checkpoint, metrics, optim, sharding, speech_input
-from glmvoice_jax.asr_scoring import error_rates, normalize_text
-from glmvoice_jax.models import vq, whisper_decoding
+from glmvoice_jax import audio, checkpoint, metrics, optim, sharding
+from glmvoice_jax.data import speech_input
+from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
+from glmvoice_jax.models import vq, whisper_asr
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
 from glmvoice_jax.trainers import lm
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
@@ -158,7 +159,7 @@ def make_eval_step(graphdef, model_cfg: WhisperVQConfig, text: setup.AsrText, ma
         model = nnx.merge(graphdef, params)
         mel, mel_mask = features(batch, model_cfg)
         enc = model.encoder(mel, mel_mask)
-        return whisper_decoding.greedy_decode(
+        return whisper_asr.greedy_decode(
             model.decoder,
             enc.hidden,
             enc.mask,

@@ -25,9 +25,10 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
 from glmvoice_jax import audio, checkpoint, sharding
-from glmvoice_jax import text_tokenizer as text_tokenizer_lib
-from glmvoice_jax.asr_scoring import normalize_text
-from glmvoice_jax.convert import whisper as convert_whisper
+from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
+from glmvoice_jax.corpora import espeak_corpus
+from glmvoice_jax.data import text_tokenizer as text_tokenizer_lib
+from glmvoice_jax.evals.asr_metrics import normalize_text
 from glmvoice_jax.models.whisper_vq import VARIANTS, WhisperVQ, WhisperVQConfig
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(WhisperVQConfig))
@@ -197,8 +198,6 @@ def manifests(config: mlc.ConfigDict, workdir: str) -> dict[str, str]:
         "heldout": inp.heldout_manifest.replace("{workdir}", workdir),
     }
     if inp.espeak_corpus_dir:
-        from data_pipelines import espeak_corpus  # offline job, used on first use only
-
         corpus_dir = inp.espeak_corpus_dir.replace("{workdir}", workdir)
         if "://" in corpus_dir:
             raise ValueError(
@@ -559,7 +558,7 @@ def default_config(variant: str, *, tiny: bool, steps: int, model: Mapping) -> m
         whisper_dir="",  # tokenizer files of the Whisper checkpoint (default: init_from)
     )
     c.input = dict(
-        # The espeak-ng demo corpus, synthesised on first use (data_pipelines/espeak_corpus.py).
+        # The espeak-ng demo corpus, synthesised on first use (glmvoice_jax/corpora/espeak_corpus.py).
         espeak_corpus_dir="{workdir}/espeak" if tiny else "",
         # "grammar_6k": 6000 sentences over a 108-word grammar, one voice/speed/pitch each;
         # held-out (every 10th) sentences are unseen combinations, and the first 64 (the evals)

@@ -8,9 +8,10 @@ import sys
 
 import pytest
 
-from glmvoice_jax import aot_steps, config_lib
+from glmvoice_jax import config_lib
 from glmvoice_jax.cli import aot
 from glmvoice_jax.models import whisper_vq
+from glmvoice_jax.trainers import aot as aot_steps
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "configs", "demo_tiny.py")

@@ -5,8 +5,11 @@ import sys
 
 import pytest
 
-from data_pipelines import demo_sources
-from glmvoice_jax import config_lib, data_stats, sampling, token_layout
+from glmvoice_jax import config_lib
+from glmvoice_jax.data import stats as data_stats
+from glmvoice_jax.data import token_layout
+from glmvoice_jax.inference import sampling
+from glmvoice_jax.workflows import demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "pretrain_mixture.py")

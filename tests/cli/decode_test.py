@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 
 from glmvoice_jax.cli import decode
-from glmvoice_jax.convert import decoder_checkpoint
+from glmvoice_jax.convert.decoder import decoder_checkpoint
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "decoder")
 with open(os.path.join(FIXTURES, "tokens.jsonl"), encoding="utf-8") as _f:

@@ -5,8 +5,8 @@ import sys
 
 import pytest
 
-from glmvoice_jax import story_cloze
 from glmvoice_jax.cli import evaluate
+from glmvoice_jax.evals import story_cloze
 
 
 @pytest.fixture(scope="module")

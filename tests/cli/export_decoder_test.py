@@ -17,7 +17,7 @@ import pytest
 import soundfile as sf
 
 from glmvoice_jax.cli import decode, export_decoder
-from glmvoice_jax.models.decoder.export import exact_token_limit
+from glmvoice_jax.models.speech_decoder.export import exact_token_limit
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures", "decoder")

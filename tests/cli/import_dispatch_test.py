@@ -8,7 +8,7 @@ import pytest
 
 from glmvoice_jax import checkpoint
 from glmvoice_jax.cli import import_checkpoint
-from glmvoice_jax.convert import whisper
+from glmvoice_jax.convert.whisper import hf_whisper
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
@@ -26,12 +26,12 @@ def test_decoder_directory_is_detected_and_imported(tmp_path):
 
 def test_whisper_layouts_are_detected_and_user_errors_are_one_line(tmp_path, monkeypatch, capsys):
     src = os.path.join(FIXTURES, "whisper_vq")
-    assert import_checkpoint.detect(src) == whisper.VQ_ENCODER
-    assert set(whisper.ARCHITECTURES) <= set(import_checkpoint.IMPORTERS)
+    assert import_checkpoint.detect(src) == hf_whisper.VQ_ENCODER
+    assert set(hf_whisper.ARCHITECTURES) <= set(import_checkpoint.IMPORTERS)
     stock = tmp_path / "stock"
     stock.mkdir()
-    (stock / "config.json").write_text(json.dumps({"architectures": [whisper.STOCK]}))
-    assert import_checkpoint.detect(str(stock)) == whisper.STOCK
+    (stock / "config.json").write_text(json.dumps({"architectures": [hf_whisper.STOCK]}))
+    assert import_checkpoint.detect(str(stock)) == hf_whisper.STOCK
     argv = ["glmvoice-import", f"--src={src}", f"--dst={tmp_path / 'w'}", "--add_speech_tokens=4"]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:

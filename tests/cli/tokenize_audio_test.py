@@ -13,8 +13,8 @@ import pytest
 import soundfile
 from array_record.python import array_record_module
 
-from glmvoice_jax import records, token_layout
 from glmvoice_jax.cli import import_checkpoint, tokenize_audio
+from glmvoice_jax.data import records, token_layout
 
 FIXTURE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures", "whisper_vq")
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from data_pipelines import demo_corpus
 from glmvoice_jax import checkpoint, config_lib, sharding
+from glmvoice_jax.corpora import demo_corpus
 from glmvoice_jax.models import glm
 from glmvoice_jax.trainers import lm
 
@@ -233,8 +233,8 @@ def test_init_from_loads_weights_with_fresh_optimizer(corpus, tmp_path, monkeypa
 
 def test_init_from_an_imported_hf_checkpoint(tmp_path):
     """glmvoice-import -> glmvoice-train --config.init_from with architecture and layout from it."""
-    from glmvoice_jax import records
     from glmvoice_jax.cli import import_checkpoint
+    from glmvoice_jax.data import records
 
     fixture = os.path.join(REPO, "tests", "fixtures", "glm_chatglm")
     ckpt = str(tmp_path / "imported")

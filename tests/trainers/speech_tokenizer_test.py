@@ -15,9 +15,11 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import checkpoint, config_lib, optim, sharding, speech_tokenizer, text_tokenizer
-from glmvoice_jax.convert import whisper as convert_whisper
-from glmvoice_jax.convert import whisper_import
+from glmvoice_jax import checkpoint, config_lib, optim, sharding
+from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
+from glmvoice_jax.convert.whisper import whisper_import
+from glmvoice_jax.data import text_tokenizer
+from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as st
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
@@ -135,9 +137,9 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
     )
     assert out["step"] == 5 and [r["step"] for r in _metrics(wd)] == [1, 2, 3, 4, 5]
     # The training workdir is a CKPT for the tokenizer (it has a config.json but no safetensors).
-    loaded_cfg, model = speech_tokenizer.load_model(wd)
+    loaded_cfg, model = speech_tokenization.load_model(wd)
     assert loaded_cfg == cfg
-    (tokens,) = speech_tokenizer.tokenize_waveforms(model, [np.ones(16000, np.float32) * 0.1])
+    (tokens,) = speech_tokenization.tokenize_waveforms(model, [np.ones(16000, np.float32) * 0.1])
     assert tokens.shape == (13,) and tokens.max() < cfg.codebook_size  # ceil(16000 / 1280)
 
 

@@ -1,0 +1,180 @@
+"""Speech-decoder checkpoints in the project format (Orbax, params + meta), and loading either kind.
+
+Ref: house_style.md §12 (every checkpoint carries its model config; CKPT = manager root or step
+dir), decoder.md §11.4 (coverage checks, config saved with the weights). The release layout
+(``config.yaml``, ``flow.pt``, ``hift.pt``) is read by ``convert/decoder_pt.py``.
+
+Checkpoint layout (``checkpoint.write_weights``, step 0):
+
+  <dst>/0/params   {"flow": {...}, "hift": {...}}: the ``SpeechDecoder`` parameter tree, float32,
+                   keyed by attribute name (list indices as strings), channel-last layouts
+  <dst>/0/meta     {"model_class": "DecoderConfig", "model": config_to_dict(config),
+                    "extra": {"source": {...}}}
+
+``glmvoice-import`` dispatches a directory holding the three release files to
+``import_decoder``; ``glmvoice-decode`` / ``glmvoice-export-decoder`` load with ``load_any``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import numpy as np
+
+from glmvoice_jax import checkpoint
+from glmvoice_jax.convert.decoder import decoder_pt
+from glmvoice_jax.models.speech_decoder.config import DecoderConfig, config_to_dict
+from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder
+
+MODEL_CLASS = "DecoderConfig"
+RELEASE_FILES = ("config.yaml", "flow.pt", "hift.pt")
+
+
+def is_release_dir(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a directory with ``config.yaml``, ``flow.pt`` and ``hift.pt``."""
+    return all(os.path.isfile(os.path.join(path, f)) for f in RELEASE_FILES)
+
+
+def _nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{"a/b/0/c": x} → {"a": {"b": {"0": {"c": x}}}}."""
+    tree: dict[str, Any] = {}
+    for path, value in flat.items():
+        node = tree
+        *parents, leaf = path.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Inverse of ``_nest``."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, path + "/"))
+        else:
+            out[path] = value
+    return out
+
+
+def import_decoder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
+    """Converts a glm-4-voice-decoder release directory into an Orbax checkpoint at step 0.
+
+    The checkpoint is assembled in a temporary directory next to ``dst_dir`` and renamed into
+    place only when complete, so an error leaves nothing at ``dst_dir``.
+
+    Args:
+      src_dir: directory with ``config.yaml``, ``flow.pt``, ``hift.pt``.
+      dst_dir: checkpoint root to create; must not exist.
+
+    Returns:
+      The meta written with the weights.
+
+    Raises:
+      FileExistsError: ``dst_dir`` exists.
+      FileNotFoundError: a release file is missing.
+      ValueError: bad config, unreadable .pt, or keys / shapes that do not match the config.
+    """
+    src, dst = os.path.abspath(src_dir), os.path.abspath(dst_dir)
+    if os.path.exists(dst):
+        raise FileExistsError(f"--dst {dst} already exists; remove it or choose a new path")
+    missing = [f for f in RELEASE_FILES if not os.path.isfile(os.path.join(src, f))]
+    if missing:
+        raise FileNotFoundError(
+            f"{src} is not a glm-4-voice-decoder directory: missing {missing} "
+            f"(expected {', '.join(RELEASE_FILES)})"
+        )
+    config = decoder_pt.load_config(os.path.join(src, "config.yaml"))
+    params = decoder_pt.convert_state_dicts(
+        config,
+        decoder_pt.load_state_dict(os.path.join(src, "flow.pt")),
+        decoder_pt.load_state_dict(os.path.join(src, "hift.pt")),
+    )
+    _check_against_model(config, params)
+    meta = {  # as stored: JSON types (tuples become lists)
+        "model_class": MODEL_CLASS,
+        "model": config_to_dict(config),
+        "extra": {
+            "source": {
+                "format": "glm-4-voice-decoder (config.yaml + flow.pt + hift.pt)",
+                "path": src,
+                "num_params": int(sum(v.size for v in params.values())),
+            }
+        },
+    }
+    meta = json.loads(json.dumps(meta))
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        checkpoint.write_weights(tmp, _nest(params), meta)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return meta
+
+
+def _check_against_model(config: DecoderConfig, params: dict[str, np.ndarray]) -> None:
+    shapes = decoder_pt.param_shapes(config)
+    unknown, missing = sorted(set(params) - set(shapes)), sorted(set(shapes) - set(params))
+    bad = [
+        f"{k}: {params[k].shape} vs model {shapes[k]}"
+        for k in sorted(set(params) & set(shapes))
+        if tuple(params[k].shape) != shapes[k]
+    ]
+    if unknown or missing or bad:
+        raise ValueError(
+            f"decoder parameters do not match the model built from the config: values without a "
+            f"parameter {unknown}; parameters without a value {missing}; shape mismatches {bad}"
+        )
+
+
+def load_decoder_checkpoint(ckpt: str | os.PathLike) -> SpeechDecoder:
+    """Loads a decoder checkpoint written by ``import_decoder`` (or any with the same items).
+
+    Args:
+      ckpt: a checkpoint manager root (latest step) or one step directory.
+
+    Returns:
+      The decoder, parameters on the default device.
+
+    Raises:
+      FileNotFoundError: no complete checkpoint at ``ckpt``.
+      ValueError: the checkpoint holds another model class, or its config has unknown fields.
+    """
+    ckpt = os.fspath(ckpt)
+    meta = checkpoint.read_meta(ckpt)
+    if meta.get("model_class") != MODEL_CLASS:
+        raise ValueError(
+            f"checkpoint {ckpt} holds a {meta.get('model_class')!r} model, not the speech decoder "
+            f"({MODEL_CLASS}); pass a checkpoint made by glmvoice-import from a "
+            "glm-4-voice-decoder directory (or that directory itself)"
+        )
+    config = checkpoint.model_config_from_meta(meta)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = {
+        k: jax.ShapeDtypeStruct(shape, np.float32, sharding=device)
+        for k, shape in decoder_pt.param_shapes(config).items()
+    }
+    restored = checkpoint.restore_params(ckpt, _nest(abstract))
+    return decoder_pt.build_decoder(config, _flatten(restored))
+
+
+def load_any(path: str | os.PathLike) -> SpeechDecoder:
+    """A decoder from a project checkpoint or, for convenience, a raw release directory.
+
+    Raises:
+      FileNotFoundError / ValueError: from the loader that applies, naming the path.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--checkpoint {path} does not exist")
+    if is_release_dir(path):
+        return decoder_pt.load_decoder(path)
+    return load_decoder_checkpoint(path)

@@ -1,0 +1,279 @@
+"""The shared skeleton of the offline corpus jobs: input -> numbered ArrayRecord shards.
+
+Every job (text_records, speech_records, interleave_records) turns ``num_inputs`` indexed input
+items into ``num_shards`` output shards of ``records.Example``:
+
+* **Deterministic.** Shard i holds the inputs of a fixed contiguous block
+  ``[i * N / S, (i + 1) * N / S)``, in input order, and any randomness is seeded per *input item*
+  (``item_rng(seed, index)``), so the bytes of a shard depend on nothing but the inputs, the flags
+  and the seed: not on timing, process count or which shards ran before.
+* **Resumable.** ``records.ShardWriter`` renames a shard to its final name only when complete, and
+  a finished shard is skipped on a rerun. A killed job rerun with the same flags produces the same
+  files as an uninterrupted run. ``job.json`` in the output folder records the flags; a rerun with
+  other flags into the same folder fails instead of mixing two corpora.
+* **Shardable over processes.** Process p of P writes shards p, p + P, ... (defaults
+  ``jax.process_index()`` / ``jax.process_count()``); the processes share nothing but the folder.
+* **Bad inputs are skipped, counted and listed.** A producer reports them with ``ShardLog.error``;
+  so are documents over ``max_tokens``. Each shard gets ``<shard>.errors.jsonl`` (one
+  ``{"index", "id", "reason", "detail"}`` per skipped item) and ``<shard>.stats.json`` (records,
+  tokens, speech tokens, errors by reason, producer extras), both written before the shard's
+  final rename. ``glmvoice-data-stats`` reads the stats files.
+* **Progress** goes to stderr, one line every few seconds.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+
+from glmvoice_jax.data import records
+from glmvoice_jax.data import token_layout as token_layout_lib
+
+JOB_FILE = "job.json"
+# Test hook: SIGKILL this process after writing this many records (a job killed mid-shard).
+KILL_ENV = "GLMVOICE_JOB_KILL_AFTER_RECORDS"
+STATS_SUFFIX = ".stats.json"
+ERRORS_SUFFIX = ".errors.jsonl"
+
+
+def default_process() -> tuple[int, int]:
+    """(jax.process_index(), jax.process_count()); (0, 1) where JAX is not initialised."""
+    import jax
+
+    return jax.process_index(), jax.process_count()
+
+
+def item_rng(seed: int, index: int, stream: int = 0) -> np.random.Generator:
+    """The random stream of one input item (independent of sharding and processes)."""
+    return np.random.default_rng([seed, stream, index])
+
+
+def item_seed(seed: int, *keys: int) -> int:
+    """A uint32 seed derived from the job seed and integer keys (e.g. document, span)."""
+    return int(np.random.SeedSequence([seed, *keys]).generate_state(1)[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class JobPlan:
+    """Which inputs go to which shard, and which shards this process writes.
+
+    Attributes:
+      out_dir: output folder.
+      name: shard file prefix, e.g. "text" -> text-00003-of-00016.array_record.
+      num_inputs: number of input items.
+      num_shards: number of output shards (>= 1).
+      process_index: this process.
+      process_count: number of processes splitting the shards.
+    """
+
+    out_dir: str
+    name: str
+    num_inputs: int
+    num_shards: int
+    process_index: int = 0
+    process_count: int = 1
+
+    def __post_init__(self):
+        if self.num_shards < 1:
+            raise ValueError(f"num_shards must be >= 1, got {self.num_shards}")
+        if not 0 <= self.process_index < self.process_count:
+            raise ValueError(
+                f"process_index ({self.process_index}) must lie in [0, process_count="
+                f"{self.process_count})"
+            )
+        if self.num_inputs < 0:
+            raise ValueError(f"num_inputs must be >= 0, got {self.num_inputs}")
+
+    def shard_path(self, shard: int) -> str:
+        return os.path.join(
+            self.out_dir, f"{self.name}-{shard:05d}-of-{self.num_shards:05d}.array_record"
+        )
+
+    def pattern(self) -> str:
+        """Glob of all shards, for ``input_pipeline.SourceSpec.paths``."""
+        return os.path.join(self.out_dir, f"{self.name}-*-of-{self.num_shards:05d}.array_record")
+
+    def input_range(self, shard: int) -> range:
+        n, s = self.num_inputs, self.num_shards
+        return range(shard * n // s, (shard + 1) * n // s)
+
+    def my_shards(self) -> list[int]:
+        return list(range(self.process_index, self.num_shards, self.process_count))
+
+
+class ShardLog:
+    """Collects the skipped items and the statistics of one shard."""
+
+    def __init__(self):
+        self.errors: list[dict] = []
+        self.extra: dict[str, float] = collections.defaultdict(float)
+
+    def error(self, index: int, item_id: object, reason: str, detail: str = "") -> None:
+        """Records a skipped input item (reason: a short key such as "empty_text")."""
+        self.errors.append(
+            {"index": int(index), "id": str(item_id), "reason": reason, "detail": detail[:500]}
+        )
+
+    def add(self, key: str, value: float) -> None:
+        """Adds to a producer statistic (e.g. interleaved span counts)."""
+        self.extra[key] += value
+
+
+class Progress:
+    """A throttled one-line progress display on stderr."""
+
+    def __init__(self, name: str, total_shards: int, enabled: bool = True, every_secs: float = 2.0):
+        self.name, self.total, self.enabled, self.every = name, total_shards, enabled, every_secs
+        self.start = self.last = time.perf_counter()
+        self.items = self.records = self.errors = self.done = self.skipped = 0
+
+    def update(self, *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (not force and now - self.last < self.every):
+            return
+        self.last = now
+        rate = self.items / max(now - self.start, 1e-9)
+        sys.stderr.write(
+            f"\r[{self.name}] shards {self.done + self.skipped}/{self.total} "
+            f"({self.skipped} already done)  items {self.items:,}  records {self.records:,}  "
+            f"errors {self.errors:,}  {rate:,.0f} items/s "
+        )
+        if force:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+
+def _write_json_atomic(path: str, obj: object) -> None:
+    tmp = path + records.TMP_SUFFIX
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    os.replace(tmp, path)
+
+
+def check_job_file(out_dir: str, params: Mapping) -> None:
+    """Writes ``job.json`` or checks that an existing one holds the same params.
+
+    Raises:
+      ValueError: the folder holds the output of a job with other parameters.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, JOB_FILE)
+    params = json.loads(json.dumps(dict(params)))  # normalise tuples etc.
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            old = json.load(f)
+        if old != params:
+            diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+            raise ValueError(
+                f"{out_dir} holds the output of a job run with other parameters (differing: "
+                f"{diff}; see {path}); rerun with the same flags to resume, or use a new output "
+                "folder"
+            )
+        return
+    _write_json_atomic(path, params)
+
+
+def run(
+    plan: JobPlan,
+    produce: Callable[[int, range, ShardLog], Iterable[tuple[int, object, records.Example]]],
+    *,
+    params: Mapping,
+    layout: token_layout_lib.TokenLayout | None = None,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Writes this process' unfinished shards.
+
+    Args:
+      plan: the shard plan.
+      produce: (shard, input range, log) -> iterable of (input index, item id, Example); it
+        reports skipped inputs through ``log.error``.
+      params: the job's flags, recorded in ``job.json`` (compared on reruns).
+      layout: counts speech vs text tokens in the stats when given.
+      max_tokens: documents longer than this are skipped as "over_long".
+      progress: show a progress line.
+
+    Returns:
+      Totals over the shards written now: {"written", "skipped", "records", "tokens", "errors",
+      "errors_by_reason"}.
+    """
+    check_job_file(plan.out_dir, {**params, "num_shards": plan.num_shards, "name": plan.name})
+    mine = plan.my_shards()
+    kill_after = int(os.environ.get(KILL_ENV, "0"))
+    prog = Progress(plan.name, len(mine), enabled=progress)
+    totals = {"written": 0, "skipped": 0, "records": 0, "tokens": 0, "errors": 0}
+    reasons: collections.Counter[str] = collections.Counter()
+    for shard in mine:
+        path = plan.shard_path(shard)
+        if os.path.exists(path):
+            totals["skipped"] += 1
+            prog.skipped += 1
+            prog.update()
+            continue
+        log = ShardLog()
+        stats = collections.Counter()
+        with records.ShardWriter(path) as writer:
+            for index, item_id, ex in produce(shard, plan.input_range(shard), log):
+                prog.items += 1
+                n = len(ex.tokens)
+                if max_tokens is not None and n > max_tokens:
+                    log.error(index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}")
+                    continue
+                writer.write(ex)
+                stats["records"] += 1
+                stats["tokens"] += n
+                stats["loss_tokens"] += int(ex.loss_mask.sum())
+                if layout is not None and layout.num_audio_tokens:
+                    stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
+                stats[f"kind_{ex.kind}"] += 1
+                prog.records += 1
+                prog.update()
+                if kill_after and prog.records >= kill_after:
+                    sys.stderr.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            by_reason = collections.Counter(e["reason"] for e in log.errors)
+            shard_stats = {
+                **stats,
+                "inputs": len(plan.input_range(shard)),
+                "errors": len(log.errors),
+                "errors_by_reason": dict(by_reason),
+                "extra": dict(log.extra),
+            }
+            # Sidecars first: the shard's final rename (on leaving the block) marks completion.
+            tmp = path + ERRORS_SUFFIX + records.TMP_SUFFIX
+            with open(tmp, "w", encoding="utf-8") as f:
+                for e in log.errors:
+                    f.write(json.dumps(e, ensure_ascii=False) + "\n")
+            os.replace(tmp, path + ERRORS_SUFFIX)
+            _write_json_atomic(path + STATS_SUFFIX, shard_stats)
+        totals["written"] += 1
+        totals["records"] += stats["records"]
+        totals["tokens"] += stats["tokens"]
+        totals["errors"] += len(log.errors)
+        reasons.update(by_reason)
+        prog.errors += len(log.errors)
+        prog.done += 1
+        prog.update()
+    prog.update(force=True)
+    totals["errors_by_reason"] = dict(reasons)
+    return totals
+
+
+def report(plan: JobPlan, totals: Mapping) -> None:
+    """Prints the summary line of a job and where its errors are listed."""
+    print(
+        f"{plan.name}: wrote {totals['written']} shard(s), skipped {totals['skipped']} finished; "
+        f"{totals['records']:,} records, {totals['tokens']:,} tokens; {totals['errors']:,} inputs "
+        f"skipped {dict(totals['errors_by_reason'])}"
+    )
+    if totals["errors"]:
+        print(f"  reasons per input: {plan.out_dir}/*{ERRORS_SUFFIX}")
+    print(f"  shards: {plan.pattern()}")

@@ -1,0 +1,200 @@
+"""Tokens → log-mel by conditional flow matching (``MaskedDiffWithXvec.inference``).
+
+Ref: decoder.md §3 (data flow), §5 (length regulator), §7 (Euler solver with CFG), §14
+(deterministic mode); GLM-4-Voice @ eb00ce9 ``cosyvoice/flow/{flow,flow_matching,
+length_regulator}.py``. Parameter names follow it (``input_embedding``, ``spk_embed_affine_layer``,
+``encoder_proj``, ``length_regulator``, ``estimator``).
+
+Axes: B batch, N tokens (prompt + new), T mel frames (prompt + new), P prompt frames, M mel bins,
+D encoder width, S speaker-embedding width.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from glmvoice_jax.models.speech_decoder.config import FlowConfig
+from glmvoice_jax.models.speech_decoder.encoder import TokenEncoder
+from glmvoice_jax.models.speech_decoder.estimator import ConditionalUNet1D
+from glmvoice_jax.models.speech_decoder.layers import (
+    Conv1d,
+    frames_from_tokens,
+    group_norm,
+    linear,
+    mish,
+    nearest_resize,
+    partitioned,
+)
+
+
+class LengthRegulator(nnx.Module):
+    """``InterpolateRegulator``: nearest resize N → T, [Conv_k3 → GN1 → Mish] × R, Conv_k1 (§5)."""
+
+    def __init__(self, channels: int, num_stages: int, *, rngs: nnx.Rngs):
+        self.convs = nnx.List(
+            [Conv1d(channels, channels, 3, padding=1, rngs=rngs) for _ in range(num_stages)]
+        )
+        self.norms = nnx.List([group_norm(1, channels, rngs=rngs) for _ in range(num_stages)])
+        self.out_conv = Conv1d(channels, channels, 1, rngs=rngs)
+
+    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
+        """H (B, N, M), mask (B, T, 1) → mu (B, T, M)."""
+        x = nearest_resize(h, mask.shape[1])  # (B, T, M)
+        for conv, norm in zip(self.convs, self.norms):
+            x = mish(norm(conv(x)))
+        return self.out_conv(x) * mask
+
+
+def cosine_t_span(n_steps: int) -> np.ndarray:
+    """t_span = 1 - cos(linspace(0, 1, n + 1) · π/2), computed in float32 like the reference."""
+    lin = np.linspace(0.0, 1.0, n_steps + 1, dtype=np.float32)
+    return (np.float32(1.0) - np.cos(lin * np.float32(0.5) * np.float32(np.pi))).astype(np.float32)
+
+
+def euler_cfg(
+    estimator: ConditionalUNet1D,
+    z: jax.Array,
+    mask: jax.Array,
+    mu: jax.Array,
+    spks: jax.Array,
+    cond: jax.Array,
+    n_steps: int,
+    cfg_rate: float,
+) -> jax.Array:
+    """``ConditionalCFM.solve_euler`` with classifier-free guidance (§7).
+
+    Each step evaluates the conditional and the unconditional velocity (mu, spks and cond
+    zeroed, x kept) as one batch of 2B, which equals the reference's two calls when unpadded;
+    v = (1 + r) v_c - r v_u; x += dt · v. t accumulates (t += dt) and the next dt is
+    t_span[step + 1] - t, as in the reference.
+
+    Args:
+      estimator: the U-Net.
+      z: (B, T, M) initial noise (zeros in deterministic mode).
+      mask: (B, T, 1).
+      mu: (B, T, M).
+      spks: (B, M).
+      cond: (B, T, M).
+      n_steps: Euler steps (10).
+      cfg_rate: r (0.7).
+
+    Returns:
+      (B, T, M) the sample at t = 1.
+    """
+    t_span = jnp.asarray(cosine_t_span(n_steps))
+    mask2 = jnp.concatenate([mask, mask], axis=0)  # (2B, T, 1)
+    mu2 = jnp.concatenate([mu, jnp.zeros_like(mu)], axis=0)
+    spks2 = jnp.concatenate([spks, jnp.zeros_like(spks)], axis=0)
+    cond2 = jnp.concatenate([cond, jnp.zeros_like(cond)], axis=0)
+    b = z.shape[0]
+    r = jnp.float32(cfg_rate)
+    graphdef, state = nnx.split(estimator)
+
+    def step(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple:
+        x, t, dt = carry
+        est = nnx.merge(graphdef, state)
+        x2 = jnp.concatenate([x, x], axis=0)
+        v = est(x2, mask2, mu2, jnp.broadcast_to(t, (2 * b,)), spks2, cond2)
+        v = (jnp.float32(1.0) + r) * v[:b] - r * v[b:]
+        x = x + dt * v
+        t = t + dt
+        dt = t_span[jnp.minimum(i + 1, n_steps)] - t
+        return x, t, dt
+
+    carry = (z, t_span[0], t_span[1] - t_span[0])
+    x, _, _ = jax.lax.fori_loop(1, n_steps + 1, step, carry)
+    return x
+
+
+class Flow(nnx.Module):
+    """``MaskedDiffWithXvec``: token embedding → encoder → length regulator → CFM."""
+
+    def __init__(self, cfg: FlowConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        m = cfg.output_size
+        self.input_embedding = nnx.Embed(
+            cfg.vocab_size,
+            cfg.input_size,
+            embedding_init=partitioned(nnx.initializers.normal(1.0), ("vocab", "embed")),
+            rngs=rngs,
+        )
+        self.spk_embed_affine_layer = linear(cfg.spk_embed_dim, m, (None, None), rngs=rngs)
+        self.encoder = TokenEncoder(
+            cfg.input_size,
+            cfg.encoder_size,
+            cfg.encoder_heads,
+            cfg.encoder_linear_units,
+            cfg.encoder_blocks,
+            cfg.encoder_block_size,
+            rngs=rngs,
+        )
+        self.encoder_proj = linear(cfg.encoder_size, m, ("embed", None), rngs=rngs)
+        self.length_regulator = LengthRegulator(m, len(cfg.lr_sampling_ratios), rngs=rngs)
+        self.estimator = ConditionalUNet1D(
+            m,
+            cfg.unet_channels,
+            cfg.unet_heads,
+            cfg.unet_head_dim,
+            cfg.unet_n_blocks,
+            cfg.unet_mid_blocks,
+            rngs=rngs,
+        )
+
+    def speaker(self, embedding: jax.Array) -> jax.Array:
+        """Spks = Linear(L2-normalised x-vector); GLM's zeros give the affine bias (§3 step 1)."""
+        norm = jnp.sqrt(jnp.sum(embedding * embedding, axis=-1, keepdims=True))
+        return self.spk_embed_affine_layer(embedding / jnp.maximum(norm, 1e-12))
+
+    def mu(self, tokens: jax.Array, num_frames: int) -> jax.Array:
+        """Tokens (B, N) valid ids → mu (B, T, M) for T = num_frames (no padding: B = 1 use)."""
+        valid = jnp.ones(tokens.shape, dtype=bool)
+        x = self.input_embedding(jnp.maximum(tokens, 0))  # (B, N, D_in)
+        h = self.encoder(x, valid)  # (B, N, D)
+        h = self.encoder_proj(h)  # (B, N, M)
+        mask = jnp.ones((tokens.shape[0], num_frames, 1), jnp.float32)
+        return self.length_regulator(h, mask)
+
+    def inference(
+        self,
+        tokens: jax.Array,
+        prompt_tokens: jax.Array | None = None,
+        prompt_feat: jax.Array | None = None,
+        noise: jax.Array | None = None,
+        embedding: jax.Array | None = None,
+    ) -> jax.Array:
+        """``flow.inference``: mel of the new tokens (§3), channel-last.
+
+        Args:
+          tokens: (B, N_new) int ids, already range-checked.
+          prompt_tokens: (B, N_prompt) ids of earlier chunks, or None.
+          prompt_feat: (B, P, M) mel of earlier chunks copied into ``cond``, or None.
+          noise: (B, T, M) initial flow noise z; None → zeros (deterministic mode, §14).
+          embedding: (B, S) x-vector; None → zeros (what GLM always passes).
+
+        Returns:
+          (B, T - P, M) with T = frames_from_tokens(N_prompt + N_new).
+        """
+        cfg = self.cfg
+        if prompt_tokens is not None and prompt_tokens.shape[1] > 0:
+            tokens = jnp.concatenate([prompt_tokens, tokens], axis=1)  # (B, N)
+        b, n = tokens.shape
+        t_frames = frames_from_tokens(n, cfg.input_frame_rate)
+        p = 0 if prompt_feat is None else prompt_feat.shape[1]
+        if p and p > t_frames:
+            raise ValueError(f"prompt_feat has {p} frames but {n} tokens give only {t_frames}")
+        if embedding is None:
+            embedding = jnp.zeros((b, cfg.spk_embed_dim), jnp.float32)
+        spks = self.speaker(embedding)  # (B, M)
+        mu = self.mu(tokens, t_frames)  # (B, T, M)
+        cond = jnp.zeros_like(mu)
+        if p:
+            cond = cond.at[:, :p].set(prompt_feat)
+        z = jnp.zeros_like(mu) if noise is None else noise
+        mask = jnp.ones((b, t_frames, 1), jnp.float32)
+        mel = euler_cfg(
+            self.estimator, z, mask, mu, spks, cond, cfg.n_timesteps, cfg.inference_cfg_rate
+        )
+        return mel[:, p:]

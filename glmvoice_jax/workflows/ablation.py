@@ -1,0 +1,457 @@
+r"""Tokenizer-bitrate sweeps: one command from tokenizer configs to a comparison report.
+
+A sweep config (configs/ablation_bitrates.py) lists cells; every cell runs these stages in its
+own sub-workdir ``SWEEP/cells/CELL``, each recorded in ``stages/STAGE.json`` when it finishes, so
+a killed sweep continues at the first unfinished stage (the trainers inside a stage resume from
+their own checkpoints, the corpus jobs skip finished shards):
+
+  tokenizer   train the cell's tokenizer with the speech-tokenizer trainer (or use the checkpoint
+              the cell names); its held-out CER/WER from the trainer's final evaluation
+  tokenize    the corpus (train + held-out) with it: glmvoice-tokenize's job; tokens per second
+              of audio, codebook usage and perplexity over the held-out tokens
+  records     speech-only, ASR and TTS records (issue D's jobs) + text records, in ``demo<K>``
+  lm          the same GLM with the same steps x tokens per step in every cell
+  lm_eval     validation loss per modality, speech nats per second of audio, spoken StoryCloze
+              (glmvoice_jax/evals/story_cloze.py), ASR through the LM (CER of its transcripts), TTS
+              through the LM (CER of the tokenizer's ASR head on the LM's speech tokens)
+  resynthesis tokens -> decoder -> audio -> re-tokenize -> ASR CER, when the cell names a
+              speech-decoder checkpoint (none exists for the tiny tokenizers: reported as n/a)
+
+A cell whose tokenizer config fails validation is reported "invalid" and skipped; a stage that
+raises marks the cell "failed" with its error (the others go on). ablation_report.py writes
+``report.md``, ``report.json``, ``report.png`` and a TensorBoard run per cell.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable, Sequence
+
+import ml_collections as mlc
+import numpy as np
+
+from glmvoice_jax import config_lib
+from glmvoice_jax.data import prompts, token_layout
+from glmvoice_jax.evals import asr_metrics
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+STAGES = ("tokenizer", "tokenize", "records", "lm", "lm_eval", "resynthesis")
+
+
+class CellInvalid(ValueError):
+    """The cell's tokenizer config does not validate: the cell is skipped, not failed."""
+
+
+def resolve(spec: str) -> str:
+    """A config spec ``path[:arg]``; a relative path is tried from the CWD, then the repo root."""
+    path, sep, arg = spec.partition(":")
+    if not os.path.isabs(path) and not os.path.exists(path):
+        path = os.path.join(REPO, path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {spec.partition(':')[0]} does not exist")
+    return path + sep + arg
+
+
+def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str], what: str) -> None:
+    """``key.sub=value`` strings onto ``config`` (values parsed as Python literals, else str)."""
+    keys = [o.partition("=")[0] for o in overrides]
+    for o in overrides:
+        if "=" not in o:
+            raise CellInvalid(f"{what}: override {o!r} must be key=value")
+    try:
+        config_lib.check_override_keys(config, keys)
+    except ValueError as e:
+        raise CellInvalid(f"{what}: {e}") from None
+    for o in overrides:
+        key, _, raw = o.partition("=")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+
+
+def _write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=1, default=float)
+    os.replace(path + ".tmp", path)
+
+
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _audio_seconds(manifest: str) -> dict[str, float]:
+    """Seconds per manifest id (``seconds``, else ``num_samples / sample_rate``, else the file)."""
+    import soundfile
+
+    base = os.path.dirname(os.path.abspath(manifest))
+    out = {}
+    for row in _read_jsonl(manifest):
+        if "seconds" in row:
+            out[str(row["id"])] = float(row["seconds"])
+        elif "num_samples" in row and "sample_rate" in row:
+            out[str(row["id"])] = row["num_samples"] / row["sample_rate"]
+        else:
+            out[str(row["id"])] = soundfile.info(os.path.join(base, row["audio"])).duration
+    return out
+
+
+def _last_metrics(workdir: str, keys: Sequence[str]) -> dict[str, float]:
+    """The last logged value of each key in a trainer's metrics.jsonl."""
+    out: dict[str, float] = {}
+    path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.exists(path):
+        for row in _read_jsonl(path):
+            out.update({k: row[k] for k in keys if k in row})
+    return out
+
+
+class Sweep:
+    """Runs a sweep config in ``workdir``; ``run()`` returns the per-cell results."""
+
+    def __init__(self, config: mlc.ConfigDict, workdir: str, log: Callable[[str], None] = print):
+        if "://" in workdir:
+            raise ValueError(
+                f"--workdir {workdir!r}: the sweep runs the offline corpus jobs, which write local "
+                "files; give a local or mounted shared path (e.g. a GCSFuse or Filestore mount)"
+            )
+        self.config = config
+        self.workdir = os.path.abspath(workdir)
+        self.log = log
+        self.manifests: dict[str, str] = {}
+
+    # -- shared inputs ---------------------------------------------------------------------------
+
+    def corpus(self) -> dict[str, str]:
+        """{"train", "heldout"} manifests: the configured ones, or the espeak corpus."""
+        c = self.config.corpus
+        if c.train_manifest or c.heldout_manifest:
+            for split, path in (("train", c.train_manifest), ("heldout", c.heldout_manifest)):
+                if not path or not os.path.exists(path):
+                    raise FileNotFoundError(
+                        f"corpus.{split}_manifest {path!r} does not exist; give both manifests "
+                        "or neither (the espeak-ng corpus)"
+                    )
+            return {"train": c.train_manifest, "heldout": c.heldout_manifest}
+        from glmvoice_jax.corpora import espeak_corpus
+
+        if c.espeak_sentences not in espeak_corpus.SENTENCE_SETS:
+            raise ValueError(
+                f"corpus.espeak_sentences {c.espeak_sentences!r} is not a bundled sentence set; "
+                f"choose one of {sorted(espeak_corpus.SENTENCE_SETS)}"
+            )
+        return espeak_corpus.make_corpus(
+            c.espeak_dir.replace("{sweep}", self.workdir),
+            max_sentences=c.espeak_max_sentences or None,
+            variants_per_sentence=1,
+            sentences_path=espeak_corpus.SENTENCE_SETS[c.espeak_sentences],
+        )
+
+    def text_docs(self) -> str:
+        """The text documents of the LM's text share (and its held-out text loss)."""
+        c = self.config.corpus
+        if c.text:
+            if not os.path.exists(c.text):
+                raise FileNotFoundError(f"corpus.text {c.text} does not exist")
+            return c.text
+        from glmvoice_jax.workflows import demo_sources
+
+        path = os.path.join(self.workdir, "text", "docs.jsonl")
+        if not os.path.exists(path):
+            docs = demo_sources.bundled_text_docs(c.num_text_docs, seed=self.config.seed)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path + ".tmp", "w", encoding="utf-8") as f:
+                f.writelines(
+                    json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs)
+                )
+            os.replace(path + ".tmp", path)
+        return path
+
+    # -- the sweep --------------------------------------------------------------------------------
+
+    def run(self) -> list[dict]:
+        from glmvoice_jax.workflows import ablation_report
+
+        start = time.perf_counter()
+        self.manifests = self.corpus()
+        self.seconds = {s: _audio_seconds(m) for s, m in self.manifests.items()}
+        self.text_path = self.text_docs()
+        names = list(self.config.cells.keys())
+        results = []
+        for n, name in enumerate(names, 1):
+            results.append(self.run_cell(name, n, len(names)))
+            ablation_report.write(self.workdir, results, self.config)
+        self.log(f"[sweep] done in {(time.perf_counter() - start) / 60:.1f} min")
+        return results
+
+    def run_cell(self, name: str, n: int, total: int) -> dict:
+        cell_dir = os.path.join(self.workdir, "cells", name)
+        result: dict = {"cell": name, "status": "ok", "stages": {}}
+        t0 = time.perf_counter()
+        for k, stage in enumerate(STAGES, 1):
+            marker = os.path.join(cell_dir, "stages", f"{stage}.json")
+            if os.path.exists(marker):
+                with open(marker) as f:
+                    result["stages"][stage] = json.load(f)
+                continue
+            self.log(f"[sweep] cell {n}/{total} {name} · stage {k}/{len(STAGES)} {stage}")
+            s0 = time.perf_counter()
+            try:
+                out = getattr(self, f"stage_{stage}")(name, cell_dir, result["stages"])
+            except CellInvalid as e:
+                result.update(status="invalid", error=str(e), failed_stage=stage)
+                self.log(f"[sweep] cell {name}: invalid config, skipped: {e}")
+                break
+            except Exception as e:  # noqa: BLE001 - a crashed cell is reported, others go on
+                os.makedirs(cell_dir, exist_ok=True)
+                with open(os.path.join(cell_dir, "error.txt"), "w") as f:
+                    f.write(traceback.format_exc())
+                result.update(status="failed", error=f"{type(e).__name__}: {e}", failed_stage=stage)
+                self.log(f"[sweep] cell {name}: stage {stage} failed: {type(e).__name__}: {e}")
+                break
+            out["seconds"] = round(time.perf_counter() - s0, 1)
+            _write_json(marker, out)
+            result["stages"][stage] = out
+            self.log(f"[sweep]   {stage} done in {out['seconds']:.0f} s")
+            if self.config.debug.kill_after == f"{name}/{stage}":
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: a kill between stages
+        result["seconds"] = round(sum(s.get("seconds", 0.0) for s in result["stages"].values()), 1)
+        result["wall_this_run"] = round(time.perf_counter() - t0, 1)
+        return result
+
+    # -- stages ---------------------------------------------------------------------------------
+
+    def tokenizer_config(self, name: str) -> mlc.ConfigDict:
+        cell = self.config.cells[name]
+        try:
+            config = config_lib.load_config_file(resolve(cell.tokenizer))
+        except FileNotFoundError as e:
+            raise CellInvalid(f"cell {name}: {e}") from None
+        apply_overrides(config, list(self.config.tokenizer.overrides), f"cell {name}")
+        apply_overrides(config, list(cell.overrides), f"cell {name}")
+        if self.config.tokenizer.steps:
+            config.total_steps = int(self.config.tokenizer.steps)
+        config.input.espeak_corpus_dir = ""
+        config.input.train_manifest = self.manifests["train"]
+        config.input.heldout_manifest = self.manifests["heldout"]
+        config.evals.every_steps = config.total_steps  # the final held-out CER
+        config.ckpt.every_steps = min(config.ckpt.every_steps, config.total_steps)
+        config.metrics.console = False
+        try:
+            config_lib.validate(config)
+        except ValueError as e:
+            raise CellInvalid(f"cell {name}: {e}") from None
+        return config
+
+    def stage_tokenizer(self, name: str, cell_dir: str, done: dict) -> dict:
+        from glmvoice_jax import checkpoint
+        from glmvoice_jax.trainers import speech_tokenizer_setup
+
+        cell = self.config.cells[name]
+        if cell.checkpoint:
+            ckpt = cell.checkpoint
+            cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt))
+            evals = {}
+        else:
+            from glmvoice_jax.trainers import speech_tokenizer
+
+            config = self.tokenizer_config(name)
+            cfg = speech_tokenizer_setup.model_config(config)
+            ckpt = os.path.join(cell_dir, "tokenizer")
+            self.log(f"[sweep]   {speech_tokenizer_setup.banner(config, cfg).splitlines()[0]}")
+            speech_tokenizer.train(config, ckpt)
+            evals = _last_metrics(
+                ckpt, ("eval_cer", "eval_wer", "codebook_usage", "codebook_perplexity", "step")
+            )
+        return {
+            "checkpoint": ckpt,
+            "frame_rate_hz": cfg.token_rate_hz,
+            "codebook_size": cfg.codebook_size,
+            "bitrate_bps": cfg.bitrate_bps,
+            **{f"train_{k}": v for k, v in evals.items()},
+        }
+
+    def stage_tokenize(self, name: str, cell_dir: str, done: dict) -> dict:
+        from glmvoice_jax.inference import tokenizing_job
+
+        ckpt = done["tokenizer"]["checkpoint"]
+        k = done["tokenizer"]["codebook_size"]
+        out: dict = {}
+        for split, manifest in self.manifests.items():
+            path = os.path.join(cell_dir, "tokens", f"{split}.jsonl")
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            tokenizing_job.tokenize_files(ckpt, manifest, path, log=lambda s: None)
+            out[f"{split}_tokens"] = path
+        rows = _read_jsonl(out["heldout_tokens"])
+        counts = np.bincount(np.concatenate([np.asarray(r["tokens"]) for r in rows]), minlength=k)
+        p = counts / counts.sum()
+        secs = sum(self.seconds["heldout"][r["id"]] for r in rows)
+        out.update(
+            heldout_codebook_usage=float((counts > 0).mean()),
+            heldout_codebook_perplexity=float(np.exp(-np.sum(p[p > 0] * np.log(p[p > 0])))),
+            tokens_per_second=float(counts.sum() / secs),
+        )
+        return out
+
+    def layout_name(self, done: dict) -> str:
+        return f"demo{done['tokenizer']['codebook_size']}"
+
+    def stage_records(self, name: str, cell_dir: str, done: dict) -> dict:
+        from glmvoice_jax.corpora import speech_records, text_records
+
+        layout = self.layout_name(done)
+        corpus = os.path.join(cell_dir, "corpus")
+        common = dict(layout=layout, num_shards=2, process_index=0, process_count=1)
+        text_records.write_text_records(
+            self.text_path,
+            os.path.join(corpus, "text"),
+            tokenizer="bytes",
+            progress=False,
+            **common,
+        )
+        tokens = done["tokenize"]["train_tokens"]
+        for kind, folder in (("speech", "speech_only"), ("asr", "asr"), ("tts", "tts")):
+            speech_records.write_speech_records(
+                tokens,
+                os.path.join(corpus, folder),
+                kind=kind,
+                source=folder,
+                transcripts=None if kind == "speech" else self.manifests["train"],
+                tokenizer=None if kind == "speech" else "bytes",
+                progress=False,
+                **common,
+            )
+        return {"corpus": corpus, "layout": layout}
+
+    def stage_lm(self, name: str, cell_dir: str, done: dict) -> dict:
+        from glmvoice_jax.trainers import lm
+
+        c = self.config.lm
+        config = config_lib.load_config_file(resolve(c.config))
+        root = done["records"]["corpus"]
+        sources = {
+            "text": dict(paths=f"{root}/text/*.array_record", weight=0.3),
+            "speech_only": dict(paths=f"{root}/speech_only/*.array_record", weight=0.3),
+            "asr_tts": dict(
+                paths=[f"{root}/asr/*.array_record", f"{root}/tts/*.array_record"], weight=0.4
+            ),
+        }
+        config.input.sources = sources
+        layout = token_layout.get(done["records"]["layout"])
+        config.tokens.layout = layout.name
+        config.model.vocab_size = layout.vocab_size
+        config.total_steps = int(c.steps)
+        config.metrics.console = False
+        config.seed = self.config.seed
+        apply_overrides(config, list(c.overrides), f"cell {name} (lm)")
+        config_lib.validate(config)
+        lm_dir = os.path.join(cell_dir, "lm")
+        summary = lm.train(config, lm_dir)
+        tokens = config.total_steps * config.input.global_batch_size * config.input.seq_len
+        return {
+            "checkpoint": lm_dir,
+            "steps": config.total_steps,
+            "tokens": tokens,
+            "final_loss": summary.get("loss"),
+            **_last_metrics(lm_dir, ("text_loss", "speech_loss")),
+        }
+
+    def stage_lm_eval(self, name: str, cell_dir: str, done: dict) -> dict:
+        from glmvoice_jax.inference import scoring
+
+        e = self.config.evals
+        lm_ckpt = done["lm"]["checkpoint"]
+        layout = token_layout.get(done["records"]["layout"])
+        texts = {str(r["id"]): r["text"] for r in _read_jsonl(self.manifests["heldout"])}
+        rows = _read_jsonl(done["tokenize"]["heldout_tokens"])[: e.heldout_utterances]
+        codes = [np.asarray(r["tokens"], np.int32) for r in rows]
+        refs = [texts[str(r["id"])] for r in rows]
+        scorer = scoring.Scorer(lm_ckpt, max_tokens_per_batch=4096)
+        out: dict = {}
+        # Speech-only documents: nats per speech token and per second of audio.
+        docs = [prompts.speech(c, layout, source="eval").tokens for c in codes]
+        lps = scorer.score(docs)
+        speech_nats = [-float(lp[len(layout.bos_ids) :].sum()) for lp in lps]  # codes + <eoa>
+        secs = sum(self.seconds["heldout"][str(r["id"])] for r in rows)
+        n_speech = sum(len(c) + 1 for c in codes)
+        out["speech_loss_per_token"] = sum(speech_nats) / n_speech
+        out["speech_nats_per_second"] = sum(speech_nats) / secs
+        # Text: held-out transcripts as text documents (nats per byte).
+        tdocs = [prompts.text(list(t.encode("utf-8")), layout, source="eval").tokens for t in refs]
+        tl = scorer.score(tdocs)
+        out["text_loss_per_token"] = -sum(float(lp.sum()) for lp in tl) / sum(len(lp) for lp in tl)
+        # ASR / TTS through the LM, with the pretraining templates (prompts.py).
+        out.update(self._asr_tts(lm_ckpt, done["tokenizer"]["checkpoint"], codes, refs, layout))
+        # Spoken StoryCloze.
+        from glmvoice_jax.evals import story_cloze
+
+        modes = tuple(m for m in e.story_cloze_modes.split(",") if m)
+        sc = story_cloze.evaluate(
+            lm_ckpt,
+            e.story_cloze or story_cloze.DEMO_ITEMS,
+            speech_tokenizer=done["tokenizer"]["checkpoint"],
+            cache_dir=os.path.join(self.workdir, "story_cloze_audio"),
+            modes=modes,
+            max_items=e.story_cloze_max_items or None,
+            per_item_output=os.path.join(cell_dir, "story_cloze_items.jsonl"),
+        )
+        out.update({f"story_cloze_{m}": sc[f"{m}_accuracy"] for m in modes})
+        out["story_cloze_items"] = sc["items"]
+        return out
+
+    def _asr_tts(self, lm_ckpt, tok_ckpt, codes, refs, layout) -> dict:
+        from glmvoice_jax.inference import sampling, transcription
+
+        e = self.config.evals
+        greedy = sampling.SamplingConfig(temperature=0.0, top_p=1.0, batch_size=32)
+        asr = sampling.SpeechSampler.from_checkpoint(lm_ckpt, greedy)
+        seeds = list(range(len(codes)))
+        longest = max(len(r.encode("utf-8")) for r in refs)
+        hyp_ids = asr.transcribe(codes, seeds, max_tokens=int(1.5 * longest) + 8)
+        hyps = [bytes(int(i) for i in h).decode("utf-8", errors="replace") for h in hyp_ids]
+        asr_rates = asr_metrics.error_rates(refs, hyps)
+        tts_cfg = sampling.SamplingConfig(
+            temperature=e.tts_temperature,
+            top_p=e.tts_top_p,
+            max_len_ratio=2.0 * max(len(c) for c in codes) / longest + 1.0,
+            batch_size=32,
+        )
+        tts = asr.with_config(tts_cfg)
+        spoken = tts.sample([np.frombuffer(r.encode("utf-8"), np.uint8) for r in refs], seeds)
+        transcriber = transcription.TokenTranscriber(tok_ckpt)
+        tts_rates = transcriber.error_rates(spoken, refs)
+        return {
+            "asr_cer": asr_rates["cer"],
+            "asr_wer": asr_rates["wer"],
+            "tts_cer": tts_rates["cer"],
+            "tts_wer": tts_rates["wer"],
+            "tts_tokens_per_char": sum(len(s) for s in spoken) / sum(len(r) for r in refs),
+            "asr_example": {"ref": refs[0], "hyp": hyps[0]},
+        }
+
+    def stage_resynthesis(self, name: str, cell_dir: str, done: dict) -> dict:
+        decoder = self.config.cells[name].decoder
+        if not decoder:
+            return {"status": "n/a", "reason": "no speech-decoder checkpoint for this tokenizer"}
+        from glmvoice_jax.evals import resynthesis
+
+        return resynthesis.evaluate(
+            decoder,
+            done["tokenizer"]["checkpoint"],
+            done["tokenize"]["heldout_tokens"],
+            self.manifests["heldout"],
+            os.path.join(cell_dir, "resynthesis"),
+            max_utterances=self.config.evals.heldout_utterances,
+        )

@@ -1,0 +1,112 @@
+"""glmvoice-ablate: a 2-cell, few-step sweep (plus an invalid cell), killed and resumed."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from glmvoice_jax import config_lib
+from glmvoice_jax.workflows import ablation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(os.path.dirname(__file__))))
+
+SWEEP = f'''
+from glmvoice_jax import config_lib
+
+def get_config(arg=None):
+    c = config_lib.load_config_file("{REPO}/configs/ablation_bitrates.py:tiny")
+    for name in ("25hz", "6p25hz"):
+        del c.cells[name]
+    c.cells.bad = dict(tokenizer="configs/tokenizer_12hz.py:tiny",
+                       overrides=("model.pooling_position=99",), checkpoint="", decoder="")
+    c.tokenizer.steps = 3
+    c.lm.steps = 2
+    c.lm.overrides = ("input.global_batch_size=8", "ckpt.async_save=False")
+    c.corpus.espeak_max_sentences = 30
+    c.evals.heldout_utterances = 2
+    c.evals.story_cloze_max_items = 2
+    return c
+'''
+
+
+def _run(cfg: str, workdir: str, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [
+        sys.executable,
+        "-m",
+        "glmvoice_jax.cli.ablate",
+        f"--sweep={cfg}",
+        f"--workdir={workdir}",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.slow
+def test_sweep_is_killed_and_resumed_stage_by_stage(tmp_path):
+    cfg = tmp_path / "sweep.py"
+    cfg.write_text(SWEEP)
+    wd = tmp_path / "sweep"
+    first = _run(str(cfg), str(wd), "--sweep.debug.kill_after=50hz/tokenize")
+    assert first.returncode == -9, first.stderr[-3000:]
+    stages = wd / "cells" / "50hz" / "stages"
+    assert sorted(os.listdir(stages)) == ["tokenize.json", "tokenizer.json"]
+    done_before = {
+        p: os.path.getmtime(p)
+        for p in [*stages.iterdir(), *(wd / "cells" / "12p5hz" / "stages").iterdir()]
+    }
+    assert len(done_before) == 2 + len(ablation.STAGES)
+
+    second = _run(str(cfg), str(wd))
+    assert second.returncode == 0, second.stderr[-3000:]
+    for p, mtime in done_before.items():  # finished stages are not redone
+        assert os.path.getmtime(p) == mtime, p
+    report = json.loads((wd / "report.json").read_text())
+    cells = {c["cell"]: c for c in report["cells"]}
+    assert cells["bad"]["status"] == "invalid"
+    assert "pooling_position" in cells["bad"]["error"]
+    for name, rate in (("12p5hz", 12.5), ("50hz", 50.0)):
+        cell = cells[name]
+        assert cell["status"] == "ok", cell.get("error")
+        tok = cell["stages"]["tokenizer"]
+        assert tok["frame_rate_hz"] == rate and tok["codebook_size"] == 256
+        assert tok["bitrate_bps"] == rate * 8
+        # Tokens per second of audio, measured on the held-out set, match the frame rate.
+        assert abs(cell["stages"]["tokenize"]["tokens_per_second"] - rate) < 0.06 * rate
+        ev = cell["stages"]["lm_eval"]
+        for key in ("speech_nats_per_second", "asr_cer", "tts_cer", "story_cloze_s2s"):
+            assert ev[key] is not None and ev[key] >= 0
+        assert cell["stages"]["resynthesis"]["status"] == "n/a"
+    md = (wd / "report.md").read_text()
+    assert "| 12p5hz | 12.5 | 256 | 100 |" in md and "invalid" in md
+    assert (wd / "report.png").stat().st_size > 10_000
+    assert (wd / "tensorboard" / "50hz").is_dir()
+
+
+def test_overrides_and_bad_cells_are_reported(tmp_path):
+    c = config_lib.load_config_file(os.path.join(REPO, "configs/ablation_bitrates.py:tiny"))
+    assert sorted(c.cells) == ["12p5hz", "25hz", "50hz", "6p25hz"]
+    tok = config_lib.load_config_file(ablation.resolve(c.cells["6p25hz"].tokenizer))
+    ablation.apply_overrides(tok, ["model.codebook_size=512", "text.normalize=False"], "t")
+    assert tok.model.codebook_size == 512 and tok.text.normalize is False
+    with pytest.raises(ablation.CellInvalid, match="codebok_size"):
+        ablation.apply_overrides(tok, ["model.codebok_size=512"], "cell x")
+    with pytest.raises(ablation.CellInvalid, match="key=value"):
+        ablation.apply_overrides(tok, ["model.codebook_size"], "cell x")
+    with pytest.raises(FileNotFoundError, match="nope.py"):
+        ablation.resolve("configs/nope.py:tiny")
+    c.corpus.train_manifest = str(tmp_path / "missing.jsonl")
+    with pytest.raises(FileNotFoundError, match="missing.jsonl"):
+        ablation.Sweep(c, str(tmp_path)).corpus()
+    with pytest.raises(ValueError, match="local or mounted"):
+        ablation.Sweep(c, "gs://bucket/ablate")
+    c.corpus.train_manifest = ""
+    c.corpus.espeak_sentences = "poems"
+    with pytest.raises(ValueError, match="'poems' is not a bundled sentence set"):
+        ablation.Sweep(c, str(tmp_path)).corpus()
+    arg = "tiny,cells=50hz+6p25hz,sentences=grammar_6k"
+    sub = config_lib.load_config_file(os.path.join(REPO, f"configs/ablation_bitrates.py:{arg}"))
+    assert sorted(sub.cells) == ["50hz", "6p25hz"] and sub.corpus.espeak_sentences == "grammar_6k"
+    with pytest.raises(ValueError, match="unknown cells"):
+        config_lib.load_config_file(os.path.join(REPO, "configs/ablation_bitrates.py:cells=7hz"))
