@@ -27,8 +27,12 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from glmvoice_jax import token_layout  # noqa: E402
-from glmvoice_jax.data import input_pipeline, prompts, records
+from glmvoice_jax.data import (
+    input_pipeline,
+    prompts,
+    records,
+    token_layout,  # noqa: E402
+)
 
 KINDS = ("interleaved", "speech_only", "asr_tts", "text")
 SHARES = {"interleaved": 0.626, "speech_only": 0.062, "asr_tts": 0.028, "text": 0.284}

@@ -19,9 +19,9 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data_pipelines import demo_sources  # noqa: E402
-from glmvoice_jax import token_layout  # noqa: E402
+from glmvoice_jax.data import token_layout  # noqa: E402
 from glmvoice_jax.inference import sampling
+from glmvoice_jax.workflows import demo_sources  # noqa: E402
 
 
 def main() -> None:

@@ -29,6 +29,7 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
+from glmvoice_jax.data import text_tokenizer as text_tokenizer_lib
 from glmvoice_jax.data import token_layout as token_layout_lib
 from glmvoice_jax.models import glm, whisper_vq
 from glmvoice_jax.models.speech_decoder import config as decoder_config
@@ -227,3 +228,12 @@ def abstract_like(tree: Any, shardings: Any) -> Any:
     return jax.tree.map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
     )
+
+
+def text_tokenizer(path: str) -> text_tokenizer_lib.TextTokenizer | None:
+    """The text tokenizer recorded in a checkpoint's meta (None if it records none)."""
+    root, _ = resolve(path)
+    meta = read_meta(path).get("tokenizer")
+    if not meta:
+        return None
+    return text_tokenizer_lib.from_meta(meta, str(epath.Path(root) / meta.get("dir", "tokenizer")))

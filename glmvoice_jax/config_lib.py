@@ -15,7 +15,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from glmvoice_jax import sharding
+from glmvoice_jax import checkpoint, sharding
 from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm
 
@@ -75,8 +75,6 @@ INIT_FROM = "init_from"  # model.variant / tokens.layout value: take it from the
 
 
 def _init_meta(config: mlc.ConfigDict, what: str) -> dict:
-    from glmvoice_jax import checkpoint  # local: checkpoint imports every model module
-
     if not config.init_from:
         raise ValueError(
             f"{what} = {INIT_FROM!r} needs --config.init_from=CKPT (the checkpoint to read it from)"
@@ -92,8 +90,6 @@ def model_config(config: mlc.ConfigDict) -> glm.GLMConfig:
     """
     variant = config.model.variant
     if variant == INIT_FROM:
-        from glmvoice_jax import checkpoint
-
         base = checkpoint.model_config_from_meta(_init_meta(config, "model.variant"))
         overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
         return dataclasses.replace(base, **overrides)

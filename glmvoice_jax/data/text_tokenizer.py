@@ -9,7 +9,7 @@
   the from-scratch demo vocabularies.
 
 A checkpoint records its tokenizer in ``meta["tokenizer"]`` (``{"kind", "dir", "model_file",
-"files", ...}``) with the files under ``<checkpoint root>/<dir>/``; ``load_for_checkpoint``
+"files", ...}``) with the files under ``<checkpoint root>/<dir>/``; ``checkpoint.text_tokenizer``
 rebuilds it. Files are read as data only, through etils.epath (local paths or gs://).
 """
 
@@ -318,14 +318,3 @@ def from_meta(meta: Mapping, directory: str) -> TextTokenizer:
     raise ValueError(
         f"tokenizer kind {kind!r} cannot be loaded; known kinds: tiktoken, sentencepiece"
     )
-
-
-def load_for_checkpoint(path: str) -> TextTokenizer | None:
-    """The tokenizer recorded in a checkpoint's meta (None if it records none)."""
-    from glmvoice_jax import checkpoint  # local: keeps this module light for data jobs
-
-    root, _ = checkpoint.resolve(path)
-    meta = checkpoint.read_meta(path).get("tokenizer")
-    if not meta:
-        return None
-    return from_meta(meta, str(epath.Path(root) / meta.get("dir", "tokenizer")))

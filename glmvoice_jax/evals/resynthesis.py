@@ -15,6 +15,7 @@ import os
 import numpy as np
 
 from glmvoice_jax import audio
+from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.evals import asr_metrics
 from glmvoice_jax.inference import speech_decoding, speech_tokenization, transcription
 
@@ -33,8 +34,6 @@ def evaluate(
     Raises:
       ValueError: when the decoder's vocabulary is smaller than the tokenizer's codebook.
     """
-    from glmvoice_jax.convert.decoder import decoder_checkpoint
-
     model = decoder_checkpoint.load_any(decoder_ckpt)
     cfg, tok_model = speech_tokenization.load_model(tokenizer_ckpt)
     if model.config.flow.vocab_size < cfg.codebook_size:

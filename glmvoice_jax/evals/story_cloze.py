@@ -51,7 +51,7 @@ import numpy as np
 
 from glmvoice_jax import checkpoint, jsonl
 from glmvoice_jax.corpora import espeak, story_cloze_items
-from glmvoice_jax.data import prompts, text_tokenizer
+from glmvoice_jax.data import prompts
 from glmvoice_jax.data import token_layout as token_layout_lib
 from glmvoice_jax.inference import scoring, tokenizing_job
 from glmvoice_jax.inference import speech_tokenization as speech_tokenizer_lib
@@ -187,7 +187,7 @@ def text_encoder(lm_checkpoint: str, layout: token_layout_lib.TokenLayout) -> Ca
     Raises:
       ValueError: the checkpoint records no tokenizer and its layout is not ``demo``.
     """
-    tok = text_tokenizer.load_for_checkpoint(lm_checkpoint)
+    tok = checkpoint.text_tokenizer(lm_checkpoint)
     if tok is not None:
         return lambda text: tok.encode(text, add_prefix=False)
     if layout.text_is_utf8_bytes:

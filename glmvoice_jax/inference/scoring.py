@@ -240,9 +240,7 @@ def score_file(
       ValueError: bad input, naming the line (nothing is written then).
     """
     scorer = Scorer(ckpt, **scorer_kwargs)
-    records = read_inputs(
-        input_path, scorer.vocab_size, lambda: text_tokenizer.load_for_checkpoint(ckpt)
-    )
+    records = read_inputs(input_path, scorer.vocab_size, lambda: checkpoint.text_tokenizer(ckpt))
     start = time.perf_counter()
     lps = scorer.score([r.ids for r in records], progress=progress)
     seconds = time.perf_counter() - start

@@ -25,7 +25,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio
+from glmvoice_jax import audio, checkpoint
+from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.models.whisper_vq import HOP_LENGTH, WhisperVQ, WhisperVQConfig
 
 WINDOW_SAMPLES = 30 * audio.SAMPLE_RATE
@@ -72,9 +73,6 @@ def load_model(path: str, mesh: Mesh | None = None) -> tuple[WhisperVQConfig, Wh
     Raises:
       ValueError / FileNotFoundError: naming the path, when it holds no tokenizer checkpoint.
     """
-    from glmvoice_jax import checkpoint  # local: Orbax is not needed for HF directories
-    from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
-
     target = NamedSharding(mesh, PartitionSpec()) if mesh is not None else None
     if convert_whisper.is_hf_checkpoint(path):
         cfg, model = convert_whisper.load_checkpoint(path)

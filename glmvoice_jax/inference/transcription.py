@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.data import text_tokenizer as text_tokenizer_lib
 from glmvoice_jax.evals import asr_metrics
 from glmvoice_jax.inference import speech_tokenization
@@ -60,8 +61,6 @@ def _prefix_and_eos(tok: text_tokenizer_lib.TextTokenizer) -> tuple[tuple[int, .
 
         eos = int(spm.SentencePieceProcessor(model_proto=tok.model_proto).eos_id())
         return tuple(tok.prefix_ids), eos
-    from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
-
     return tuple(tok.specials[t] for t in tok.prefix), tok.specials[convert_whisper.WHISPER_EOS]
 
 

@@ -35,9 +35,13 @@ from collections.abc import Callable, Sequence
 import ml_collections as mlc
 import numpy as np
 
-from glmvoice_jax import config_lib
+from glmvoice_jax import checkpoint, config_lib
+from glmvoice_jax.corpora import espeak_corpus, speech_records, text_records
 from glmvoice_jax.data import prompts, token_layout
-from glmvoice_jax.evals import asr_metrics
+from glmvoice_jax.evals import asr_metrics, resynthesis, story_cloze
+from glmvoice_jax.inference import sampling, scoring, tokenizing_job, transcription
+from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
+from glmvoice_jax.workflows import ablation_report, demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STAGES = ("tokenizer", "tokenize", "records", "lm", "lm_eval", "resynthesis")
@@ -145,8 +149,6 @@ class Sweep:
                         "or neither (the espeak-ng corpus)"
                     )
             return {"train": c.train_manifest, "heldout": c.heldout_manifest}
-        from glmvoice_jax.corpora import espeak_corpus
-
         if c.espeak_sentences not in espeak_corpus.SENTENCE_SETS:
             raise ValueError(
                 f"corpus.espeak_sentences {c.espeak_sentences!r} is not a bundled sentence set; "
@@ -166,8 +168,6 @@ class Sweep:
             if not os.path.exists(c.text):
                 raise FileNotFoundError(f"corpus.text {c.text} does not exist")
             return c.text
-        from glmvoice_jax.workflows import demo_sources
-
         path = os.path.join(self.workdir, "text", "docs.jsonl")
         if not os.path.exists(path):
             docs = demo_sources.bundled_text_docs(c.num_text_docs, seed=self.config.seed)
@@ -182,8 +182,6 @@ class Sweep:
     # -- the sweep --------------------------------------------------------------------------------
 
     def run(self) -> list[dict]:
-        from glmvoice_jax.workflows import ablation_report
-
         start = time.perf_counter()
         self.manifests = self.corpus()
         self.seconds = {s: _audio_seconds(m) for s, m in self.manifests.items()}
@@ -256,17 +254,12 @@ class Sweep:
         return config
 
     def stage_tokenizer(self, name: str, cell_dir: str, done: dict) -> dict:
-        from glmvoice_jax import checkpoint
-        from glmvoice_jax.trainers import speech_tokenizer_setup
-
         cell = self.config.cells[name]
         if cell.checkpoint:
             ckpt = cell.checkpoint
             cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt))
             evals = {}
         else:
-            from glmvoice_jax.trainers import speech_tokenizer
-
             config = self.tokenizer_config(name)
             cfg = speech_tokenizer_setup.model_config(config)
             ckpt = os.path.join(cell_dir, "tokenizer")
@@ -284,8 +277,6 @@ class Sweep:
         }
 
     def stage_tokenize(self, name: str, cell_dir: str, done: dict) -> dict:
-        from glmvoice_jax.inference import tokenizing_job
-
         ckpt = done["tokenizer"]["checkpoint"]
         k = done["tokenizer"]["codebook_size"]
         out: dict = {}
@@ -309,8 +300,6 @@ class Sweep:
         return f"demo{done['tokenizer']['codebook_size']}"
 
     def stage_records(self, name: str, cell_dir: str, done: dict) -> dict:
-        from glmvoice_jax.corpora import speech_records, text_records
-
         layout = self.layout_name(done)
         corpus = os.path.join(cell_dir, "corpus")
         common = dict(layout=layout, num_shards=2, process_index=0, process_count=1)
@@ -336,8 +325,6 @@ class Sweep:
         return {"corpus": corpus, "layout": layout}
 
     def stage_lm(self, name: str, cell_dir: str, done: dict) -> dict:
-        from glmvoice_jax.trainers import lm
-
         c = self.config.lm
         config = config_lib.load_config_file(resolve(c.config))
         root = done["records"]["corpus"]
@@ -369,8 +356,6 @@ class Sweep:
         }
 
     def stage_lm_eval(self, name: str, cell_dir: str, done: dict) -> dict:
-        from glmvoice_jax.inference import scoring
-
         e = self.config.evals
         lm_ckpt = done["lm"]["checkpoint"]
         layout = token_layout.get(done["records"]["layout"])
@@ -395,8 +380,6 @@ class Sweep:
         # ASR / TTS through the LM, with the pretraining templates (prompts.py).
         out.update(self._asr_tts(lm_ckpt, done["tokenizer"]["checkpoint"], codes, refs, layout))
         # Spoken StoryCloze.
-        from glmvoice_jax.evals import story_cloze
-
         modes = tuple(m for m in e.story_cloze_modes.split(",") if m)
         sc = story_cloze.evaluate(
             lm_ckpt,
@@ -412,8 +395,6 @@ class Sweep:
         return out
 
     def _asr_tts(self, lm_ckpt, tok_ckpt, codes, refs, layout) -> dict:
-        from glmvoice_jax.inference import sampling, transcription
-
         e = self.config.evals
         greedy = sampling.SamplingConfig(temperature=0.0, top_p=1.0, batch_size=32)
         asr = sampling.SpeechSampler.from_checkpoint(lm_ckpt, greedy)
@@ -445,8 +426,6 @@ class Sweep:
         decoder = self.config.cells[name].decoder
         if not decoder:
             return {"status": "n/a", "reason": "no speech-decoder checkpoint for this tokenizer"}
-        from glmvoice_jax.evals import resynthesis
-
         return resynthesis.evaluate(
             decoder,
             done["tokenizer"]["checkpoint"],

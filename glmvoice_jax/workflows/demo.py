@@ -32,7 +32,12 @@ import time
 
 import numpy as np
 
+from glmvoice_jax import config_lib
 from glmvoice_jax.corpora import espeak_corpus, tfds_builders
+from glmvoice_jax.evals import asr_metrics
+from glmvoice_jax.inference import tokenizing_job, transcription
+from glmvoice_jax.inference.sampling import SpeechSampler
+from glmvoice_jax.trainers import speech_tokenizer
 from glmvoice_jax.workflows import demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -74,9 +79,6 @@ def build_tfds(workdir: str, manifests: dict[str, str], num_docs: dict[str, int]
 
 def train_tokenizer(workdir: str, manifests: dict[str, str], steps: int) -> str:
     """configs/tokenizer_12hz.py:tiny on the given manifests; returns the checkpoint workdir."""
-    from glmvoice_jax import config_lib
-    from glmvoice_jax.trainers import speech_tokenizer
-
     out = os.path.join(workdir, "tokenizer")
     config = config_lib.load_config_file(f"{TOKENIZER_CONFIG}:tiny,steps={steps}")
     config.input.espeak_corpus_dir = ""
@@ -90,8 +92,6 @@ def train_tokenizer(workdir: str, manifests: dict[str, str], steps: int) -> str:
 
 def tokenize(workdir: str, tokenizer: str, manifests: dict[str, str]) -> dict[str, str]:
     """Speech tokens of both splits; returns {split: tokens.jsonl}."""
-    from glmvoice_jax.inference import tokenizing_job
-
     out = {}
     for split, manifest in manifests.items():
         path = os.path.join(workdir, "tokens", f"{split}.jsonl")
@@ -103,10 +103,6 @@ def tokenize(workdir: str, tokenizer: str, manifests: dict[str, str]) -> dict[st
 
 def t2t_quality(workdir: str, tokenizer: str, manifest: str, tokens: str, n: int = 64) -> dict:
     """Text-to-token model vs real tokens on ``n`` held-out utterances (see stage 6)."""
-    from glmvoice_jax.evals import asr_metrics
-    from glmvoice_jax.inference import transcription
-    from glmvoice_jax.inference.sampling import SpeechSampler
-
     out_path = os.path.join(workdir, "corpus", "t2t_quality.json")
     if os.path.exists(out_path):
         with open(out_path) as f:

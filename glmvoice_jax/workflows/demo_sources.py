@@ -30,9 +30,11 @@ import os
 
 import numpy as np
 
+from glmvoice_jax import config_lib
 from glmvoice_jax.corpora import espeak_corpus, interleave_records, speech_records, text_records
 from glmvoice_jax.data import interleave, token_layout
 from glmvoice_jax.inference import sampling
+from glmvoice_jax.trainers import lm
 
 LAYOUT = "demo"
 # How the interleaving job samples the tiny text-to-token model (speech tokens per text byte: the
@@ -163,9 +165,6 @@ def build_demo_sources(
 
 def _train_text_to_token(out_dir: str, steps: int, progress: bool) -> sampling.SpeechSampler:
     """Trains (or resumes) configs/text_to_token_tiny.py on OUT/tts; returns its sampler."""
-    from glmvoice_jax import config_lib
-    from glmvoice_jax.trainers import lm
-
     t2t_dir = os.path.join(out_dir, "t2t")
     config = config_lib.load_config_file(
         os.path.join(

@@ -8,6 +8,7 @@ import shutil
 import pytest
 import regex
 
+from glmvoice_jax import checkpoint
 from glmvoice_jax.convert.glm import chatglm, glm_weights
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.inference import scoring
@@ -126,7 +127,7 @@ def test_checkpoint_records_and_scores_text(tmp_path):
     meta = glm_weights.import_glm(str(src), str(ck), chatglm.FORMAT)
     assert meta["tokenizer"]["kind"] == "tiktoken"
     assert meta["token_layout"]["text_vocab_size"] == 600
-    tok = text_tokenizer.load_for_checkpoint(str(ck))
+    tok = checkpoint.text_tokenizer(str(ck))
     assert tok.encode("the fox")[:2] == [601, 602]
 
     inp = tmp_path / "in.jsonl"

@@ -18,7 +18,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 from glmvoice_jax import checkpoint, config_lib, optim, sharding
 from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.convert.whisper import whisper_import
-from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as st
@@ -123,7 +122,7 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
     meta = checkpoint.read_meta(os.path.join(wd, "checkpoints"))
     assert checkpoint.model_config_from_meta(meta) == cfg
     assert meta["extra"]["bitrate_bps"] == cfg.bitrate_bps == 12.5 * 5  # 32 codes = 5 bits
-    tok = text_tokenizer.load_for_checkpoint(os.path.join(wd, "checkpoints"))
+    tok = checkpoint.text_tokenizer(os.path.join(wd, "checkpoints"))
     assert tok.decode(tok.encode("the sun rose", add_prefix=False)) == "the sun rose"
     np.testing.assert_array_equal(  # never trained: still the imported table
         checkpoint.restore_params(

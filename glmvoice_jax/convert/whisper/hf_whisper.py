@@ -32,6 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from glmvoice_jax import checkpoint
+from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
 
 VQ_ENCODER = "WhisperVQEncoder"
@@ -519,13 +521,11 @@ def _added_tokens(src: str) -> dict[str, int]:
 
 def _checkpoint_text_tokenizer(src: str):
     """The Whisper tokenizer that a project checkpoint records, or None if ``src`` is not one."""
-    from glmvoice_jax import checkpoint, text_tokenizer  # local: Orbax only for checkpoints
-
     try:
         checkpoint.resolve(src)
     except FileNotFoundError:
         return None
-    tok = text_tokenizer.load_for_checkpoint(src)
+    tok = checkpoint.text_tokenizer(src)
     missing = [t for t in (*WHISPER_PREFIX, WHISPER_EOS) if t not in getattr(tok, "specials", {})]
     if tok is None or missing:
         what = "no text tokenizer" if tok is None else f"a {tok.kind} tokenizer without {missing}"
@@ -551,8 +551,6 @@ def load_text_tokenizer(src: str | os.PathLike):
     Raises:
       ValueError: missing files, ranks that are not 0..n-1, or missing special tokens.
     """
-    from glmvoice_jax import text_tokenizer  # local: the weight importer does not need it
-
     src = os.fspath(src)
     path = os.path.join(src, "vocab.json")
     if not os.path.isfile(path):

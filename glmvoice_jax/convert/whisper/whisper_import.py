@@ -18,7 +18,7 @@ Checkpoint layout (house_style.md §12; the speech-tokenizer trainer's own items
 
 Readers: ``speech_tokenizer.load_model`` (``glmvoice-tokenize --checkpoint``), the trainer's
 ``init_from`` (weights; its whisper text side through ``whisper.load_text_tokenizer``) and
-``text_tokenizer.load_for_checkpoint``. The checkpoint is assembled in a hidden directory next to
+``checkpoint.text_tokenizer``. The checkpoint is assembled in a hidden directory next to
 ``dst`` and renamed into place only when complete, so an error leaves nothing at ``dst``.
 """
 

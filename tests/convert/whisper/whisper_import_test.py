@@ -13,15 +13,14 @@ import numpy as np
 import pytest
 from flax import nnx
 from safetensors.numpy import save_file
-from tests.convert.whisper_test import FIXTURE, MIN_AGREEMENT, _agreements, _jsonl
 
 from glmvoice_jax import audio, checkpoint
 from glmvoice_jax.cli import import_checkpoint
 from glmvoice_jax.convert.whisper import hf_whisper as cw
 from glmvoice_jax.convert.whisper import whisper_import as wi
-from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
+from tests.convert.whisper.hf_whisper_test import FIXTURE, MIN_AGREEMENT, _agreements, _jsonl
 
 # A tiny stock Whisper: bidirectional, symmetric convs, no pooling, no quantizer.
 STOCK = WhisperVQConfig(
@@ -203,7 +202,7 @@ def test_stock_text_tokenizer_travels_with_the_checkpoint(stock):
     for tok in (
         cw.load_text_tokenizer(ckpt),  # what the trainer's whisper text side calls on init_from
         cw.load_text_tokenizer(os.path.join(ckpt, "0")),  # a step directory
-        text_tokenizer.load_for_checkpoint(ckpt),
+        checkpoint.text_tokenizer(ckpt),
     ):
         assert tok.encode(text) == want.encode(text)
         assert tok.decode(tok.encode(text, add_prefix=False)) == text
