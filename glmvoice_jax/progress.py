@@ -1,4 +1,4 @@
-"""Progress of every long job: one helper on tqdm, with rate and ETA, quiet when not a TTY.
+r"""Progress of every long job: one helper on tqdm, with rate and ETA, quiet when not a TTY.
 
 Both trainers, import / export, the corpus shard jobs, tokenize, decode, score and the ablation
 sweep report progress through :func:`bar`, so every tool looks and behaves the same. On a terminal
@@ -60,7 +60,8 @@ def bar(
     Args:
       total: units of work in all (items, bytes, steps, cells x stages).
       desc: what runs, e.g. ``"import glm-4-9b"``.
-      unit: the unit's name; ``unit="B", unit_scale=True`` shows bytes as kB/MB/GB.
+      unit: the unit's name.
+      unit_scale: True shows large counts as k/M/G (``unit="B"``: kB/MB/GB).
       enabled: False gives a bar that prints nothing (``--noprogress``, worker processes).
       initial: units already done (a resumed job).
       interval: seconds between plain lines when not on a terminal (default ``LOG_INTERVAL``).
@@ -86,7 +87,7 @@ def bar(
 
 
 def track(items: Iterable[T], total: float | None = None, desc: str = "", **kwargs: Any):
-    """``for x in track(items, desc=...)``: iterate with a :func:`bar`."""
+    """Iterates over ``items`` with a :func:`bar` (``for x in track(items, desc=...)``)."""
     with bar(total if total is not None else _len(items), desc, **kwargs) as b:
         for x in items:
             yield x
