@@ -87,7 +87,7 @@ def bar(
 
 
 def track(items: Iterable[T], total: float | None = None, desc: str = "", **kwargs: Any):
-    """Iterates over ``items`` with a :func:`bar` (``for x in track(items, desc=...)``)."""
+    """Iterates over ``items`` with a :func:`bar` showing rate and ETA."""
     with bar(total if total is not None else _len(items), desc, **kwargs) as b:
         for x in items:
             yield x
