@@ -30,7 +30,8 @@ import ml_collections as mlc
 import numpy as np
 from etils import epath
 
-from glmvoice_jax.data import input_pipeline, records, token_layout
+from glmvoice_jax.data import input as input_pipeline
+from glmvoice_jax.data import records, token_layout
 
 STATS_SUFFIX = ".stats.json"  # written by glmvoice_jax/corpora/shard_job.py
 

@@ -31,7 +31,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
-from glmvoice_jax.data import input_pipeline
+from glmvoice_jax.data import input as input_pipeline
 from glmvoice_jax.models import glm
 
 

@@ -6,7 +6,8 @@ import pytest
 from array_record.python import array_record_module
 
 from glmvoice_jax.corpora import demo_corpus
-from glmvoice_jax.data import input_pipeline, records, token_layout
+from glmvoice_jax.data import input as input_pipeline
+from glmvoice_jax.data import records, token_layout
 
 LAYOUT = token_layout.get("demo")
 

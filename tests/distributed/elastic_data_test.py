@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from glmvoice_jax.corpora import demo_corpus
-from glmvoice_jax.data import input_pipeline
+from glmvoice_jax.data import input as input_pipeline
 
 B, T = 8, 64
 KW = dict(global_batch_size=B, seq_len=T, vocab_size=10**6, seed=0, prefetch_buffer_size=2)

@@ -20,7 +20,7 @@ import pytest
 
 from glmvoice_jax import checkpoint
 from glmvoice_jax.corpora import demo_corpus
-from glmvoice_jax.data import input_pipeline
+from glmvoice_jax.data import input as input_pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "configs", "demo_tiny.py") + ":corpus=synthetic"

@@ -1,11 +1,13 @@
 import numpy as np
 import pytest
 
-from glmvoice_jax.data import input_pipeline, records
+from glmvoice_jax.data import input as input_pipeline
+from glmvoice_jax.data import records
+from glmvoice_jax.data.input import sources as input_sources
 
 
 def test_bucket_globs_split_into_root_and_pattern():
-    split = input_pipeline._split_glob
+    split = input_sources._split_glob
     assert split("gs://b/corpus/text/*.array_record") == ("gs://b/corpus/text", "*.array_record")
     assert split("gs://b/c/*/x-?.ar") == ("gs://b/c", "*/x-?.ar")
     assert split("gs://b/c/one.ar") == ("gs://b/c/one.ar", "")

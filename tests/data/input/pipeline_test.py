@@ -7,7 +7,9 @@ import orbax.checkpoint as ocp
 import pytest
 from array_record.python import array_record_module
 
-from glmvoice_jax.data import input_pipeline, records
+from glmvoice_jax.data import input as input_pipeline
+from glmvoice_jax.data import records
+from glmvoice_jax.data.input import sources as input_sources
 
 VOCAB = 10**8
 # Document `uid` of length n has tokens uid * 1000 + [0, n): a packed piece tells its origin.
@@ -283,7 +285,7 @@ def test_orbax_checkpoint_round_trip(tmp_path):
 
 
 def test_many_shards_with_few_open_readers(tmp_path, monkeypatch):
-    monkeypatch.setattr(input_pipeline, "_MAX_OPEN_READERS", 3)
+    monkeypatch.setattr(input_sources, "_MAX_OPEN_READERS", 3)
     paths = _write_source(tmp_path, "many", range(40), [5] * 40, num_shards=20)
     source = input_pipeline.ShardedRecordSource("many", records.list_shards(paths))
     assert len(source) == 40
