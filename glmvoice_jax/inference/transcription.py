@@ -23,7 +23,6 @@ from flax import nnx
 
 from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.data import text_tokenizer as text_tokenizer_lib
-from glmvoice_jax.evals import asr_metrics
 from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models import whisper_asr
 
@@ -123,7 +122,3 @@ class TokenTranscriber:
             for r, i in enumerate(chunk):
                 out[i] = self.tokenizer.decode([int(t) for t in toks[r, : lens[r]]])
         return out
-
-    def error_rates(self, codes: Sequence[np.ndarray], texts: Sequence[str]) -> dict[str, float]:
-        """CER / WER of the transcripts of ``codes`` against ``texts`` (normalized text)."""
-        return asr_metrics.error_rates(list(texts), self.transcribe(codes))

@@ -412,7 +412,7 @@ class Sweep:
         tts = asr.with_config(tts_cfg)
         spoken = tts.sample([np.frombuffer(r.encode("utf-8"), np.uint8) for r in refs], seeds)
         transcriber = transcription.TokenTranscriber(tok_ckpt)
-        tts_rates = transcriber.error_rates(spoken, refs)
+        tts_rates = asr_metrics.error_rates(list(refs), transcriber.transcribe(spoken))
         return {
             "asr_cer": asr_rates["cer"],
             "asr_wer": asr_rates["wer"],
