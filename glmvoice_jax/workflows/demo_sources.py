@@ -168,7 +168,7 @@ def _train_text_to_token(out_dir: str, steps: int, progress: bool) -> sampling.S
     t2t_dir = os.path.join(out_dir, "t2t")
     config = config_lib.load_config_file(
         os.path.join(
-            os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
             "configs",
             "text_to_token_tiny.py",
         )
