@@ -33,15 +33,10 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax
-import numpy as np
 from absl import logging
-from jax.experimental import mesh_utils
-from jax.sharding import AxisType, Mesh
-
-from glmvoice_jax import sharding
 
 _SLURM_VARS = ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID")
 
@@ -198,36 +193,3 @@ def describe() -> str:
         f"process {jax.process_index()}/{jax.process_count()}: {jax.local_device_count()} local "
         f"of {len(devices)} {devices[0].platform} devices, {len(slices)} slice(s)"
     )
-
-
-def num_slices(devices: Sequence[jax.Device]) -> int:
-    """Number of TPU slices the devices span (1 for CPU / GPU / single-slice TPU)."""
-    return len({getattr(d, "slice_index", 0) for d in devices})
-
-
-def make_mesh(mesh_cfg: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """The (data, fsdp, tensor) mesh; across several TPU slices the ``data`` axis spans DCN.
-
-    Within a slice, ``sharding.make_mesh`` (ICI-aware ``jax.make_mesh``). Across slices,
-    ``jax.make_mesh`` refuses multi-slice devices, so the hybrid mesh puts ``num_slices`` of the
-    data axis on DCN (the only axis whose traffic, one gradient reduction per step, tolerates it)
-    and the rest on ICI.
-
-    Raises:
-      ValueError: when the data axis is not a multiple of the slice count.
-    """
-    devices = list(jax.devices() if devices is None else devices)
-    slices = num_slices(devices)
-    if slices == 1:
-        return sharding.make_mesh(mesh_cfg, devices)
-    data, fsdp, tensor = sharding.resolve_mesh_shape(mesh_cfg, len(devices))
-    if data % slices:
-        raise ValueError(
-            f"the devices span {slices} slices, so mesh.data ({data}) must be a multiple of "
-            f"{slices} (data parallelism crosses the slices over DCN); e.g. set "
-            f"--config.mesh.data={slices} and --config.mesh.fsdp=-1"
-        )
-    grid = mesh_utils.create_hybrid_device_mesh(
-        (data // slices, fsdp, tensor), (slices, 1, 1), devices, allow_split_physical_axes=True
-    )
-    return Mesh(np.asarray(grid), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)

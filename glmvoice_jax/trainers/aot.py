@@ -1,7 +1,7 @@
 """The train steps that glmvoice-aot compiles: each trainer's jitted step with abstract inputs.
 
-One builder per ``config.trainer`` (``STEPS``); jax is imported inside them, so that
-glmvoice-aot can set up its environment first. Each returns an ``AotStep``: the step jitted with
+One builder per ``config.trainer`` (``STEPS``); glmvoice-aot imports this module only after it
+has set up its environment (JAX reads JAX_PLATFORMS when it is imported). Each returns an ``AotStep``: the step jitted with
 the shardings its trainer uses, ShapeDtypeStructs placed on the target mesh, the model FLOPs of
 one step, and a way to build concrete inputs for a CPU benchmark.
 
@@ -23,7 +23,15 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import jax
 import ml_collections as mlc
+import numpy as np
+from flax import nnx
+
+from glmvoice_jax import audio, checkpoint, config_lib, sharding
+from glmvoice_jax.data import speech_input
+from glmvoice_jax.models import glm
+from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,17 +69,9 @@ class AotStep:
 
 def lm_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The LM trainer's step (``trainers/lm.py``) on ``devices``."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from glmvoice_jax import checkpoint, config_lib, distributed, sharding
-    from glmvoice_jax.models import glm
-    from glmvoice_jax.trainers import lm
-
     model_cfg = config_lib.model_config(config)
     glm.check_remat_policy(model_cfg.remat_policy, devices)
-    mesh = distributed.make_mesh(config.mesh, devices)
+    mesh = sharding.make_mesh(config.mesh, devices)
     shapes = lm.step_shapes(config, mesh)
     gbs, seq_len = config.input.global_batch_size, config.input.seq_len
     tokens = gbs * seq_len
@@ -176,17 +176,9 @@ def speech_tokenizer_flops(cfg, mel_frames: int, text_tokens: int) -> float:
 
 def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The speech-tokenizer trainer's step (``trainers/speech_tokenizer.py``) on ``devices``."""
-    import jax
-    import numpy as np
-    from flax import nnx
-
-    from glmvoice_jax import audio, checkpoint, sharding
-    from glmvoice_jax.data import speech_input
-    from glmvoice_jax.trainers import speech_tokenizer as trainer
-    from glmvoice_jax.trainers import speech_tokenizer_setup as setup
-
+    trainer, setup = speech_tokenizer, speech_tokenizer_setup
     preset = config.axis_rules
-    mesh = sharding.make_mesh(config.mesh, devices)  # as train(): one slice
+    mesh = sharding.make_mesh(config.mesh, devices)
     setup.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
     s = trainer.state_layout(config, mesh)
     model_cfg = setup.model_config(config)

@@ -9,13 +9,10 @@ that donates it: ``params`` (nnx.to_pure_dict layout) and ``train`` = {opt, step
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import json
 import os
-import signal
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,16 +24,12 @@ import optax
 from absl import logging
 from etils import epath
 from flax import nnx
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
 from glmvoice_jax.data import input as input_pipeline
 from glmvoice_jax.models import glm
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or gradient norm became NaN/inf; the message names the step."""
+from glmvoice_jax.trainers import loop
 
 
 def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.ConfigDict):
@@ -211,21 +204,6 @@ def local_rows(batch_sh: NamedSharding, global_batch_size: int, seq_len: int) ->
     return sorted(rows)
 
 
-def check_workdir(workdir: str) -> None:
-    """Creates ``workdir`` (local or gs://) and probes that this process can write there."""
-    try:
-        root = epath.Path(workdir)
-        root.mkdir(parents=True, exist_ok=True)
-        # One probe per process: on a shared filesystem they would race on one name.
-        probe = root / f".write_probe.{jax.process_index()}"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as e:
-        raise PermissionError(
-            f"workdir {workdir} is not writable ({e}); pass a --workdir you can write to"
-        ) from e
-
-
 def dry_run(config: mlc.ConfigDict) -> dict:
     """Shapes only: parameter count and per-device bytes of params + AdamW state on the mesh.
 
@@ -281,7 +259,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Validate, workdir
     ####################################################################################
     config_lib.validate(config)
-    check_workdir(workdir)
+    loop.check_workdir(workdir)
     model_cfg = config_lib.model_config(config)
     layout = config_lib.token_layout_of(config)
     is_main = jax.process_index() == 0
@@ -295,7 +273,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Mesh, shapes and shardings
     ####################################################################################
-    mesh = distributed.make_mesh(config.mesh)
+    mesh = sharding.make_mesh(config.mesh)
     preset = config.axis_rules
     shapes = step_shapes(config, mesh)
     param_sh, train_sh, batch_sh = shapes.param_sh, shapes.train_sh, shapes.batch_sh
@@ -368,53 +346,30 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         }
 
     ####################################################################################
-    # Update step
+    # Update step, compiled once for these shardings
     ####################################################################################
-    jit_step = jit_train_step(config, shapes)
+    first_batch = to_global(next(data_iter))
+    with sharding.activate(mesh, preset):
+        jit_step = loop.compile_step(
+            jit_train_step(config, shapes), params, train_state, first_batch, announce=is_main
+        )
 
     ####################################################################################
     # Train loop
     ####################################################################################
-    writer = metrics.MetricWriter(logs, resume_step=start_step, enabled=is_main)
-    progress = metrics.Progress(
-        config.total_steps, start_step, enabled=is_main and config.metrics.console
-    )
     peak = metrics.peak_flops(jax.devices()[0], config.metrics.peak_flops_per_device)
     flops_per_step = model_cfg.flops_per_token(seq_len) * gbs * seq_len
     tokens_per_step = gbs * seq_len
-    stop = StopFlag()
-    vote = _StopVote(mesh)
-    pending: list[tuple[int, dict]] = []
-    last = {}
-    step = start_step
-    t_log, steps_since_log, skipped = None, 0, 0
-    prev: tuple[int, Any] | None = None
-
+    run = loop.Loop(config, mesh, ckpt, start_step, workdir=logs, postfix=_postfix, desc="train")
+    batch = first_batch
     with sharding.activate(mesh, preset):
-        while step < config.total_steps:
-            batch = to_global(next(data_iter))
+        while run.running:
+            batch = batch if batch is not None else to_global(next(data_iter))
             params, train_state, out = jit_step(params, train_state, batch)
-            step += 1
-            # Every process votes its local stop flag; all read the same result one step late,
-            # so they stop (and save) at the same step even if SIGTERM reached them apart.
-            stopping = vote.poll(stop.set)
-            if t_log is None:  # first step: compile; time from its end
-                jax.block_until_ready(out["loss"])
-                t_log = time.time()
-                steps_since_log = 0
-            else:
-                steps_since_log += 1
-            pending.append((step, out))
-            # The finiteness check lags one step so the host never stalls the device queue.
-            if prev is not None:
-                skipped += check_finite(prev, config.metrics.on_nonfinite)
-            prev = (step, out["finite"])
-            if step % config.log_every_steps == 0 or step == config.total_steps or stopping:
-                skipped += check_finite(prev, config.metrics.on_nonfinite)
-                prev = None
-                fetched = jax.device_get([o for _, o in pending])
-                now = time.time()
-                dt = (now - t_log) / max(steps_since_log, 1)
+            batch = None
+            run.stepped(out)
+            if run.log_due():
+                fetched, dt = run.fetch()
                 scalars = {
                     k: float(np.mean([f[k] for f in fetched]))
                     for k in ("loss", "text_loss", "speech_loss", "grad_norm")
@@ -424,37 +379,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 scalars["tokens_per_sec"] = tokens_per_step / dt
                 scalars["tokens_per_sec_per_device"] = tokens_per_step / dt / jax.device_count()
                 scalars["mfu"] = flops_per_step / dt / jax.device_count() / peak
-                scalars["skipped_steps"] = float(skipped)
-                writer.write(step, scalars)
-                progress.update(step, scalars)
-                last = dict(scalars, step=step)
-                pending.clear()
-                t_log, steps_since_log = now, 0
-            if step % config.ckpt.every_steps == 0 or step == config.total_steps or stopping:
-                ckpt.save(
-                    step,
-                    params=params,
-                    train=train_state,
-                    data_iter=data_iter,
-                    meta=meta,
-                )
-            if step == config.debug.sigkill_at_step:
-                # Test hook: die hard once every process has committed this step's checkpoint.
-                ckpt.wait()
-                if jax.process_count() > 1:
-                    multihost_utils.sync_global_devices(f"sigkill_at_step_{step}")
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stopping:
-                print(
-                    f"\nprocess {jax.process_index()}: received {stop.name or 'a stop vote'}: "
-                    f"saved step {step}, exiting",
-                    flush=True,
-                )
-                break
-    ckpt.close()
-    progress.finish()
-    writer.close()
-    stop.restore()
+                run.log(scalars)
+            run.checkpoint(params=params, train=train_state, data_iter=data_iter, meta=meta)
+    run.close()
+    step, last = run.step, run.last
     if is_main:
         png = metrics.plot_losses(logs, str(epath.Path(logs) / "loss.png"))
         summary = {"workdir": workdir, "step": step, "loss_plot": png, **last}
@@ -512,66 +440,9 @@ def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh)
     return jax.tree.map(lambda x, a: x.astype(a.dtype), params, abs_params)
 
 
-def check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
-    """0, or 1 for a skipped non-finite step (mode "skip"); raises in mode "raise".
-
-    Shared with the speech-tokenizer trainer.
-    """
-    if prev is None:
-        return 0
-    step, finite = prev
-    if bool(jax.device_get(finite)):
-        return 0
-    if mode == "raise":
-        raise NonFiniteLossError(
-            f"loss or gradient norm became NaN/inf at step {step}; the update was not applied. "
-            "Lower the learning rate, check the data, or set --config.metrics.on_nonfinite=skip"
-        )
-    logging.warning("non-finite loss at step %d: update skipped", step)
-    return 1
-
-
-class StopFlag:
-    """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
-
-    def __init__(self):
-        self.set = False
-        self.name = ""
-        self._old = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(ValueError):  # not the main thread: no handler
-                self._old[sig] = signal.signal(sig, self._handle)
-
-    def _handle(self, signum, frame):
-        self.set = True
-        self.name = signal.Signals(signum).name
-
-    def restore(self):
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-
-class _StopVote:
-    """Agrees on the stop step across processes: a max over every device's copy of the flag.
-
-    ``poll`` dispatches this step's vote and returns the previous step's result. Reading a result
-    one step late keeps the host from stalling the device queue; every process reads the same
-    value at the same step, so all stop together. Single-process runs take the same path.
-    """
-
-    def __init__(self, mesh: Mesh):
-        self._n = mesh.devices.size
-        self._sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
-        replicated = NamedSharding(mesh, PartitionSpec())
-        self._max = jax.jit(jnp.max, out_shardings=replicated)
-        self._pending = None
-
-    def poll(self, local_flag: bool) -> bool:
-        flag = np.int32(local_flag)
-        votes = jax.make_array_from_callback(
-            (self._n,),
-            self._sharding,
-            lambda index: np.full(len(range(*index[0].indices(self._n))), flag),
-        )
-        prev, self._pending = self._pending, self._max(votes)
-        return prev is not None and bool(jax.device_get(prev))
+def _postfix(s: dict[str, float]) -> str:
+    """The progress bar's metrics: loss by modality, throughput and MFU."""
+    return (
+        f"loss {s['loss']:.4f} text {s['text_loss']:.3f} speech {s['speech_loss']:.3f} "
+        f"{s['tokens_per_sec']:,.0f} tok/s mfu {100 * s['mfu']:.1f}%"
+    )

@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,12 +47,12 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio, checkpoint, metrics, optim, sharding
+from glmvoice_jax import audio, checkpoint, optim, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_asr
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
-from glmvoice_jax.trainers import lm
+from glmvoice_jax.trainers import loop
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 TRAINER = "speech_tokenizer"
@@ -64,7 +62,6 @@ model_section = setup.model_section
 
 
 # The LM trainer's non-finite check and stop flag (one definition of each for both trainers).
-NonFiniteLossError = lm.NonFiniteLossError
 
 
 def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.ConfigDict, mask):
@@ -267,7 +264,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Validate, workdir
     ####################################################################################
     validate(config)
-    lm.check_workdir(workdir)
+    loop.check_workdir(workdir)
     model_cfg = model_config(config)
     is_main = jax.process_index() == 0
     if is_main:
@@ -400,12 +397,20 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Update step
     ####################################################################################
     step_fn = make_train_step(graphdef, tx, model_cfg, config, mask)
-    jit_step = jax.jit(
-        step_fn,
-        in_shardings=(param_sh, train_sh, batch_sh),
-        out_shardings=(param_sh, train_sh, replicated),
-        donate_argnums=(0, 1),
-    )
+    first_batch = to_global(next(data_iter))
+    with sharding.activate(mesh, preset):
+        jit_step = loop.compile_step(
+            jax.jit(
+                step_fn,
+                in_shardings=(param_sh, train_sh, batch_sh),
+                out_shardings=(param_sh, train_sh, replicated),
+                donate_argnums=(0, 1),
+            ),
+            params,
+            train_state,
+            first_batch,
+            announce=is_main,
+        )
 
     ####################################################################################
     # Evals: greedy decoding of the held-out set (WER / CER)
@@ -445,62 +450,33 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Train loop
     ####################################################################################
-    writer = metrics.MetricWriter(workdir, resume_step=start_step, enabled=is_main)
-    stop = lm.StopFlag()
-    pending: list[dict] = []
-    last: dict[str, float] = {}
-    step = start_step
-    t_log, steps_since_log, skipped = None, 0, 0
+    run = loop.Loop(
+        config, mesh, ckpt, start_step, workdir=workdir, postfix=setup.console_line, desc="train"
+    )
     t_start = time.time()
-    prev: tuple[int, Any] | None = None
     every_eval = config.evals.every_steps
+    batch = first_batch
     with sharding.activate(mesh, preset):
-        while step < config.total_steps:
-            batch = to_global(next(data_iter))
+        while run.running:
+            batch = batch if batch is not None else to_global(next(data_iter))
             params, train_state, out = jit_step(params, train_state, batch)
-            step += 1
-            if t_log is None:  # first step: compile; time from its end
-                jax.block_until_ready(out["loss"])
-                t_log, steps_since_log = time.time(), 0
-            else:
-                steps_since_log += 1
-            pending.append(out)
-            if prev is not None:  # the finiteness check lags one step: no host stall
-                skipped += lm.check_finite(prev, config.metrics.on_nonfinite)
-            prev = (step, out["finite"])
-            log_now = step % config.log_every_steps == 0 or step == config.total_steps
+            batch = None
+            run.stepped(out)
+            step = run.step
             eval_now = every_eval > 0 and (step % every_eval == 0 or step == config.total_steps)
-            if log_now or eval_now:
-                skipped += lm.check_finite(prev, config.metrics.on_nonfinite)
-                prev = None
-                fetched = jax.device_get(pending)
-                now = time.time()
-                dt = (now - t_log) / max(steps_since_log, 1)
+            if run.log_due(extra=eval_now):
+                fetched, dt = run.fetch()
                 scalars = setup.summarize(fetched, dt)
-                scalars["skipped_steps"] = float(skipped)
-                scalars["minutes"] = (now - t_start) / 60
+                scalars["minutes"] = (time.time() - t_start) / 60
                 scalars["cpu_minutes"] = time.process_time() / 60  # all threads, since start-up
                 if eval_now:
                     t_eval = time.time()
                     scalars.update(run_eval(params))
-                    now += time.time() - t_eval  # eval time is not step time
-                writer.write(step, scalars)
-                if is_main and config.metrics.console:
-                    print(setup.console_line(step, config.total_steps, scalars), flush=True)
-                last = dict(scalars, step=step)
-                pending.clear()
-                t_log, steps_since_log = now, 0
-            if step % config.ckpt.every_steps == 0 or step == config.total_steps or stop.set:
-                ckpt.save(step, params=params, train=train_state, data_iter=data_iter, meta=meta)
-            if step == config.debug.sigkill_at_step:
-                ckpt.wait()  # test hook: die hard once the checkpoint of this step is committed
-                os.kill(os.getpid(), signal.SIGKILL)
-            if stop.set:
-                print(f"\nreceived {stop.name}: saved step {step}, exiting", flush=True)
-                break
-    ckpt.close()
-    writer.close()
-    stop.restore()
+                    run.exclude(time.time() - t_eval)  # eval time is not step time
+                run.log(scalars, announce=eval_now)
+            run.checkpoint(params=params, train=train_state, data_iter=data_iter, meta=meta)
+    run.close()
+    step, last = run.step, run.last
     if is_main:
         summary = {"workdir": workdir, "step": step, **last}
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -499,9 +499,10 @@ def summarize(fetched: Sequence[Mapping[str, Any]], step_time: float) -> dict[st
     return out
 
 
-def console_line(step: int, total: int, s: Mapping[str, float]) -> str:
+def console_line(s: Mapping[str, float]) -> str:
+    """The progress bar's metrics (and the line printed after each held-out eval)."""
     line = (
-        f"step {step}/{total}  loss {s['loss']:.3f}  asr {s['asr_loss']:.3f}  commit "
+        f"loss {s['loss']:.3f}  asr {s['asr_loss']:.3f}  commit "
         f"{s['commit_loss']:.3f}  usage {100 * s['codebook_usage']:.0f}%  ppl "
         f"{s['codebook_perplexity']:.1f}  restarts {s['codes_restarted']:.0f}  "
         f"{s['audio_secs_per_sec']:.1f} audio-s/s  "

@@ -162,10 +162,10 @@ def test_tokenizer_files_on_a_gs_bucket(fake_gcs, model_file):
 
 def test_speech_tokenizer_text_side_and_workdir_on_gs(fake_gcs):
     """The speech-tokenizer trainer's own files (tokenizer, meta) go through epath to gs://."""
-    from glmvoice_jax.trainers import lm
+    from glmvoice_jax.trainers import loop
     from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
-    lm.check_workdir("gs://bucket/run")
+    loop.check_workdir("gs://bucket/run")
     config = setup.default_config("glm4_voice_tokenizer", tiny=True, steps=1, model={})
     made = setup.text_side(config, "gs://bucket/run/checkpoints", CORPUS * 20)
     assert any(k.endswith("run/checkpoints/tokenizer/meta.json") for k in fake_gcs)

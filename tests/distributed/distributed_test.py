@@ -65,8 +65,8 @@ def test_bad_timeouts_are_rejected_before_jax_is_called():
 
 
 def test_single_slice_mesh_is_the_sharding_mesh():
-    mesh = distributed.make_mesh({"data": 2, "fsdp": -1})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": -1})
     assert dict(mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert mesh.devices.tolist() == sharding.make_mesh({"data": 2, "fsdp": -1}).devices.tolist()
-    assert distributed.num_slices(jax.devices()) == 1
+    assert sharding.num_slices(jax.devices()) == 1
     assert "8 cpu devices, 1 slice(s)" in distributed.describe()

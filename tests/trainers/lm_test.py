@@ -16,7 +16,7 @@ from flax import nnx
 from glmvoice_jax import checkpoint, config_lib, sharding
 from glmvoice_jax.corpora import demo_corpus
 from glmvoice_jax.models import glm
-from glmvoice_jax.trainers import lm
+from glmvoice_jax.trainers import lm, loop
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "configs", "demo_tiny.py") + ":corpus=synthetic"
@@ -208,7 +208,7 @@ def test_sigterm_saves_and_exits_zero(corpus, tmp_path):
 
 def test_nonfinite_loss_stops_with_the_step(corpus, tmp_path):
     c = _config(corpus, total_steps=6, **{"schedule.peak_lr": 1e30, "optim.grad_clip_norm": 0.0})
-    with pytest.raises(lm.NonFiniteLossError, match=r"at step \d"):
+    with pytest.raises(loop.NonFiniteLossError, match=r"at step \d"):
         lm.train(c, str(tmp_path / "nan"))
 
 

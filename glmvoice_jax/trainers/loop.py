@@ -1,0 +1,250 @@
+"""The step loop every trainer runs, so that a fix in one trainer cannot miss another.
+
+Both trainers (``lm.py``, ``speech_tokenizer.py``) keep their own step function, data and evals
+and share, through :class:`Loop`:
+
+* the workdir check (:func:`check_workdir`) and the stop handling: SIGTERM / SIGINT set a local
+  flag (:class:`StopFlag`) and every process votes it each step (:class:`StopVote`), so all
+  processes save the same step and leave together even when the signal reached them apart;
+* the compile of the step, announced with its time ("compiling train step …"), so the first
+  logged interval times steps, not compilation, and MFU is never taken from a compiling step;
+* the lagged finiteness check (:func:`check_finite`): NaN/inf stops with the step number, or
+  skips the update with ``metrics.on_nonfinite=skip``, without stalling the device queue;
+* the cadences (log, checkpoint, total steps), the progress bar (``progress.bar``) and
+  metrics.jsonl / TensorBoard (``metrics.MetricWriter``), and the ``debug.sigkill_at_step`` test
+  hook that dies hard after a committed checkpoint (kill -9 resume tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections as mlc
+import numpy as np
+from absl import logging
+from etils import epath
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from glmvoice_jax import checkpoint, metrics, progress
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss or gradient norm became NaN/inf; the message names the step."""
+
+
+def check_workdir(workdir: str) -> None:
+    """Creates ``workdir`` (local or gs://) and probes that this process can write there."""
+    try:
+        root = epath.Path(workdir)
+        root.mkdir(parents=True, exist_ok=True)
+        # One probe per process: on a shared filesystem they would race on one name.
+        probe = root / f".write_probe.{jax.process_index()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise PermissionError(
+            f"workdir {workdir} is not writable ({e}); pass a --workdir you can write to"
+        ) from e
+
+
+def check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
+    """0, or 1 for a skipped non-finite step (mode "skip"); raises in mode "raise"."""
+    if prev is None:
+        return 0
+    step, finite = prev
+    if bool(jax.device_get(finite)):
+        return 0
+    if mode == "raise":
+        raise NonFiniteLossError(
+            f"loss or gradient norm became NaN/inf at step {step}; the update was not applied. "
+            "Lower the learning rate, check the data, or set --config.metrics.on_nonfinite=skip"
+        )
+    logging.warning("non-finite loss at step %d: update skipped", step)
+    return 1
+
+
+class StopFlag:
+    """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
+
+    def __init__(self):
+        self.set = False
+        self.name = ""
+        self._old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handler
+                self._old[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.set = True
+        self.name = signal.Signals(signum).name
+
+    def restore(self):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+class StopVote:
+    """Agrees on the stop step across processes: a max over every device's copy of the flag.
+
+    ``poll`` dispatches this step's vote and returns the previous step's result. Reading a result
+    one step late keeps the host from stalling the device queue; every process reads the same
+    value at the same step, so all stop together. Single-process runs take the same path.
+    """
+
+    def __init__(self, mesh: Mesh):
+        self._n = mesh.devices.size
+        self._sharding = NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names)))
+        replicated = NamedSharding(mesh, PartitionSpec())
+        self._max = jax.jit(jnp.max, out_shardings=replicated)
+        self._pending = None
+
+    def poll(self, local_flag: bool) -> bool:
+        flag = np.int32(local_flag)
+        votes = jax.make_array_from_callback(
+            (self._n,),
+            self._sharding,
+            lambda index: np.full(len(range(*index[0].indices(self._n))), flag),
+        )
+        prev, self._pending = self._pending, self._max(votes)
+        return prev is not None and bool(jax.device_get(prev))
+
+
+def compile_step(jitted, *args, what: str = "train step", announce: bool = True):
+    """Lowers and compiles ``jitted`` for ``args``, announcing it and its time.
+
+    Returns the compiled executable (same calling convention, donation included).
+    """
+    with progress.timed(f"compiling {what}", enabled=announce):
+        return jitted.lower(*args).compile()
+
+
+class Loop:
+    """Cadences, stop vote, timing, finiteness, logging and checkpoints of one training run.
+
+    Usage (each trainer)::
+
+        loop = Loop(config, mesh, ckpt, start_step, workdir=workdir, postfix=fmt)
+        while loop.running:
+            params, train, out = step(params, train, next_batch())
+            loop.stepped(out)
+            if loop.log_due(extra=eval_now):
+                fetched, step_time = loop.fetch()
+                loop.log(scalars_from(fetched, step_time))
+            loop.checkpoint(params=params, train=train, data_iter=it, meta=meta)
+        loop.close()
+    """
+
+    def __init__(
+        self,
+        config: mlc.ConfigDict,
+        mesh: Mesh,
+        ckpt: checkpoint.Checkpointer,
+        start_step: int,
+        *,
+        workdir: str,
+        postfix: Callable[[Mapping[str, float]], str] | None = None,
+        desc: str = "train",
+    ):
+        self.config = config
+        self.total = config.total_steps
+        self.step = start_step
+        self.ckpt = ckpt
+        self.is_main = jax.process_index() == 0
+        self.writer = metrics.MetricWriter(workdir, resume_step=start_step, enabled=self.is_main)
+        console = self.is_main and bool(config.metrics.get("console", True))
+        self.bar = progress.bar(self.total, desc, unit="step", initial=start_step, enabled=console)
+        self._postfix = postfix
+        self._stop = StopFlag()
+        self._vote = StopVote(mesh)
+        self.stopping = False
+        self.skipped = 0
+        self.last: dict[str, float] = {}
+        self._pending: list[Any] = []
+        self._prev: tuple[int, Any] | None = None
+        self._t_log = time.time()
+        self._steps_since_log = 0
+        self._first = True
+
+    @property
+    def running(self) -> bool:
+        return self.step < self.total and not self.stopping
+
+    def stepped(self, out: Mapping[str, Any]) -> None:
+        """After one dispatched step: count it, vote the stop flag, lag the finiteness check."""
+        self.step += 1
+        if self._first:  # the first step also warms up buffers and input: time from its end
+            jax.block_until_ready(out["loss"])
+            self._first, self._t_log, self._steps_since_log = False, time.time(), 0
+        else:
+            self._steps_since_log += 1
+        # Every process votes its local stop flag; all read the same result one step late,
+        # so they stop (and save) at the same step even if SIGTERM reached them apart.
+        self.stopping = self._vote.poll(self._stop.set)
+        self._pending.append(out)
+        # The finiteness check lags one step so the host never stalls the device queue.
+        mode = self.config.metrics.on_nonfinite
+        if self._prev is not None:
+            self.skipped += check_finite(self._prev, mode)
+        self._prev = (self.step, out["finite"])
+        self.bar.update(1)
+
+    def log_due(self, extra: bool = False) -> bool:
+        every = self.config.log_every_steps
+        return extra or self.step % every == 0 or self.step == self.total or self.stopping
+
+    def fetch(self) -> tuple[list[dict], float]:
+        """The interval's per-step metrics (on the host) and its mean step time in seconds."""
+        self.skipped += check_finite(self._prev, self.config.metrics.on_nonfinite)
+        self._prev = None
+        fetched = jax.device_get(self._pending)
+        now = time.time()
+        dt = (now - self._t_log) / max(self._steps_since_log, 1)
+        self._pending.clear()
+        self._t_log, self._steps_since_log = now, 0
+        return fetched, dt
+
+    def exclude(self, seconds: float) -> None:
+        """Takes time spent outside the steps (an eval) out of the next interval's step time."""
+        self._t_log += seconds
+
+    def log(self, scalars: dict[str, float], announce: bool = False) -> None:
+        """Writes the interval's scalars; ``announce`` also prints them as a line (evals)."""
+        scalars = dict(scalars, skipped_steps=float(self.skipped))
+        self.writer.write(self.step, scalars)
+        if self._postfix is not None:
+            line = self._postfix(scalars)
+            self.bar.set_postfix_str(line, refresh=False)
+            if announce and self.is_main and not self.bar.disable:
+                self.bar.write(f"step {self.step}/{self.total}  {line}")
+        self.last = dict(scalars, step=self.step)
+
+    def checkpoint(self, **items: Any) -> None:
+        """Saves on the checkpoint cadence, at the last step and when stopping; test kill hook."""
+        step = self.step
+        if step % self.config.ckpt.every_steps == 0 or step == self.total or self.stopping:
+            self.ckpt.save(step, **items)
+        if step == self.config.debug.sigkill_at_step:
+            # Test hook: die hard once every process has committed this step's checkpoint.
+            self.ckpt.wait()
+            if jax.process_count() > 1:
+                multihost_utils.sync_global_devices(f"sigkill_at_step_{step}")
+            os.kill(os.getpid(), signal.SIGKILL)
+        if self.stopping:
+            self.bar.write(
+                f"process {jax.process_index()}: received {self._stop.name or 'a stop vote'}: "
+                f"saved step {step}, exiting"
+            )
+
+    def close(self) -> None:
+        self.ckpt.close()
+        self.bar.close()
+        self.writer.close()
+        self._stop.restore()
