@@ -90,7 +90,7 @@ def bench_tokenize(name, cfg, secs_per_file, files, batch_size, repeats) -> dict
 
 def bench_train_step(repeats: int) -> dict:
     config = config_lib.load_config_file(CONFIG + ":tiny")
-    cfg = setup.model_config(config)
+    cfg = config_lib.tokenizer_model_config(config)
     mesh = sharding.make_mesh({"data": 1}, devices=jax.devices()[:1])
 
     def make():
@@ -149,7 +149,7 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also the full 12.5 Hz model")
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    tiny = setup.model_config(config_lib.load_config_file(CONFIG + ":tiny"))
+    tiny = config_lib.tokenizer_model_config(config_lib.load_config_file(CONFIG + ":tiny"))
     results = [
         {
             "machine": f"{os.cpu_count()} CPUs, {jax.devices()[0].device_kind}",

@@ -36,10 +36,11 @@ SpecAugment (2 freq <= 27 bins + 2 time <= 20 frames) on: 66.7% at step 1000 (st
 sentencepiece vocab 512 (word pieces) instead of 320: 61.9% at 1000, 65.1% at 1250 (stopped).
 """
 
+import os
+
 import ml_collections as mlc
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -53,4 +54,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         # Per-layer remat: without it the 4096 x 30 s step needs 320 GiB of temporaries per
         # v5p chip; with it 48.3 GiB on v5p-128 and 18.6 GiB on v6e-256 (docs/aot.md).
         model["remat"] = True
-    return setup.default_config("glm4_voice_tokenizer", tiny=arg.tiny, steps=steps, model=model)
+    return _base().base("glm4_voice_tokenizer", tiny=arg.tiny, steps=steps, model=model)
+
+
+def _base():
+    """configs/tokenizer_base.py: every default of the speech-tokenizer trainer."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return config_lib.load_config_module(os.path.join(here, "tokenizer_base.py"))

@@ -10,10 +10,11 @@ Command:
 Expected: LibriSpeech test-clean WER about 1.94 (paper Table 1); fill in after the first run.
 """
 
+import os
+
 import ml_collections as mlc
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -21,6 +22,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps = arg.steps or (2500 if arg.tiny else 58_600)  # see tokenizer_12hz.py
     # pooling x2 -> 25 Hz; log2(4096) = 12 bits -> 300 bps. Tiny: 256 codes (200 bps).
     model = dict(pooling_kernel=2, codebook_size=256 if arg.tiny else 4096)
-    return setup.default_config(
-        "glm4_voice_tokenizer_25hz", tiny=arg.tiny, steps=steps, model=model
-    )
+    return _base().base("glm4_voice_tokenizer_25hz", tiny=arg.tiny, steps=steps, model=model)
+
+
+def _base():
+    """configs/tokenizer_base.py: every default of the speech-tokenizer trainer."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return config_lib.load_config_module(os.path.join(here, "tokenizer_base.py"))

@@ -11,10 +11,11 @@ Command:
 Expected: fill in after the first run.
 """
 
+import os
+
 import ml_collections as mlc
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
@@ -22,6 +23,10 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     steps = arg.steps or (2500 if arg.tiny else 58_600)  # see tokenizer_12hz.py
     # pooling x8 -> 6.25 Hz; log2(65536) = 16 bits -> 100 bps. Tiny: 4096 codes (75 bps).
     model = dict(pooling_kernel=8, codebook_size=4096 if arg.tiny else 65536)
-    return setup.default_config(
-        "glm4_voice_tokenizer_6p25hz", tiny=arg.tiny, steps=steps, model=model
-    )
+    return _base().base("glm4_voice_tokenizer_6p25hz", tiny=arg.tiny, steps=steps, model=model)
+
+
+def _base():
+    """configs/tokenizer_base.py: every default of the speech-tokenizer trainer."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    return config_lib.load_config_module(os.path.join(here, "tokenizer_base.py"))

@@ -17,10 +17,12 @@ import ml_collections as mlc
 
 from glmvoice_jax import checkpoint, sharding
 from glmvoice_jax.data import token_layout
-from glmvoice_jax.models import glm
+from glmvoice_jax.models import glm, whisper_vq
 
 # GLMConfig fields a config may override (None = keep the preset's value).
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(glm.GLMConfig))
+# The same for the speech tokenizer's WhisperVQConfig.
+TOKENIZER_MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(whisper_vq.WhisperVQConfig))
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
@@ -112,15 +114,21 @@ def token_layout_of(config: mlc.ConfigDict) -> token_layout.TokenLayout:
     return token_layout.get(config.tokens.layout)
 
 
+def load_config_module(path: str):
+    """The module of a config file (configs are files loaded by path, not a package)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"config file {path} does not exist")
+    name = "_glmvoice_config_" + os.path.splitext(os.path.basename(path))[0]
+    mod_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(mod_spec)
+    mod_spec.loader.exec_module(module)
+    return module
+
+
 def load_config_file(spec: str) -> mlc.ConfigDict:
     """Loads ``path/to/config.py[:ARGS]`` the way ``--config`` does (used for pre-checks)."""
     path, _, arg = spec.partition(":")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"config file {path} does not exist")
-    mod_spec = importlib.util.spec_from_file_location("_glmvoice_config", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    return load_config_module(path).get_config(arg or None)
 
 
 def check_override_keys(config: mlc.ConfigDict, keys: Iterable[str]) -> None:
@@ -155,9 +163,7 @@ def validate(config: mlc.ConfigDict) -> None:
             raise ValueError(msg)
 
     if config.trainer == "speech_tokenizer":
-        from glmvoice_jax.trainers import speech_tokenizer_setup
-
-        speech_tokenizer_setup.validate(config)
+        validate_speech_tokenizer(config)
         return
     if config.trainer != "lm":
         raise ValueError(
@@ -224,3 +230,129 @@ def validate(config: mlc.ConfigDict) -> None:
             f"model.attention_chunk ({model_cfg.attention_chunk}) must divide input.seq_len "
             f"({inp.seq_len})",
         )
+
+
+# ---------------------------------------------------------------------------------------------
+# The speech tokenizer's model section and validation (configs/tokenizer_base.py builds the rest).
+
+
+def tokenizer_model_section(variant: str, **values: Any) -> mlc.ConfigDict:
+    """``config.model``: the preset name plus every WhisperVQConfig field as an optional override.
+
+    A field left None keeps the preset's value (so a None-valued field cannot be set from here).
+    """
+    unknown = set(values) - set(TOKENIZER_MODEL_FIELDS)
+    if unknown:
+        raise ValueError(
+            f"unknown WhisperVQConfig fields {sorted(unknown)}; known: {TOKENIZER_MODEL_FIELDS}"
+        )
+    section = {"variant": variant}
+    for name in TOKENIZER_MODEL_FIELDS:
+        kind = type(getattr(whisper_vq.VARIANTS["tiny"], name))
+        kind = float if kind is type(None) else kind  # the only None-default field is a float
+        section[name] = values.get(name, mlc.config_dict.placeholder(kind))
+    return mlc.ConfigDict(section)
+
+
+def tokenizer_model_config(config: mlc.ConfigDict) -> whisper_vq.WhisperVQConfig:
+    """The one place where ``config.model`` becomes the model's dataclass."""
+    variant = config.model.variant
+    if variant not in whisper_vq.VARIANTS:
+        raise ValueError(f"unknown model.variant {variant!r}; known: {sorted(whisper_vq.VARIANTS)}")
+    overrides = {
+        k: config.model[k] for k in TOKENIZER_MODEL_FIELDS if config.model.get(k) is not None
+    }
+    return dataclasses.replace(whisper_vq.VARIANTS[variant], **overrides)
+
+
+def validate_speech_tokenizer(config: mlc.ConfigDict) -> None:
+    """Checks what can be checked before tracing; every error names the field, value and fix."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    need(
+        config.trainer == "speech_tokenizer",
+        f"config.trainer is {config.trainer!r}; this validator is for 'speech_tokenizer'",
+    )
+    for key in ("total_steps", "log_every_steps"):
+        need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
+    need(
+        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
+    )
+    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    inp = config.input
+    need(inp.global_batch_size > 0, f"input.global_batch_size must be > 0: {inp.global_batch_size}")
+    need(
+        0 < inp.max_audio_secs <= 30,
+        f"input.max_audio_secs ({inp.max_audio_secs}) must be in (0, 30]: the encoder sees at "
+        "most one 30 s window",
+    )
+    need(inp.bucket_secs > 0, f"input.bucket_secs must be > 0, got {inp.bucket_secs}")
+    need(
+        bool(inp.espeak_corpus_dir) or (bool(inp.train_manifest) and bool(inp.heldout_manifest)),
+        "set input.espeak_corpus_dir, or both input.train_manifest and input.heldout_manifest",
+    )
+    need(
+        config.text.tokenizer in ("sentencepiece", "whisper"),
+        f"text.tokenizer must be 'sentencepiece' or 'whisper', got {config.text.tokenizer!r}",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size >= 300,
+            f"text.vocab_size ({config.text.vocab_size}) must be >= 300: the sentencepiece model "
+            "keeps 256 byte pieces and 4 control ids besides the characters",
+        )
+    model_cfg = tokenizer_model_config(config)  # raises on a bad variant / field value
+    need(
+        model_cfg.quantize_position is not None and model_cfg.num_decoder_layers > 0,
+        "the speech-tokenizer trainer needs a quantizer (model.quantize_position) and a decoder "
+        "(model.num_decoder_layers > 0)",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size <= model_cfg.vocab_size,
+            f"text.vocab_size ({config.text.vocab_size}) exceeds model.vocab_size "
+            f"({model_cfg.vocab_size}); make them equal",
+        )
+    need(
+        2 <= inp.max_text_tokens <= model_cfg.max_target_positions,
+        f"input.max_text_tokens ({inp.max_text_tokens}) must be in [2, "
+        f"max_target_positions={model_cfg.max_target_positions}]",
+    )
+    need(
+        config.evals.every_steps >= 0 and config.evals.batch_size > 0,
+        f"evals.every_steps ({config.evals.every_steps}) must be >= 0 (0 = off) and "
+        f"evals.batch_size ({config.evals.batch_size}) > 0",
+    )
+    need(
+        config.evals.max_new_tokens + 4 <= model_cfg.max_target_positions,
+        f"evals.max_new_tokens ({config.evals.max_new_tokens}) + the prefix must fit "
+        f"max_target_positions ({model_cfg.max_target_positions})",
+    )
+    init = config.vq.codebook_init
+    need(
+        init in ("data", "random") or str(init).endswith(".npy"),
+        f"vq.codebook_init must be 'data', 'random' or a .npy path, got {init!r}",
+    )
+    need(config.vq.usage_window_steps >= 1, "vq.usage_window_steps must be >= 1")
+    aug = config.augment
+    need(
+        min(aug.freq_masks, aug.freq_width, aug.time_masks, aug.time_width) >= 0
+        and 0.0 <= aug.time_frac <= 1.0,
+        f"augment counts and widths must be >= 0 and augment.time_frac in [0, 1]; got {aug}",
+    )
+    need(
+        0.0 <= config.loss.label_smoothing < 1.0,
+        f"loss.label_smoothing ({config.loss.label_smoothing}) must be in [0, 1)",
+    )
+    need(
+        config.schedule.decay in ("linear", "cosine", "constant"),
+        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
+    )
+    need(
+        config.metrics.on_nonfinite in ("raise", "skip"),
+        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
+    )
+    sharding.rules(config.axis_rules)  # raises with the known presets

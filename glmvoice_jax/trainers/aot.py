@@ -181,7 +181,7 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     mesh = sharding.make_mesh(config.mesh, devices)
     setup.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
     s = trainer.state_layout(config, mesh)
-    model_cfg = setup.model_config(config)
+    model_cfg = config_lib.tokenizer_model_config(config)
     gbs, max_text = config.input.global_batch_size, config.input.max_text_tokens
     # The widest bucket: every row max_audio_secs long (a multiple of the bucket unit).
     max_samples = int(config.input.max_audio_secs * audio.SAMPLE_RATE)

@@ -47,7 +47,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio, checkpoint, optim, sharding
+from glmvoice_jax import audio, checkpoint, config_lib, optim, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_asr
@@ -56,9 +56,6 @@ from glmvoice_jax.trainers import loop
 from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 TRAINER = "speech_tokenizer"
-validate = setup.validate
-model_config = setup.model_config
-model_section = setup.model_section
 
 
 # The LM trainer's non-finite check and stop flag (one definition of each for both trainers).
@@ -170,7 +167,7 @@ def make_eval_step(graphdef, model_cfg: WhisperVQConfig, text: setup.AsrText, ma
 
 def dry_run(config: mlc.ConfigDict) -> dict:
     """Shapes only: parameter count and per-device bytes of params + AdamW state on the mesh."""
-    model_cfg = model_config(config)
+    model_cfg = config_lib.tokenizer_model_config(config)
     mesh_cfg = dict(config.mesh)
     num = (
         jax.device_count()
@@ -228,7 +225,7 @@ class StateLayout:
 
 def state_layout(config: mlc.ConfigDict, mesh) -> StateLayout:
     """Abstract params and train state with their shardings under ``config.axis_rules``."""
-    model_cfg = setup.model_config(config)
+    model_cfg = config_lib.tokenizer_model_config(config)
 
     def make_model():
         return WhisperVQ(model_cfg, rngs=nnx.Rngs(config.seed))
@@ -263,9 +260,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Validate, workdir
     ####################################################################################
-    validate(config)
+    config_lib.validate_speech_tokenizer(config)
     loop.check_workdir(workdir)
-    model_cfg = model_config(config)
+    model_cfg = config_lib.tokenizer_model_config(config)
     is_main = jax.process_index() == 0
     if is_main:
         (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))

@@ -24,12 +24,12 @@ from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from glmvoice_jax import audio, checkpoint, sharding
+from glmvoice_jax import audio, checkpoint, config_lib
 from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.corpora import espeak_corpus
 from glmvoice_jax.data import text_tokenizer as text_tokenizer_lib
 from glmvoice_jax.evals.asr_metrics import normalize_text
-from glmvoice_jax.models.whisper_vq import VARIANTS, WhisperVQ, WhisperVQConfig
+from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
 
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(WhisperVQConfig))
 _QUANTIZER = "['encoder']['quantizer']"
@@ -37,124 +37,6 @@ _QUANTIZER = "['encoder']['quantizer']"
 
 # ---------------------------------------------------------------------------------------------
 # Config.
-
-
-def model_section(variant: str, **values: Any) -> mlc.ConfigDict:
-    """``config.model``: the preset name plus every WhisperVQConfig field as an optional override.
-
-    A field left None keeps the preset's value (so a None-valued field cannot be set from here).
-    """
-    unknown = set(values) - set(MODEL_FIELDS)
-    if unknown:
-        raise ValueError(f"unknown WhisperVQConfig fields {sorted(unknown)}; known: {MODEL_FIELDS}")
-    section = {"variant": variant}
-    for name in MODEL_FIELDS:
-        kind = type(getattr(VARIANTS["tiny"], name))
-        kind = float if kind is type(None) else kind  # the only None-default field is a float
-        section[name] = values.get(name, mlc.config_dict.placeholder(kind))
-    return mlc.ConfigDict(section)
-
-
-def model_config(config: mlc.ConfigDict) -> WhisperVQConfig:
-    """The one place where ``config.model`` becomes the model's dataclass."""
-    variant = config.model.variant
-    if variant not in VARIANTS:
-        raise ValueError(f"unknown model.variant {variant!r}; known: {sorted(VARIANTS)}")
-    overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
-    return dataclasses.replace(VARIANTS[variant], **overrides)
-
-
-def validate(config: mlc.ConfigDict) -> None:
-    """Checks what can be checked before tracing; every error names the field, value and fix."""
-
-    def need(cond: bool, msg: str) -> None:
-        if not cond:
-            raise ValueError(msg)
-
-    need(
-        config.trainer == "speech_tokenizer",
-        f"config.trainer is {config.trainer!r}; this validator is for 'speech_tokenizer'",
-    )
-    for key in ("total_steps", "log_every_steps"):
-        need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
-    need(
-        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
-    )
-    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
-    inp = config.input
-    need(inp.global_batch_size > 0, f"input.global_batch_size must be > 0: {inp.global_batch_size}")
-    need(
-        0 < inp.max_audio_secs <= 30,
-        f"input.max_audio_secs ({inp.max_audio_secs}) must be in (0, 30]: the encoder sees at "
-        "most one 30 s window",
-    )
-    need(inp.bucket_secs > 0, f"input.bucket_secs must be > 0, got {inp.bucket_secs}")
-    need(
-        bool(inp.espeak_corpus_dir) or (bool(inp.train_manifest) and bool(inp.heldout_manifest)),
-        "set input.espeak_corpus_dir, or both input.train_manifest and input.heldout_manifest",
-    )
-    need(
-        config.text.tokenizer in ("sentencepiece", "whisper"),
-        f"text.tokenizer must be 'sentencepiece' or 'whisper', got {config.text.tokenizer!r}",
-    )
-    if config.text.tokenizer == "sentencepiece":
-        need(
-            config.text.vocab_size >= 300,
-            f"text.vocab_size ({config.text.vocab_size}) must be >= 300: the sentencepiece model "
-            "keeps 256 byte pieces and 4 control ids besides the characters",
-        )
-    model_cfg = model_config(config)  # raises on a bad variant / field value
-    need(
-        model_cfg.quantize_position is not None and model_cfg.num_decoder_layers > 0,
-        "the speech-tokenizer trainer needs a quantizer (model.quantize_position) and a decoder "
-        "(model.num_decoder_layers > 0)",
-    )
-    if config.text.tokenizer == "sentencepiece":
-        need(
-            config.text.vocab_size <= model_cfg.vocab_size,
-            f"text.vocab_size ({config.text.vocab_size}) exceeds model.vocab_size "
-            f"({model_cfg.vocab_size}); make them equal",
-        )
-    need(
-        2 <= inp.max_text_tokens <= model_cfg.max_target_positions,
-        f"input.max_text_tokens ({inp.max_text_tokens}) must be in [2, "
-        f"max_target_positions={model_cfg.max_target_positions}]",
-    )
-    need(
-        config.evals.every_steps >= 0 and config.evals.batch_size > 0,
-        f"evals.every_steps ({config.evals.every_steps}) must be >= 0 (0 = off) and "
-        f"evals.batch_size ({config.evals.batch_size}) > 0",
-    )
-    need(
-        config.evals.max_new_tokens + 4 <= model_cfg.max_target_positions,
-        f"evals.max_new_tokens ({config.evals.max_new_tokens}) + the prefix must fit "
-        f"max_target_positions ({model_cfg.max_target_positions})",
-    )
-    init = config.vq.codebook_init
-    need(
-        init in ("data", "random") or str(init).endswith(".npy"),
-        f"vq.codebook_init must be 'data', 'random' or a .npy path, got {init!r}",
-    )
-    need(config.vq.usage_window_steps >= 1, "vq.usage_window_steps must be >= 1")
-    aug = config.augment
-    need(
-        min(aug.freq_masks, aug.freq_width, aug.time_masks, aug.time_width) >= 0
-        and 0.0 <= aug.time_frac <= 1.0,
-        f"augment counts and widths must be >= 0 and augment.time_frac in [0, 1]; got {aug}",
-    )
-    need(
-        0.0 <= config.loss.label_smoothing < 1.0,
-        f"loss.label_smoothing ({config.loss.label_smoothing}) must be in [0, 1)",
-    )
-    need(
-        config.schedule.decay in ("linear", "cosine", "constant"),
-        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
-    )
-    need(
-        config.metrics.on_nonfinite in ("raise", "skip"),
-        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
-    )
-    sharding.rules(config.axis_rules)  # raises with the known presets
 
 
 def check_batch_sizes(config: mlc.ConfigDict, dp: int) -> None:
@@ -290,7 +172,7 @@ def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str])
     else:
         prefix = tuple(tok.specials[t] for t in tok.prefix)
         eos = tok.specials[convert_whisper.WHISPER_EOS]
-    vocab = model_config(config).vocab_size
+    vocab = config_lib.tokenizer_model_config(config).vocab_size
     if tok.vocab_size > vocab:
         raise ValueError(
             f"the text tokenizer has {tok.vocab_size} ids but model.vocab_size is {vocab}; set "
@@ -426,7 +308,7 @@ def codebook_frames(config, graphdef, params, data_iter, to_global, features) ->
     replacement (glm4voice.md §12 #3). With fewer valid frames than codes, the rest are drawn
     again with a little noise (and a warning).
     """
-    cfg_model = model_config(config)
+    cfg_model = config_lib.tokenizer_model_config(config)
     if config.vq.codebook_init.endswith(".npy"):
         return np.load(config.vq.codebook_init)
 
@@ -511,106 +393,3 @@ def console_line(s: Mapping[str, float]) -> str:
     if "eval_cer" in s:
         line += f"  | held-out CER {100 * s['eval_cer']:.1f}%  WER {100 * s['eval_wer']:.1f}%"
     return line
-
-
-# ---------------------------------------------------------------------------------------------
-# The configs' shared body (configs/tokenizer_*.py fill in what differs per frame rate).
-
-# ``:tiny`` dims: the whole ASR model small enough to train on 2 CPU cores in minutes. Restarts
-# every 25 EMA steps: a dead code is one used < 0.99**interval times per step, and the reference's
-# 100-step interval (0.37 uses/step) assumes ~1.5M frames per step; a 16-utterance CPU batch has
-# ~560 frames, so codes drift away between rare restarts and the codebook collapses.
-# conv_init_std 0.3 (the rest keeps Whisper's 0.02) because the model starts from scratch: at the
-# quantizer, the variance of frames across positions (the sinusoid table) vs across utterances at
-# one position (the audio) is 26 : 0.02 with 0.02 everywhere, 827 : 1917 with conv_init_std 0.3
-# (espeak batch). With 0.02 the nearest code encodes the position (60% of ids equal at equal
-# positions across different utterances after 750 steps; 8% with a larger init). Initialised
-# from whisper-large-v3, the trained stem dominates and this does not arise.
-# vq_loss_scale 1 (commitment 0.25, the reference code's default) instead of the project's 40: a
-# commitment weight of 10 holds a from-scratch encoder at its initial, position-coding codes.
-TINY_MODEL = dict(
-    embed_dim=128, num_heads=4, mlp_dim=512, num_layers=4, pooling_position=2,
-    quantize_position=2, vocab_size=320, num_decoder_layers=2, num_decoder_heads=4,
-    decoder_mlp_dim=512, max_target_positions=96, restart_interval=25, conv_init_std=0.3,
-    vq_loss_scale=1.0,
-)  # fmt: skip
-
-
-def default_config(variant: str, *, tiny: bool, steps: int, model: Mapping) -> mlc.ConfigDict:
-    """Every field of a speech-tokenizer config; ``model`` = model.* overrides of the preset.
-
-    Full size follows glm4voice.md §2.9 and §12 #1-8: init from whisper-large-v3, its tokenizer,
-    4096 utterances per step, AdamW (0.9, 0.999, 1e-8, wd 0.01), 1% warm-up to 1e-5, linear
-    decay to 0. ``tiny`` trains from scratch on the espeak corpus with a sentencepiece vocabulary.
-    """
-    c = mlc.ConfigDict()
-    c.trainer = "speech_tokenizer"
-    c.seed = 0
-    c.total_steps = steps
-    c.log_every_steps = 25 if tiny else 50
-    # HF whisper-large-v3 directory (stock Whisper: every shared weight is copied), a released
-    # tokenizer directory, or an Orbax checkpoint of this trainer. Empty = from scratch.
-    c.init_from = ""
-    c.model = model_section(variant, **dict(TINY_MODEL if tiny else {}, **model))
-    c.text = dict(
-        tokenizer="sentencepiece" if tiny else "whisper",
-        vocab_size=TINY_MODEL["vocab_size"],  # sentencepiece only
-        normalize=tiny,  # lower case, letters/digits/apostrophes (asr_scoring.normalize_text)
-        whisper_dir="",  # tokenizer files of the Whisper checkpoint (default: init_from)
-    )
-    c.input = dict(
-        # The espeak-ng demo corpus, synthesised on first use (glmvoice_jax/corpora/espeak_corpus.py).
-        espeak_corpus_dir="{workdir}/espeak" if tiny else "",
-        # "grammar_6k": 6000 sentences over a 108-word grammar, one voice/speed/pitch each;
-        # held-out (every 10th) sentences are unseen combinations, and the first 64 (the evals)
-        # are those of "grammar" (its 1200 sentences, which the tiny model overfits by step
-        # 2500). "natural": 255 hand-written sentences (x3 voices), which a CPU-sized model
-        # memorises rather than generalises from.
-        espeak_sentences="grammar_6k",
-        espeak_variants_per_sentence=1,
-        espeak_max_sentences=0,  # 0 = all sentences
-        train_manifest="" if tiny else "{workdir}/asr/train.jsonl",  # {"id","audio","text"}
-        heldout_manifest="" if tiny else "{workdir}/asr/heldout.jsonl",
-        global_batch_size=16 if tiny else 4096,  # utterances (<= 30 s) per step, §12 #8
-        max_audio_secs=8.0 if tiny else 30.0,
-        bucket_secs=1.0 if tiny else 5.0,  # audio padded to multiples: one compile per bucket
-        bucket_window=8,  # batches sorted by length together
-        max_text_tokens=80 if tiny else 440,  # decoder positions (prefix + text)
-        num_threads=2 if tiny else 16,
-        prefetch_buffer_size=4,
-    )
-    c.vq = dict(
-        codebook_init="data",  # "data" (§12 #3), "random", or a .npy of shape [C, D]
-        init_batches=4,
-        usage_window_steps=100,  # codebook_usage = fraction of codes used in these steps
-    )
-    # SpecAugment on the log-mel inside the jitted step (speech_input.SpecAugment; Park et al.
-    # 2019), off by default. Full size: off, as the release (apply_spec_augment false, §2.1).
-    # Tiny: also off. With the 6k-sentence corpus the 2500-step model underfits rather than
-    # overfits, and 2 frequency (<= 27 bins) + 2 time (<= 20 frames, <= 10%) masks slowed it:
-    # held-out CER 66.7% vs 60.0% without, at step 1000 (configs/tokenizer_12hz.py). To try it:
-    # --config.augment.freq_masks=2 --config.augment.time_masks=2.
-    c.augment = dict(freq_masks=0, freq_width=27, time_masks=0, time_width=20, time_frac=0.1)
-    # Label smoothing of the ASR cross-entropy (Szegedy et al. 2016, arXiv:1512.00567, §7; the
-    # logged asr_loss is the plain one). Tiny: 0.1; held-out CER 24.2% vs 43.0% with 0 at step
-    # 2500 on the 6k corpus. Full size: 0 (the paper states none).
-    c.loss = dict(label_smoothing=0.1 if tiny else 0.0)
-    c.optim = dict(b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.01, grad_clip_norm=1.0)
-    c.schedule = (
-        dict(decay="cosine", warmup_steps=200, peak_lr=1e-3, end_lr=1e-4)
-        if tiny
-        else dict(decay="linear", warmup_steps=max(1, steps // 100), peak_lr=1e-5, end_lr=0.0)
-    )
-    c.mesh = dict(data=1, fsdp=-1, tensor=1)
-    c.axis_rules = "fsdp"
-    c.ckpt = dict(every_steps=250 if tiny else 1000, keep=3, async_save=True)
-    c.evals = dict(
-        every_steps=250 if tiny else 2000,
-        batch_size=16 if tiny else 256,
-        max_new_tokens=72 if tiny else 440,
-        max_utterances=64 if tiny else 1000,
-        num_print=3,
-    )
-    c.metrics = dict(on_nonfinite="raise", console=True)
-    c.debug = dict(sigkill_at_step=-1)
-    return c

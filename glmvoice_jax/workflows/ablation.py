@@ -261,7 +261,7 @@ class Sweep:
             evals = {}
         else:
             config = self.tokenizer_config(name)
-            cfg = speech_tokenizer_setup.model_config(config)
+            cfg = config_lib.tokenizer_model_config(config)
             ckpt = os.path.join(cell_dir, "tokenizer")
             self.log(f"[sweep]   {speech_tokenizer_setup.banner(config, cfg).splitlines()[0]}")
             speech_tokenizer.train(config, ckpt)

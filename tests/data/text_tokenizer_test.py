@@ -8,11 +8,12 @@ import shutil
 import pytest
 import regex
 
-from glmvoice_jax import checkpoint
+from glmvoice_jax import checkpoint, config_lib
 from glmvoice_jax.convert.glm import chatglm, glm_weights
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.inference import scoring
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 CORPUS = [
     "The quick brown fox jumps over the lazy dog. It's 12345 o'clock!\n",
@@ -166,7 +167,7 @@ def test_speech_tokenizer_text_side_and_workdir_on_gs(fake_gcs):
     from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
     loop.check_workdir("gs://bucket/run")
-    config = setup.default_config("glm4_voice_tokenizer", tiny=True, steps=1, model={})
+    config = config_lib.load_config_file(os.path.join(REPO, "configs", "tokenizer_12hz.py:tiny"))
     made = setup.text_side(config, "gs://bucket/run/checkpoints", CORPUS * 20)
     assert any(k.endswith("run/checkpoints/tokenizer/meta.json") for k in fake_gcs)
     loaded = setup.text_side(config, "gs://bucket/run/checkpoints", ["unused when resuming"])

@@ -87,7 +87,7 @@ def _metrics(workdir):
 @NEEDS_ESPEAK
 def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
     wd, src = str(tmp_path / "run"), str(tmp_path / "whisper")
-    cfg = st.model_config(_config())
+    cfg = config_lib.tokenizer_model_config(_config())
     tensors = _stock_whisper_dir(src, cfg)
     # The weight import on its own: shared weights copied, embed_positions2 = the first rows.
     mesh = sharding.make_mesh({"data": 8})
@@ -190,7 +190,7 @@ def _step_on(mesh_cfg, devices, cfg, config, batch):
 
 def test_ema_and_restart_on_data_parallel_mesh_equal_single_device():
     config = _config(**{"model.restart_interval": 1})
-    cfg = st.model_config(config)
+    cfg = config_lib.tokenizer_model_config(config)
     rng = np.random.default_rng(0)
     b, u = 8, 12
     lens = rng.integers(8000, 16000, size=b)
@@ -217,8 +217,8 @@ def test_ema_and_restart_on_data_parallel_mesh_equal_single_device():
 
 def test_validate_names_the_field():
     with pytest.raises(ValueError, match="input.max_audio_secs"):
-        st.validate(_config(**{"input.max_audio_secs": 40.0}))
+        config_lib.validate_speech_tokenizer(_config(**{"input.max_audio_secs": 40.0}))
     with pytest.raises(ValueError, match="text.vocab_size"):
-        st.validate(_config(**{"text.vocab_size": 100}))
+        config_lib.validate_speech_tokenizer(_config(**{"text.vocab_size": 100}))
     with pytest.raises(ValueError, match="'speech_tokenizer'"):
-        st.validate(_config(trainer="lm"))
+        config_lib.validate_speech_tokenizer(_config(trainer="lm"))
