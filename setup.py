@@ -9,10 +9,20 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["glmvoice_jax", "glmvoice_jax.*", "data_pipelines"]),
     python_requires=">=3.11",
     install_requires=[
-        "jax>=0.10.2",
-        "flax>=0.12.8",
+        # Capped below the next minor release: convert/io/orbax_stream.py writes Orbax's on-disk
+        # format by hand, and the tests ran with these versions.
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
         "optax>=0.2.8",
-        "orbax-checkpoint>=0.12.8",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        # Read / written directly by convert/io/orbax_stream.py (also an Orbax dependency).
+        "tensorstore>=0.1.86",
+        # etils.epath: local and gs:// paths through one API (metrics, checkpoints, tokenizers).
+        "etils[epath]>=1.15.0",
+        # bfloat16 / float8 numpy dtypes for the torch-free .pt reader.
+        "ml-dtypes>=0.7.0",
+        # The one progress bar of every long job (glmvoice_jax/progress.py).
+        "tqdm>=4.67",
         "grain>=0.2.18",
         "array-record>=0.8.6",
         "tensorflow-datasets>=4.9.10",
@@ -34,13 +44,15 @@ setuptools.setup(
         "regex>=2024.0",
         # jax.export (de)serialisation of the decoder artifact imports it; jax does not require it.
         "flatbuffers>=24.3",
-        "psutil>=5.9",
+        # The trainer prints `tensorboard --logdir WORKDIR/tensorboard`: this makes it work.
+        "tensorboard>=2.18",
     ],
     extras_require={
         "test": ["pytest>=9.0", "pytest-timeout>=2.3", "ruff>=0.17.0"],
         "dev": ["ruff>=0.17.0", "pytest>=9.0", "pytest-timeout>=2.3"],
         # Golden-fixture generation only; never needed to run or test.
-        "golden": ["torch>=2.13.0", "transformers>=4.46.3"],
+        # Pinned exactly: the versions the stored fixtures were made with (tests/fixtures/*/README.md).
+        "golden": ["torch==2.13.0", "transformers==4.46.3", "tokenizers==0.20.3"],
         "tpu": ["jax[tpu]==0.10.2"],
         "gcs": ["gcsfs>=2024.0"],
     },
