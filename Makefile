@@ -32,7 +32,7 @@ demo: $(STAMP) system-deps
 # $(ABLATE_WORKDIR)/report.md; rerunning resumes at the first unfinished stage.
 ABLATE_WORKDIR ?= runs/ablate
 ablate-demo: $(STAMP) system-deps
-	$(VENV)/bin/glmvoice-ablate --sweep configs/ablation_bitrates.py:tiny --workdir $(ABLATE_WORKDIR)
+	$(VENV)/bin/glmvoice-ablate --config configs/ablation_bitrates.py:tiny --workdir $(ABLATE_WORKDIR)
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest 

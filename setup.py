@@ -51,7 +51,8 @@ setuptools.setup(
         "test": ["pytest>=9.0", "pytest-timeout>=2.3", "ruff>=0.17.0"],
         "dev": ["ruff>=0.17.0", "pytest>=9.0", "pytest-timeout>=2.3"],
         # Golden-fixture generation only; never needed to run or test.
-        # Pinned exactly: the versions the stored fixtures were made with (tests/fixtures/*/README.md).
+        # Pinned exactly: the versions the stored fixtures were made with
+        # (tests/fixtures/*/README.md).
         "golden": ["torch==2.13.0", "transformers==4.46.3", "tokenizers==0.20.3"],
         "tpu": ["jax[tpu]==0.10.2"],
         "gcs": ["gcsfs>=2024.0"],

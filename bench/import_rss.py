@@ -82,13 +82,17 @@ def main() -> None:
     code = "import glmvoice_jax.cli.import_checkpoint, jax; jax.numpy.zeros(1).block_until_ready()"
     _, base = child(["-c", code])
     print(f"baseline (imports only): peak RSS {base / GB:.2f} GB")
-    secs, peak = child(["-m", "glmvoice_jax.cli.import_checkpoint", "--src", src, "--dst", ck])
+    secs, peak = child(
+        ["-m", "glmvoice_jax.cli.import_checkpoint", "--checkpoint", src, "--output", ck]
+    )
     print(
         f"import: {secs:.1f} s, peak RSS {peak / GB:.2f} GB "
         f"(goal <= 1 GB + largest = {(GB + largest) / GB:.2f} GB): "
         f"{'OK' if peak <= GB + largest else 'OVER'}"
     )
-    secs, peak_e = child(["-m", "glmvoice_jax.cli.export_checkpoint", "--src", ck, "--dst", back])
+    secs, peak_e = child(
+        ["-m", "glmvoice_jax.cli.export_checkpoint", "--checkpoint", ck, "--output", back]
+    )
     print(f"export: {secs:.1f} s, peak RSS {peak_e / GB:.2f} GB")
     a_st, b_st = safetensors_dir.SafetensorsDir(src), safetensors_dir.SafetensorsDir(back)
     assert sorted(a_st.keys()) == sorted(b_st.keys())

@@ -1,7 +1,8 @@
 r"""Input pipeline throughput per process: pre-tokenized shards -> mix -> pack -> batches.
 
 Writes (once) a synthetic four-kind corpus in the GLM-4-Voice layout with the record templates of
-glmvoice_jax/data/prompts.py and the document lengths the 9B plan assumes (configs/pretrain_mixture.py
+glmvoice_jax/data/prompts.py and the document lengths the 9B plan assumes
+(configs/pretrain_mixture.py
 MEAN_DOC_TOKENS, log-normal), many small shards per kind, then times
 ``input_pipeline.make_iterator`` exactly as the trainer builds it, plus its stages alone:
 

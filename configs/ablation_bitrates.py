@@ -7,22 +7,23 @@ audio, spoken StoryCloze, ASR/TTS through the LM). glmvoice_jax/workflows/ablati
 ``report.md`` / ``report.json`` / ``report.png`` land in the sweep workdir.
 
 Command (CPU demo, `make ablate-demo`):
-    glmvoice-ablate --sweep configs/ablation_bitrates.py:tiny --workdir runs/ablate
+    glmvoice-ablate --config configs/ablation_bitrates.py:tiny --workdir runs/ablate
 Hardware: 2 CPU cores. Expected: the report table of README "Bitrate ablation" (< 60 min).
 
 Command (pod scale; corpora from the data pipelines, tokenizers from whisper-large-v3):
-    glmvoice-ablate --sweep configs/ablation_bitrates.py --workdir /mnt/shared/ablate \
-        --sweep.corpus.train_manifest=/data/asr/train.jsonl \
-        --sweep.corpus.heldout_manifest=/data/asr/heldout.jsonl \
-        --sweep.tokenizer.overrides='("init_from=/data/whisper-large-v3",)'
+    glmvoice-ablate --config configs/ablation_bitrates.py --workdir /mnt/shared/ablate \
+        --config.corpus.train_manifest=/data/asr/train.jsonl \
+        --config.corpus.heldout_manifest=/data/asr/heldout.jsonl \
+        --config.tokenizer.overrides='("init_from=/data/whisper-large-v3",)'
 Expected: Table 1's trend (ASR error rises as the frame rate drops); fill in after the first run.
 
 Arguments (after ``:``, comma-separated): ``tiny``; ``tokenizer_steps=N`` and ``lm_steps=N``
 (0 = the defaults below); ``cells=6p25hz+50hz`` runs only those cells; ``sentences=grammar_6k``
-picks the bundled espeak-ng sentence set (glmvoice_jax/corpora/espeak_corpus.py). E.g. the tiny study at
+picks the bundled espeak-ng sentence set (glmvoice_jax/corpora/espeak_corpus.py). E.g. the tiny
+study at
 the tokenizer scale where the 12.5 Hz tokenizer reaches 24% CER (configs/tokenizer_12hz.py):
     glmvoice-ablate --workdir runs/ablate_2500 \
-        --sweep configs/ablation_bitrates.py:tiny,tokenizer_steps=2500,sentences=grammar_6k
+        --config configs/ablation_bitrates.py:tiny,tokenizer_steps=2500,sentences=grammar_6k
 Expected (2 CPU cores, 79 min): tokenizer CER 63.9 / 24.2 / 46.1 / 58.6% at 6.25 / 12.5 / 25 /
 50 Hz. The 25 and 50 Hz tokenizers are still converging at step 2500 (README "Bitrate ablation").
 

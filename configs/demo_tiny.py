@@ -8,7 +8,8 @@ real jobs (TFDS builders, a tiny speech tokenizer trained from scratch, glmvoice
 record jobs, the text-to-token model for the interleaved spans): glmvoice_jax/workflows/demo.py.
 Hardware: 2 CPU cores (1 JAX device). Measured: see README ("make demo").
 
-``:corpus=synthetic`` reads the three generated sources of glmvoice_jax/corpora/demo_corpus.py instead
+``:corpus=synthetic`` reads the three generated sources of glmvoice_jax/corpora/demo_corpus.py
+instead
 (text, speech, interleaved; seconds to make, used by the fast tests).
 
 The same code path as configs/glm4_voice_9b_pretrain.py: only sizes differ.

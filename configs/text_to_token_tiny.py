@@ -2,7 +2,8 @@ r"""The text-to-token model (glm4voice.md §7.2, §12 #12), tiny: text ids -> sp
 
 A GLM decoder trained with the canonical LM trainer on ``tts`` records (prompts.py: loss only on
 the speech tokens and <|end_of_audio|>), built from a speech corpus by
-``glmvoice_jax/corpora/speech_records.py --kind tts``. Sampled by glmvoice_jax/inference/sampling.py to synthesise
+``glmvoice_jax/corpora/speech_records.py --kind tts``. Sampled by
+glmvoice_jax/inference/sampling.py to synthesise
 the speech spans of interleaved documents (glmvoice_jax/corpora/interleave_records.py).
 
 Command:

@@ -58,7 +58,8 @@ def base(variant: str, *, tiny: bool, steps: int, model: Mapping) -> mlc.ConfigD
         whisper_dir="",  # tokenizer files of the Whisper checkpoint (default: init_from)
     )
     c.input = dict(
-        # The espeak-ng demo corpus, synthesised on first use (glmvoice_jax/corpora/espeak_corpus.py).
+        # The espeak-ng demo corpus, synthesised on first use
+        # (glmvoice_jax/corpora/espeak_corpus.py).
         espeak_corpus_dir="{workdir}/espeak" if tiny else "",
         # "grammar_6k": 6000 sentences over a 108-word grammar, one voice/speed/pitch each;
         # held-out (every 10th) sentences are unseen combinations, and the first 64 (the evals)

@@ -1,7 +1,8 @@
 r"""Deterministic toy corpus for the tiny CPU pre-training demo.
 
 The demo must run on a fresh clone with no downloads, so its data is generated here: three sources
-in the real record schema (``glmvoice_jax.data.records``) and the ``demo`` token layout (UTF-8 bytes as
+in the real record schema (``glmvoice_jax.data.records``) and the ``demo`` token layout (UTF-8
+bytes as
 text, 512 speech codes at offset 512, vocab 1024). Each source has structure a tiny model can learn
 in minutes, so the demo's loss visibly falls:
 

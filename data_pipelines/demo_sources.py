@@ -3,7 +3,8 @@ r"""The four demo sources (text, speech_only, asr + tts, interleaved) from a sma
 One call runs the real corpus jobs on demo-sized data, in the ``demo`` token layout (UTF-8 bytes
 as text, 512 speech codes):
 
-1. text documents: the bundled sentences (``glmvoice_jax/corpora/assets/sentences.txt``) grouped into
+1. text documents: the bundled sentences (``glmvoice_jax/corpora/assets/sentences.txt``) grouped
+into
    documents -> ``text_records`` -> ``OUT/text``;
 2. the speech tokens of the corpus (``glmvoice-tokenize`` output, ``{"id", "tokens"}``) ->
    ``speech_records`` -> ``OUT/speech_only``, ``OUT/asr``, ``OUT/tts`` (transcripts from the

@@ -1,4 +1,4 @@
-r"""Speech tokens -> ``speech``, ``asr`` or ``tts`` records (templates in glmvoice_jax/data/prompts.py).
+r"""Speech tokens -> ``speech``, ``asr`` or ``tts`` records (templates: data/prompts.py).
 
 Input: the speech tokenizer's output, JSONL lines ``{"id": str, "tokens": [codebook indices]}``
 (``glmvoice-tokenize``), and for ASR / TTS the transcripts: a manifest JSONL

@@ -91,7 +91,7 @@ def test_unknown_override_lists_near_names():
         capture_output=True,
         text=True,
     )
-    assert proc.returncode == 2
+    assert proc.returncode == 1
     assert "unknown config key 'ckpt.evry_steps'" in proc.stderr
     assert "ckpt.every_steps" in proc.stderr
 

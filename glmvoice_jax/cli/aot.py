@@ -1,7 +1,7 @@
 r"""glmvoice-aot: compile the real sharded train step for a TPU topology on a CPU-only machine.
 
     glmvoice-aot --config configs/NAME.py[:ARGS] --topology v5p-128 [--config.a.b=V ...]
-        [--mfu 0.45] [--json OUT.json]
+        [--mfu 0.45] [--output OUT.json]
 
 The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``aot_steps.STEPS``: the LM
 trainer's ``lm.jit_train_step``, or the speech-tokenizer trainer's step at its widest audio
@@ -26,16 +26,20 @@ import os
 import re
 import sys
 import time
+from typing import TYPE_CHECKING
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from glmvoice_jax.trainers import aot as aot_steps
+from glmvoice_jax.cli import doors
+
+if TYPE_CHECKING:  # the real import waits for run() to set up JAX's environment
+    from glmvoice_jax.trainers import aot as aot_steps
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
 _TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p-128, v6e-256, 2xv6e-256, cpu.")
 _MFU = flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilisation for the implied step time.")
-_JSON = flags.DEFINE_string("json", None, "Also write the report as JSON here.")
+_OUTPUT = flags.DEFINE_string("output", None, "Also write the report as JSON here.")
 _BENCH = flags.DEFINE_integer(
     "benchmark_steps", 0, "--topology cpu only: run this many timed steps after one warm-up."
 )
@@ -232,9 +236,11 @@ def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
 
     Returns the numbers as a dict (``format_report`` prints it).
     """
+    # Imported here, not at the top: run() sets JAX's environment first (jax reads it on import).
     import jax
 
     from glmvoice_jax import config_lib, metrics
+    from glmvoice_jax.trainers import aot as aot_steps
 
     config_lib.validate(config)
     if benchmark_steps and topology != "cpu":
@@ -332,15 +338,15 @@ def main(argv) -> None:
     del argv
     report_ = report(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _BENCH.value)
     print(format_report(report_), flush=True)
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
+    if _OUTPUT.value:
+        with open(_OUTPUT.value, "w") as f:
             json.dump(report_, f, indent=2)
     if not report_["fits"]:
         sys.exit(1)  # a pre-flight check: a step that does not fit fails the command
 
 
 def run() -> None:
-    flags.mark_flags_as_required(["config", "topology"])
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
     # Compiling for a topology needs libtpu but no TPU: keep JAX's runtime on the CPU and stop
     # libtpu from probing for TPU hosts (jax_stack_notes.md §9.3).
     topology = ""
@@ -349,20 +355,19 @@ def run() -> None:
             topology = a.split("=", 1)[1]
         elif a == "--topology" and i + 1 < len(sys.argv):
             topology = sys.argv[i + 1]
-    if topology != "cpu":
+    if topology not in ("", "cpu"):
         if importlib.util.find_spec("libtpu") is None:
-            sys.stderr.write(
-                "glmvoice-aot: compiling for a TPU topology needs libtpu; install it with "
-                "pip install 'glmvoice_jax[tpu]' (or pass --topology cpu)\n"
+            doors.fail(
+                "compiling for a TPU topology needs libtpu; install it with "
+                "pip install 'glmvoice_jax[tpu]' (or pass --topology cpu)"
             )
-            sys.exit(2)
         os.environ.setdefault("JAX_PLATFORMS", "cpu")
         os.environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
         os.environ.setdefault("TPU_ACCELERATOR_TYPE", "v5p-8")
         # AOT never opens a TPU, so it need not hold libtpu's one-process lock (another JAX
         # process on this machine may have taken it just by probing for TPUs).
         os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    app.run(main)
+    doors.run(main, __doc__, required=("config", "topology"))
 
 
 if __name__ == "__main__":

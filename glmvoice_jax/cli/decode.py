@@ -1,7 +1,7 @@
 r"""glmvoice-decode: speech tokens -> 22.05 kHz waveforms with the GLM-4-Voice speech decoder.
 
 Usage:
-    glmvoice-decode --checkpoint CKPT --input TOKENS.jsonl --output_dir DIR \
+    glmvoice-decode --checkpoint CKPT --input TOKENS.jsonl --output DIR \
         [--noise zeros] [--save_mel] [--streaming]
 
 CKPT: a decoder checkpoint made by glmvoice-import (manager root or step dir) or, for
@@ -30,6 +30,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.inference import speech_decoding
 
@@ -42,7 +43,7 @@ flags.DEFINE_string(
     flag_values=FLAGS,
 )
 flags.DEFINE_string("input", None, 'TOKENS.jsonl: lines {"id", "tokens"}.', flag_values=FLAGS)
-flags.DEFINE_string("output_dir", None, "Directory for <id>.wav (created).", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "Directory for <id>.wav (created).", flag_values=FLAGS)
 flags.DEFINE_enum(
     "noise",
     "random",
@@ -64,9 +65,7 @@ def main(argv: Sequence[str]) -> speech_decoding.Report:
     """Parses ``argv`` (program name first) and decodes. Usage errors raise; bad lines do not."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("checkpoint", "input", "output_dir"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "input", "output"))
     model = decoder_checkpoint.load_any(FLAGS.checkpoint)
 
     def log(text: str) -> None:
@@ -75,7 +74,7 @@ def main(argv: Sequence[str]) -> speech_decoding.Report:
     report = speech_decoding.decode_file(
         model,
         FLAGS.input,
-        FLAGS.output_dir,
+        FLAGS.output,
         noise=FLAGS.noise,
         seed=FLAGS.seed,
         save_mel=FLAGS.save_mel,
@@ -87,14 +86,12 @@ def main(argv: Sequence[str]) -> speech_decoding.Report:
 
 
 def run() -> None:
-    """Console-script entry point: exit 0 all decoded, 2 some lines skipped, 1 usage error."""
-    try:
-        report = main(sys.argv)
-    except (flags.Error, FileExistsError, FileNotFoundError, ValueError) as e:
-        print(f"glmvoice-decode: error: {e}", file=sys.stderr)
-        sys.exit(1)
-    if report.errors:
-        sys.exit(EXIT_SOME_LINES_FAILED)
+    """Console-script entry point: exit 0 all decoded, 2 some lines skipped, 1 user error."""
+    doors.run(
+        lambda argv: EXIT_SOME_LINES_FAILED if main(argv).errors else 0,
+        __doc__,
+        flag_values=FLAGS,
+    )
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Usage:
 
 Tasks:
   story_cloze  spoken StoryCloze-style likelihood choice between a correct and a wrong ending
-               (glmvoice_jax/evals/story_cloze.py, docs/eval.md). ``--items`` defaults to the bundled
+               (glmvoice_jax/evals/story_cloze.py, docs/eval.md). ``--items`` defaults to the
+               bundled
                demo set; s2s / s2t need ``--speech_tokenizer``.
 
 Prints a table of accuracies; ``--output`` writes the summary as JSON and, unless ``--per_item``
@@ -18,11 +19,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from collections.abc import Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.evals import story_cloze
 
 TASKS = ("story_cloze",)
@@ -71,8 +72,7 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and runs the task. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    if not FLAGS.checkpoint:
-        raise flags.IllegalFlagValueError("--checkpoint is required")
+    doors.require(FLAGS, ("checkpoint",))
     if FLAGS.max_items is not None and FLAGS.max_items < 1:
         raise flags.IllegalFlagValueError(f"--max_items must be >= 1, got {FLAGS.max_items}")
     per_item = FLAGS.per_item
@@ -100,12 +100,8 @@ def main(argv: Sequence[str]) -> dict:
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (flags.Error, FileNotFoundError, ValueError) as e:
-        print(f"glmvoice-eval: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

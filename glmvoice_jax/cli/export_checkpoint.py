@@ -1,7 +1,8 @@
 r"""glmvoice-export: write a project GLM checkpoint as a Hugging Face directory.
 
 Usage:
-    glmvoice-export --src CKPT --dst HF_DIR [--format chatglm|transformers] [--dtype bfloat16]
+    glmvoice-export --checkpoint CKPT --output HF_DIR [--format chatglm|transformers] [--dtype
+    bfloat16]
 
 Writes safetensors (a single ``model.safetensors``, or 5 GB shards plus
 ``model.safetensors.index.json``), a ``config.json`` the reference code loads (chatglm: THUDM's
@@ -11,19 +12,21 @@ checkpoint carries. A checkpoint imported from HF exports back to identical tens
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
 from glmvoice_jax.convert.io import safetensors_dir
 
 FORMATS = {"chatglm": chatglm.FORMAT, "transformers": hf_glm.FORMAT}
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("src", None, "Checkpoint (manager root or step directory).", flag_values=FLAGS)
-flags.DEFINE_string("dst", None, "HF directory to create.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "checkpoint", None, "Checkpoint (manager root or step directory).", flag_values=FLAGS
+)
+flags.DEFINE_string("output", None, "HF directory to create.", flag_values=FLAGS)
 flags.DEFINE_enum("format", "chatglm", list(FORMATS), "Target layout.", flag_values=FLAGS)
 flags.DEFINE_enum(
     "dtype",
@@ -44,28 +47,21 @@ def main(argv: Sequence[str]) -> list[str]:
     """Parses ``argv`` (program name first) and exports. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("src", "dst"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "output"))
     files = glm_weights.export_glm(
-        FLAGS.src,
-        FLAGS.dst,
+        FLAGS.checkpoint,
+        FLAGS.output,
         FORMATS[FLAGS.format],
         dtype=FLAGS.dtype,
         max_shard_bytes=FLAGS.max_shard_bytes,
     )
-    print(f"exported {FLAGS.src} -> {FLAGS.dst} ({FLAGS.format}): {', '.join(files)}")
+    print(f"exported {FLAGS.checkpoint} -> {FLAGS.output} ({FLAGS.format}): {', '.join(files)}")
     return files
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (flags.Error, FileExistsError, FileNotFoundError, KeyError, ValueError) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"glmvoice-export: error: {msg}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import jax
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.models.speech_decoder import export
 from glmvoice_jax.models.speech_decoder.layers import frames_per_token
@@ -50,9 +51,7 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first), exports, and returns the description written."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("checkpoint", "output"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "output"))
     out = os.path.abspath(FLAGS.output)
     if not os.path.isdir(os.path.dirname(out)):
         raise FileNotFoundError(f"--output {out}: directory {os.path.dirname(out)} does not exist")
@@ -93,12 +92,8 @@ def main(argv: Sequence[str]) -> dict:
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (flags.Error, FileNotFoundError, ValueError) as e:
-        print(f"glmvoice-export-decoder: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,15 @@
 r"""glmvoice-import: convert a released checkpoint directory into a project checkpoint.
 
 Usage:
-    glmvoice-import --src HF_DIR --dst CKPT_DIR [--add_speech_tokens 16384] [--param_dtype bfloat16]
+    glmvoice-import --checkpoint HF_DIR --output CKPT_DIR [--add_speech_tokens 16384] [--dtype
+    bfloat16]
 
 The source kind is detected from ``config.json`` ``architectures`` (house_style.md §12):
 ChatGLM* -> chatglm layout, GlmForCausalLM -> transformers layout, WhisperVQEncoder (the
 GLM-4-Voice tokenizer release), WhisperVQForConditionalGeneration and
 WhisperForConditionalGeneration -> convert/whisper_import.py; a directory with config.yaml,
 flow.pt and hift.pt is the speech decoder. The result is a weight-only Orbax checkpoint at step 0
-(params + meta, plus the tokenizer files when the source has them), assembled next to --dst and
+(params + meta, plus the tokenizer files when the source has them), assembled next to --output and
 renamed into place at the end.
 """
 
@@ -16,19 +17,21 @@ from __future__ import annotations
 
 import functools
 import os
-import sys
 from collections.abc import Callable, Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
 from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.convert.whisper import hf_whisper, whisper_import
 
 FLAGS = flags.FlagValues()
-flags.DEFINE_string("src", None, "Source directory (config.json + safetensors).", flag_values=FLAGS)
-flags.DEFINE_string("dst", None, "Checkpoint directory to create.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "checkpoint", None, "Source directory (config.json + safetensors).", flag_values=FLAGS
+)
+flags.DEFINE_string("output", None, "Checkpoint directory to create.", flag_values=FLAGS)
 flags.DEFINE_integer(
     "add_speech_tokens",
     0,
@@ -37,7 +40,7 @@ flags.DEFINE_integer(
     flag_values=FLAGS,
 )
 flags.DEFINE_enum(
-    "param_dtype",
+    "dtype",
     None,
     ["float32", "bfloat16", "float16"],
     "Stored parameter dtype (default: the source dtype; GLM and Whisper checkpoints only).",
@@ -63,8 +66,8 @@ def _import_decoder(src, dst, *, add_speech_tokens=0, param_dtype=None, seed=0) 
     del seed
     if add_speech_tokens or param_dtype not in (None, "float32"):
         raise ValueError(
-            f"{src} is a speech-decoder directory: --add_speech_tokens and --param_dtype apply to "
-            "GLM checkpoints only (--param_dtype also to Whisper ones); drop them"
+            f"{src} is a speech-decoder directory: --add_speech_tokens and --dtype apply to "
+            "GLM checkpoints only (--dtype also to Whisper ones); drop them"
         )
     return decoder_checkpoint.import_decoder(src, dst)
 
@@ -80,13 +83,14 @@ def detect(src: str) -> str:
       FileNotFoundError / ValueError: naming the directory or file and what was expected.
     """
     if not os.path.isdir(src):
-        raise FileNotFoundError(f"--src {src} is not a directory")
+        raise FileNotFoundError(f"--checkpoint {src} is not a directory")
     cfg_path = os.path.join(src, safetensors_dir.CONFIG_FILE)
     if not os.path.exists(cfg_path):
         if all(os.path.exists(os.path.join(src, f)) for f in DECODER_FILES):
             return "decoder"
         raise FileNotFoundError(
-            f"{cfg_path} does not exist; --src must be a checkpoint directory with config.json "
+            f"{cfg_path} does not exist; --checkpoint must be a checkpoint directory with "
+            "config.json "
             f"(or a decoder directory with {', '.join(DECODER_FILES)})"
         )
     arch = safetensors_dir.read_json(cfg_path).get("architectures")
@@ -114,45 +118,32 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and imports. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("src", "dst"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "output"))
     meta = import_checkpoint(
-        FLAGS.src,
-        FLAGS.dst,
+        FLAGS.checkpoint,
+        FLAGS.output,
         add_speech_tokens=FLAGS.add_speech_tokens,
-        param_dtype=FLAGS.param_dtype,
+        param_dtype=FLAGS.dtype,
         seed=FLAGS.seed,
     )
     m = meta["model"]
     if meta["model_class"] == "GLMConfig":
         print(
-            f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']} {m['num_layers']} "
+            f"imported {FLAGS.checkpoint} -> {FLAGS.output}: {meta['model_class']} "
+            f"{m['num_layers']} "
             f"layers, d={m['embed_dim']}, vocab {m['vocab_size']}, {m['param_dtype']}, token "
             f"layout {meta['token_layout']['name']}"
         )
     elif meta["model_class"] == "WhisperVQConfig":
-        print(f"imported {FLAGS.src} -> {FLAGS.dst}: {whisper_import.describe(meta)}")
+        print(f"imported {FLAGS.checkpoint} -> {FLAGS.output}: {whisper_import.describe(meta)}")
     else:
-        print(f"imported {FLAGS.src} -> {FLAGS.dst}: {meta['model_class']}")
+        print(f"imported {FLAGS.checkpoint} -> {FLAGS.output}: {meta['model_class']}")
     return meta
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (
-        flags.Error,
-        FileExistsError,
-        FileNotFoundError,
-        KeyError,
-        ValueError,
-        NotImplementedError,
-    ) as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"glmvoice-import: error: {msg}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

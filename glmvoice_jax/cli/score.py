@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.inference import scoring
 
 FLAGS = flags.FlagValues()
@@ -39,9 +40,7 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and scores. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("checkpoint", "input", "output"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "input", "output"))
     stats = scoring.score_file(
         FLAGS.checkpoint,
         FLAGS.input,
@@ -60,12 +59,8 @@ def main(argv: Sequence[str]) -> dict:
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (flags.Error, FileNotFoundError, ValueError) as e:
-        print(f"glmvoice-score: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

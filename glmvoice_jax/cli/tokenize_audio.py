@@ -21,6 +21,8 @@ from collections.abc import Sequence
 
 from absl import flags
 
+from glmvoice_jax.cli import doors
+
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
     "checkpoint", None, "Tokenizer checkpoint (Orbax or HF dir).", flag_values=FLAGS
@@ -50,9 +52,7 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and tokenizes. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    for name in ("checkpoint", "input", "output"):
-        if not FLAGS[name].value:
-            raise flags.IllegalFlagValueError(f"--{name} is required")
+    doors.require(FLAGS, ("checkpoint", "input", "output"))
     if FLAGS.files_per_part < 1 or FLAGS.batch_size < 1:
         raise flags.IllegalFlagValueError("--files_per_part and --batch_size must be >= 1")
     import jax
@@ -86,12 +86,8 @@ def main(argv: Sequence[str]) -> dict:
 
 
 def run() -> None:
-    """Console-script entry point: user errors exit 1 with one line on stderr."""
-    try:
-        main(sys.argv)
-    except (flags.Error, FileNotFoundError, ValueError) as e:
-        print(f"glmvoice-tokenize: error: {e}", file=sys.stderr)
-        sys.exit(1)
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    doors.run(main, __doc__, flag_values=FLAGS)
 
 
 if __name__ == "__main__":

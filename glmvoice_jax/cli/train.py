@@ -17,8 +17,11 @@ import os
 import sys
 import traceback
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
+
+from glmvoice_jax import errors
+from glmvoice_jax.cli import doors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, logs and metrics go.")
@@ -73,13 +76,12 @@ def main(argv) -> None:
     # One CLI for every trainer, dispatched on config.trainer through an explicit table.
     trainers = {"lm": lm, "speech_tokenizer": speech_tokenizer}
     if config.trainer not in trainers:
-        raise app.UsageError(f"config.trainer {config.trainer!r}; known: {sorted(trainers)}")
+        raise errors.UserError(f"config.trainer {config.trainer!r}; known: {sorted(trainers)}")
     trainer = trainers[config.trainer]
     if _DRY_RUN.value:
         trainer.dry_run(config)
         return
-    if not _WORKDIR.value:
-        raise app.UsageError("--workdir is required")
+    doors.require(flags.FLAGS, ("workdir",))
     if plan.multi_process:
         print(distributed.describe(), flush=True)
     try:
@@ -121,14 +123,13 @@ def _precheck(argv: list[str]) -> None:
         config = config_lib.load_config_file(spec)
         config_lib.check_override_keys(config, keys)
     except (ValueError, FileNotFoundError) as e:
-        sys.stderr.write(f"glmvoice-train: {e}\n")
-        sys.exit(2)
+        doors.fail(str(e))
 
 
 def run() -> None:
+    """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
     _precheck(sys.argv[1:])
-    flags.mark_flags_as_required(["config"])
-    app.run(main)
+    doors.run(main, __doc__, required=("config",))
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ Inputs, all read by index ranges so a job shard touches only its own block:
 (reason, detail) pair for an input that cannot be parsed (undecodable bytes, bad JSON).
 
 Text tokenizers: ``load_tokenizer("bytes")`` is the demo layout's UTF-8 byte vocabulary;
-a path loads GLM-4's tiktoken file or a SentencePiece model through ``glmvoice_jax.data.text_tokenizer``.
+a path loads GLM-4's tiktoken file or a SentencePiece model through
+``glmvoice_jax.data.text_tokenizer``.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Speech synthesis with espeak-ng + sox: the one place both speech makers call.
 
-glmvoice_jax/corpora/espeak_corpus.py (the demo / tokenizer corpus) and glmvoice_jax/evals/story_cloze.py
+glmvoice_jax/corpora/espeak_corpus.py (the demo / tokenizer corpus) and
+glmvoice_jax/evals/story_cloze.py
 (the spoken StoryCloze items) speak text with the same two commands: espeak-ng writes 22.05 kHz
 audio, and ``sox -R -D`` (repeatable, no dither, so the output is bit-identical on every run)
 resamples it to 16 kHz mono 16-bit PCM, the tokenizer's input format.

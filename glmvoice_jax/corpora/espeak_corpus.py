@@ -102,7 +102,7 @@ def plan(
 
 
 def _synthesise(utt: dict, path: str) -> float:
-    """Speaks one planned utterance into ``path`` (glmvoice_jax/corpora/espeak.py); returns seconds."""
+    """Speaks one planned utterance into ``path`` (corpora/espeak.py); returns its seconds."""
     espeak.synthesize(utt["text"], path, utt["speaker"], utt["speed_wpm"], utt["pitch"])
     return soundfile.info(path).duration
 

@@ -1,4 +1,4 @@
-r"""The demo item set of the StoryCloze-style eval (glmvoice_jax/evals/story_cloze.py, docs/eval.md).
+r"""The demo item set of the StoryCloze-style eval (evals/story_cloze.py, docs/eval.md).
 
 Short templated stories over the words of the bundled espeak-ng sentences
 (``assets/grammar_sentences.txt``, ``assets/sentences.txt``), so a tiny LM pretrained on the demo

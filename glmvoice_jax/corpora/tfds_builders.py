@@ -22,7 +22,8 @@ undecodable text, duplicate ids), one ``{"id", "reason", "detail"}`` per line.
 
 Build offline with ``build(...)`` or ``python -m data_pipelines.build_tfds``; read with
 ``tfds.builder_from_directory(DATA_DIR/NAME/1.0.0).as_data_source(split)`` or
-``glmvoice_jax.corpora.corpus_io.open_corpus``. TFDS writes each dataset in one process; rebuilding an
+``glmvoice_jax.corpora.corpus_io.open_corpus``. TFDS writes each dataset in one process; rebuilding
+an
 existing version is a no-op, and a build killed midway leaves only an ``incomplete.*`` folder
 that the next build ignores.
 """

@@ -141,7 +141,8 @@ def read_items(path: str, max_items: int | None = None) -> list[Item]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Speech synthesis (glmvoice_jax/corpora/espeak.py, the commands of the demo corpus), cached by content.
+# Speech synthesis (glmvoice_jax/corpora/espeak.py, the commands of the demo corpus), cached by
+# content.
 
 
 def synthesis_path(text: str, cache_dir: str, voice: tuple[str, int, int] = ESPEAK_VOICE) -> str:

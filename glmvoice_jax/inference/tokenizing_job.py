@@ -4,7 +4,8 @@ Inputs (``list_inputs``): one audio file, a directory (searched recursively for 
 a manifest JSONL ``{"id", "audio"}`` (relative audio paths are taken from the manifest's folder).
 
 Work is cut into output *parts* of ``files_per_part`` consecutive inputs; process p of P does the
-parts i with i % P == p, each on its local devices (``speech_tokenization.local_mesh``: every batch of
+parts i with i % P == p, each on its local devices (``speech_tokenization.local_mesh``: every batch
+of
 30 s windows, bucketed by length, is split over them). A part is written to a temporary name and
 renamed when complete, so a rerun skips finished parts and redoes only the rest (resumable).
 Unreadable, empty, NaN/Inf or silent audio is skipped and listed with the reason in an errors

@@ -1,7 +1,8 @@
 """The train steps that glmvoice-aot compiles: each trainer's jitted step with abstract inputs.
 
 One builder per ``config.trainer`` (``STEPS``); glmvoice-aot imports this module only after it
-has set up its environment (JAX reads JAX_PLATFORMS when it is imported). Each returns an ``AotStep``: the step jitted with
+has set up its environment (JAX reads JAX_PLATFORMS when it is imported). Each returns an
+``AotStep``: the step jitted with
 the shardings its trainer uses, ShapeDtypeStructs placed on the target mesh, the model FLOPs of
 one step, and a way to build concrete inputs for a CPU benchmark.
 

@@ -3,7 +3,8 @@ r"""The four demo sources (text, speech_only, asr + tts, interleaved) from a sma
 One call runs the real corpus jobs on demo-sized data, in the ``demo`` token layout (UTF-8 bytes
 as text, 512 speech codes):
 
-1. text documents: the bundled sentences (``glmvoice_jax/corpora/assets/sentences.txt``) grouped into
+1. text documents: the bundled sentences (``glmvoice_jax/corpora/assets/sentences.txt``) grouped
+into
    documents -> ``text_records`` -> ``OUT/text``;
 2. the speech tokens of the corpus (``glmvoice-tokenize`` output, ``{"id", "tokens"}``) ->
    ``speech_records`` -> ``OUT/speech_only``, ``OUT/asr``, ``OUT/tts`` (transcripts from the
@@ -40,7 +41,8 @@ LAYOUT = "demo"
 # How the interleaving job samples the tiny text-to-token model (speech tokens per text byte: the
 # espeak corpus at 12.5 Hz has ~0.8, so 3 per byte + 8 bounds every span).
 T2T_SAMPLING = sampling.SamplingConfig(max_len_ratio=3.0, max_len_extra=8, batch_size=64)
-# The bundled sentences (glmvoice_jax/corpora/assets/sentences.txt, as the espeak-ng corpus reads them).
+# The bundled sentences (glmvoice_jax/corpora/assets/sentences.txt, as the espeak-ng corpus reads
+# them).
 read_sentences = espeak_corpus.read_sentences
 
 

@@ -140,7 +140,7 @@ needs_libtpu = pytest.mark.skipif(
 def _aot_cli(tmp_path, config, overrides):
     out = tmp_path / "r.json"
     args = [sys.executable, "-m", "glmvoice_jax.cli.aot", f"--config={config}", "--topology=v5p-8"]
-    args += [f"--config.{k}={v}" for k, v in overrides.items()] + [f"--json={out}"]
+    args += [f"--config.{k}={v}" for k, v in overrides.items()] + [f"--output={out}"]
     proc = subprocess.run(
         args, capture_output=True, text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu")
     )

@@ -53,7 +53,7 @@ def test_decode_writes_wav_and_mel_and_skips_bad_lines(ckpt, tmp_path, capsys):
         ],
     )
     out = tmp_path / "out"
-    argv = ["glmvoice-decode", "--checkpoint", ckpt, "--input", src, "--output_dir", str(out)]
+    argv = ["glmvoice-decode", "--checkpoint", ckpt, "--input", src, "--output", str(out)]
     report = decode.main(argv + ["--noise", "zeros", "--save_mel"])
 
     assert [r.id for r in report.results] == ["vtok2_n18", "other"]
@@ -86,7 +86,7 @@ def test_decode_writes_wav_and_mel_and_skips_bad_lines(ckpt, tmp_path, capsys):
     # The console script on the release directory itself: same audio, exit status 2.
     out2 = tmp_path / "out2"
     argv2 = ["glmvoice-decode", "--checkpoint", FIXTURES, "--input", src]
-    monkey_argv = argv2 + ["--output_dir", str(out2), "--noise", "zeros", "--noprogress"]
+    monkey_argv = argv2 + ["--output", str(out2), "--noise", "zeros", "--noprogress"]
     old_argv, sys.argv = sys.argv, monkey_argv
     try:
         with pytest.raises(SystemExit) as exit_info:
@@ -101,7 +101,7 @@ def test_streaming_reproduces_the_reference_chunks_and_reports_latency(ckpt, tmp
     utt = UTTS["vtok0_n40"]
     src = _write_lines(tmp_path / "tokens.jsonl", [json.dumps(utt)])
     out = tmp_path / "out"
-    argv = ["glmvoice-decode", "--checkpoint", ckpt, "--input", src, "--output_dir", str(out)]
+    argv = ["glmvoice-decode", "--checkpoint", ckpt, "--input", src, "--output", str(out)]
     report = decode.main(argv + ["--noise", "zeros", "--streaming", "--save_mel"])
 
     (result,) = report.results
@@ -121,13 +121,13 @@ def test_streaming_reproduces_the_reference_chunks_and_reports_latency(ckpt, tmp
 def test_usage_errors_exit_1(tmp_path, capsys):
     src = _write_lines(tmp_path / "t.jsonl", [json.dumps(UTTS["vtok2_n18"])])
     cases = [
-        (["--checkpoint", FIXTURES, "--output_dir", str(tmp_path)], "--input is required"),
+        (["--checkpoint", FIXTURES, "--output", str(tmp_path)], "missing required flag --input"),
         (
-            ["--checkpoint", str(tmp_path / "nope"), "--input", src, "--output_dir", str(tmp_path)],
+            ["--checkpoint", str(tmp_path / "nope"), "--input", src, "--output", str(tmp_path)],
             "does not exist",
         ),
         (
-            ["--checkpoint", FIXTURES, "--input", str(tmp_path / "no.jsonl"), "--output_dir", "x"],
+            ["--checkpoint", FIXTURES, "--input", str(tmp_path / "no.jsonl"), "--output", "x"],
             "--input",
         ),
     ]

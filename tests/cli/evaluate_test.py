@@ -36,7 +36,7 @@ def test_text_mode_on_the_demo_items(lm, tmp_path, capsys):
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([], "--checkpoint is required"),
+        ([], "missing required flag --checkpoint"),
         (["--checkpoint", "CKPT", "--modes", "s2s,x2y"], "must be a non-empty subset"),
         (["--checkpoint", "CKPT", "--items", "/nonexistent.jsonl"], "does not exist"),
         (["--checkpoint", "CKPT"], "need a speech tokenizer checkpoint"),

@@ -86,7 +86,7 @@ def test_artifact_runs_standalone_and_matches_glmvoice_decode(tmp_path):
 
     decode.main(
         ["glmvoice-decode", "--checkpoint", FIXTURES, "--input", str(tokens)]
-        + ["--output_dir", str(tmp_path / "decoded"), "--noise", "zeros", "--noprogress"]
+        + ["--output", str(tmp_path / "decoded"), "--noise", "zeros", "--noprogress"]
     )
     got, rate = sf.read(tmp_path / "standalone" / "vtok2_n18.wav", dtype="float32")
     want, _ = sf.read(tmp_path / "decoded" / "vtok2_n18.wav", dtype="float32")

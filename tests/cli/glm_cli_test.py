@@ -16,10 +16,18 @@ FIXTURES = os.path.join(os.path.dirname(os.path.dirname(__file__)), "fixtures")
 def test_import_export_score_in_process(tmp_path):
     ck, hf, out = tmp_path / "ck", tmp_path / "hf", tmp_path / "out.jsonl"
     src = os.path.join(FIXTURES, "glm_hf")
-    meta = import_checkpoint.main(["glmvoice-import", "--src", src, "--dst", str(ck)])
+    meta = import_checkpoint.main(["glmvoice-import", "--checkpoint", src, "--output", str(ck)])
     assert meta["extra"]["source"]["format"] == "transformers"
     files = export_checkpoint.main(
-        ["glmvoice-export", "--src", str(ck / "0"), "--dst", str(hf), "--format", "chatglm"]
+        [
+            "glmvoice-export",
+            "--checkpoint",
+            str(ck / "0"),
+            "--output",
+            str(hf),
+            "--format",
+            "chatglm",
+        ]
     )
     assert json.loads(pathlib.Path(hf / "config.json").read_text())["architectures"] == [
         "ChatGLMModel"
@@ -53,8 +61,8 @@ def test_dispatch(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(FileNotFoundError, match="config.json does not exist"):
         import_checkpoint.detect(str(tmp_path / "e"))
-    with pytest.raises(Exception, match="--dst is required"):
-        import_checkpoint.main(["glmvoice-import", "--src", str(tmp_path / "e")])
+    with pytest.raises(Exception, match="missing required flag --output"):
+        import_checkpoint.main(["glmvoice-import", "--checkpoint", str(tmp_path / "e")])
 
 
 def test_unsupported_architecture_subprocess(tmp_path):
@@ -65,9 +73,9 @@ def test_unsupported_architecture_subprocess(tmp_path):
             sys.executable,
             "-m",
             "glmvoice_jax.cli.import_checkpoint",
-            "--src",
+            "--checkpoint",
             str(tmp_path / "llama"),
-            "--dst",
+            "--output",
             str(tmp_path / "ck"),
         ],
         capture_output=True,

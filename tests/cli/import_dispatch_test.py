@@ -16,7 +16,9 @@ FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def test_decoder_directory_is_detected_and_imported(tmp_path):
     src = os.path.join(FIXTURES, "decoder")
     assert import_checkpoint.detect(src) == "decoder"
-    meta = import_checkpoint.main(["glmvoice-import", f"--src={src}", f"--dst={tmp_path / 'd'}"])
+    meta = import_checkpoint.main(
+        ["glmvoice-import", f"--checkpoint={src}", f"--output={tmp_path / 'd'}"]
+    )
     assert meta["model_class"] == "DecoderConfig"
     assert checkpoint.read_meta(str(tmp_path / "d"))["model_class"] == "DecoderConfig"
     with pytest.raises(ValueError, match="GLM checkpoints only"):
@@ -32,7 +34,12 @@ def test_whisper_layouts_are_detected_and_user_errors_are_one_line(tmp_path, mon
     stock.mkdir()
     (stock / "config.json").write_text(json.dumps({"architectures": [hf_whisper.STOCK]}))
     assert import_checkpoint.detect(str(stock)) == hf_whisper.STOCK
-    argv = ["glmvoice-import", f"--src={src}", f"--dst={tmp_path / 'w'}", "--add_speech_tokens=4"]
+    argv = [
+        "glmvoice-import",
+        f"--checkpoint={src}",
+        f"--output={tmp_path / 'w'}",
+        "--add_speech_tokens=4",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     with pytest.raises(SystemExit) as exit_info:
         import_checkpoint.run()

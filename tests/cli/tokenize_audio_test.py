@@ -74,7 +74,7 @@ def test_directory_to_jsonl_with_errors_and_resume(inputs, tmp_path):
 
 def test_orbax_checkpoint_manifest_to_array_record(tmp_path):
     ckpt = str(tmp_path / "ckpt")  # the release directory through glmvoice-import
-    import_checkpoint.main(["glmvoice-import", f"--src={FIXTURE}", f"--dst={ckpt}"])
+    import_checkpoint.main(["glmvoice-import", f"--checkpoint={FIXTURE}", f"--output={ckpt}"])
     out = str(tmp_path / "shards")
     manifest = os.path.join(FIXTURE, "audio.jsonl")
     stats = _run("--checkpoint", ckpt, "--input", manifest, "--output", out,

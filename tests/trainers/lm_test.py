@@ -238,7 +238,7 @@ def test_init_from_an_imported_hf_checkpoint(tmp_path):
 
     fixture = os.path.join(REPO, "tests", "fixtures", "glm_chatglm")
     ckpt = str(tmp_path / "imported")
-    import_checkpoint.main(["glmvoice-import", f"--src={fixture}", f"--dst={ckpt}"])
+    import_checkpoint.main(["glmvoice-import", f"--checkpoint={fixture}", f"--output={ckpt}"])
     rng = np.random.default_rng(0)
     os.makedirs(tmp_path / "text")
     with records.ShardWriter(str(tmp_path / "text" / "t-0.array_record")) as w:

@@ -36,7 +36,7 @@ def _run(cfg: str, workdir: str, *extra: str) -> subprocess.CompletedProcess:
         sys.executable,
         "-m",
         "glmvoice_jax.cli.ablate",
-        f"--sweep={cfg}",
+        f"--config={cfg}",
         f"--workdir={workdir}",
     ]
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -48,7 +48,7 @@ def test_sweep_is_killed_and_resumed_stage_by_stage(tmp_path):
     cfg = tmp_path / "sweep.py"
     cfg.write_text(SWEEP)
     wd = tmp_path / "sweep"
-    first = _run(str(cfg), str(wd), "--sweep.debug.kill_after=50hz/tokenize")
+    first = _run(str(cfg), str(wd), "--config.debug.kill_after=50hz/tokenize")
     assert first.returncode == -9, first.stderr[-3000:]
     stages = wd / "cells" / "50hz" / "stages"
     assert sorted(os.listdir(stages)) == ["tokenize.json", "tokenizer.json"]

@@ -83,7 +83,7 @@ def import_decoder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> di
     """
     src, dst = os.path.abspath(src_dir), os.path.abspath(dst_dir)
     if os.path.exists(dst):
-        raise FileExistsError(f"--dst {dst} already exists; remove it or choose a new path")
+        raise FileExistsError(f"--output {dst} already exists; remove it or choose a new path")
     missing = [f for f in RELEASE_FILES if not os.path.isfile(os.path.join(src, f))]
     if missing:
         raise FileNotFoundError(

@@ -9,7 +9,7 @@ reshape to the leaf": HF Linear weights are [out, in], project kernels are [in, 
 Import streams: a tensor is read when it is converted and written straight into the Orbax
 checkpoint (orbax_stream.ParamsWriter); 2-D leaves (embedding, head, MLP) go in blocks of rows, so
 host memory stays at about one block plus one attention tensor whatever the model size. The
-checkpoint is assembled in a hidden temporary directory next to --dst and renamed at the end, so
+checkpoint is assembled in a hidden temporary directory next to --output and renamed at the end, so
 an interrupted import never leaves anything that looks complete. Export reads slices back
 (orbax_stream.ParamsReader) and streams them into safetensors shards.
 
@@ -30,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import checkpoint, sharding
+from glmvoice_jax import checkpoint, errors, sharding
 from glmvoice_jax.convert.glm import speech_vocab
 from glmvoice_jax.convert.io import orbax_stream, safetensors_dir
 from glmvoice_jax.data import text_tokenizer
@@ -90,7 +90,7 @@ class Format:
 def hf_field(hf: Mapping, path: str, name: str) -> Any:
     """A required config.json field; the error names the file and the field."""
     if name not in hf or hf[name] is None:
-        raise KeyError(f"{path}: required field {name!r} is missing")
+        raise errors.MissingError(f"{path}: required field {name!r} is missing")
     return hf[name]
 
 
@@ -348,7 +348,7 @@ def import_glm(
     """
     dst = os.path.abspath(dst)
     if os.path.exists(dst):
-        raise FileExistsError(f"--dst {dst} already exists; remove it or choose a new path")
+        raise FileExistsError(f"--output {dst} already exists; remove it or choose a new path")
     cfg_path = os.path.join(src, safetensors_dir.CONFIG_FILE)
     hf = safetensors_dir.read_json(cfg_path)
     cfg, src_dtype = fmt.config_from_hf(hf, cfg_path)
@@ -490,7 +490,7 @@ def export_glm(
     """
     dst = os.path.abspath(dst)
     if os.path.exists(dst):
-        raise FileExistsError(f"--dst {dst} already exists; remove it or choose a new path")
+        raise FileExistsError(f"--output {dst} already exists; remove it or choose a new path")
     root, step = checkpoint.resolve(src)
     meta = checkpoint.read_meta(src)
     cfg = checkpoint.model_config_from_meta(meta)

@@ -33,6 +33,8 @@ import orbax.checkpoint as ocp
 import tensorstore as ts
 from etils import epath
 
+from glmvoice_jax import errors
+
 _MAX_PENDING_WRITES = 2  # overlap reading the next tensor with writing this one
 
 
@@ -142,7 +144,7 @@ class ParamsWriter:
           KeyError / ValueError: unknown leaf, or value shape != the indexed region's shape.
         """
         if name not in self._stores:
-            raise KeyError(f"no parameter {name}; parameters: {sorted(self.leaves)}")
+            raise errors.MissingError(f"no parameter {name}; parameters: {sorted(self.leaves)}")
         store = self._stores[name][index] if index else self._stores[name]
         region = tuple(store.shape)
         if tuple(value.shape) != region:
@@ -232,7 +234,7 @@ class ParamsReader:
     def _store(self, name: str):
         if name not in self._stores:
             if name not in self.names:
-                raise KeyError(f"checkpoint {self.params_dir} has no parameter {name}")
+                raise errors.MissingError(f"checkpoint {self.params_dir} has no parameter {name}")
             info = ocp.type_handlers.ParamInfo(
                 name=name,
                 parent_dir=self.params_dir,

@@ -22,6 +22,8 @@ import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors c
 import numpy as np
 from safetensors import safe_open
 
+from glmvoice_jax import errors
+
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -125,7 +127,7 @@ class SafetensorsDir:
 
     def _get(self, name: str) -> tuple[str, tuple[int, ...], str]:
         if name not in self._info:
-            raise KeyError(f"tensor {name} is not in {self.directory}")
+            raise errors.MissingError(f"tensor {name} is not in {self.directory}")
         return self._info[name]
 
     def file_of(self, name: str) -> str:
@@ -151,7 +153,7 @@ class SafetensorsDir:
     def check(self, name: str, shape: tuple[int, ...], dtype: np.dtype | None) -> None:
         """Raises a clear error unless tensor ``name`` exists with this shape (and dtype)."""
         if name not in self._info:
-            raise KeyError(
+            raise errors.MissingError(
                 f"tensor {name} (expected shape {list(shape)}) is missing from {self.directory}"
             )
         got = self.shape(name)

@@ -159,7 +159,8 @@ def config_from_hf(
         raise ValueError(
             f"{path} ({layout}) has unknown fields {unknown}: the importer does not know whether "
             "they change the model. If they only concern training or generation, add them to "
-            "glmvoice_jax/convert/whisper/hf_whisper.py IGNORED_FIELDS (or drop them from a copy of the "
+            "glmvoice_jax/convert/whisper/hf_whisper.py IGNORED_FIELDS (or drop them from a copy "
+            "of the "
             "directory); otherwise the model needs to support them first"
         )
     if hf.get("activation_function", "gelu") != "gelu":

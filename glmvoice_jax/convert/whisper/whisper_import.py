@@ -88,7 +88,7 @@ def import_whisper(
     del seed
     src, dst = os.path.abspath(src), os.path.abspath(dst)
     if os.path.exists(dst):
-        raise FileExistsError(f"--dst {dst} already exists; remove it or choose a new path")
+        raise FileExistsError(f"--output {dst} already exists; remove it or choose a new path")
     hf = cw.read_hf_config(src)
     layout = cw.detect_layout(hf)
     if add_speech_tokens:

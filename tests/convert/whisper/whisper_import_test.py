@@ -35,7 +35,9 @@ MERGES = (("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"))
 
 
 def _import(src, dst, *flags):
-    return import_checkpoint.main(["glmvoice-import", f"--src={src}", f"--dst={dst}", *flags])
+    return import_checkpoint.main(
+        ["glmvoice-import", f"--checkpoint={src}", f"--output={dst}", *flags]
+    )
 
 
 def _write_tokenizer_files(d, num_mels):
@@ -79,7 +81,7 @@ def stock(tmp_path_factory):
     src = root / "whisper"
     tensors = wi.write_synthetic(str(src), STOCK, cw.STOCK)
     _write_tokenizer_files(src, STOCK.num_mels)
-    _import(src, root / "ckpt", "--param_dtype=float32")
+    _import(src, root / "ckpt", "--dtype=float32")
     return src, tensors, str(root / "ckpt")
 
 
@@ -159,7 +161,7 @@ def test_release_import_tokenizes_the_fixture_audio(tmp_path, capsys):
 
 
 def test_param_dtype_applies_and_ema_stays_float32(tmp_path):
-    meta = _import(FIXTURE, tmp_path / "bf16", "--param_dtype=bfloat16")
+    meta = _import(FIXTURE, tmp_path / "bf16", "--dtype=bfloat16")
     assert meta["model"]["param_dtype"] == "bfloat16"
     _, model = _restore(str(tmp_path / "bf16"))
     q = model.encoder.quantizer
