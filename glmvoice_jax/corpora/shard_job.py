@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
+from glmvoice_jax import files
 from glmvoice_jax.data import records
 from glmvoice_jax.data import token_layout as token_layout_lib
 
@@ -151,13 +152,6 @@ class Progress:
         sys.stderr.flush()
 
 
-def _write_json_atomic(path: str, obj: object) -> None:
-    tmp = path + records.TMP_SUFFIX
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
-
-
 def check_job_file(out_dir: str, params: Mapping) -> None:
     """Writes ``job.json`` or checks that an existing one holds the same params.
 
@@ -178,7 +172,7 @@ def check_job_file(out_dir: str, params: Mapping) -> None:
                 "folder"
             )
         return
-    _write_json_atomic(path, params)
+    files.write_json(path, params, sort_keys=True)
 
 
 def run(
@@ -248,12 +242,8 @@ def run(
                 "extra": dict(log.extra),
             }
             # Sidecars first: the shard's final rename (on leaving the block) marks completion.
-            tmp = path + ERRORS_SUFFIX + records.TMP_SUFFIX
-            with open(tmp, "w", encoding="utf-8") as f:
-                for e in log.errors:
-                    f.write(json.dumps(e, ensure_ascii=False) + "\n")
-            os.replace(tmp, path + ERRORS_SUFFIX)
-            _write_json_atomic(path + STATS_SUFFIX, shard_stats)
+            files.write_jsonl(path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
+            files.write_json(path + STATS_SUFFIX, shard_stats, sort_keys=True)
         totals["written"] += 1
         totals["records"] += stats["records"]
         totals["tokens"] += stats["tokens"]

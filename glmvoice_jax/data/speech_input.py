@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 import soundfile
 
-from glmvoice_jax import audio, jsonl
+from glmvoice_jax import audio, files
 
 BATCH_KEYS = ("wav", "wav_len", "dec_in", "dec_target", "dec_weight", "dec_valid")
 
@@ -60,7 +60,7 @@ def read_manifest(path: str) -> list[dict]:
     """
     base = os.path.dirname(os.path.abspath(path))
     rows = []
-    for _, where, row in jsonl.objects(path):
+    for _, where, row in files.objects(path):
         missing = [k for k in ("id", "audio", "text") if k not in row]
         if missing:
             raise ValueError(f"{where}: missing fields {missing}; need id, audio, text")

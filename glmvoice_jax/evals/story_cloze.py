@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from glmvoice_jax import checkpoint, jsonl
+from glmvoice_jax import checkpoint, files
 from glmvoice_jax.corpora import espeak, story_cloze_items
 from glmvoice_jax.data import prompts
 from glmvoice_jax.data import token_layout as token_layout_lib
@@ -101,7 +101,7 @@ def read_items(path: str, max_items: int | None = None) -> list[Item]:
     base = os.path.dirname(os.path.abspath(path))
     items: list[Item] = []
     seen: dict[str, int] = {}
-    for n, where, obj in jsonl.objects(path):
+    for n, where, obj in files.objects(path):
         uid = obj.get("id")
         if isinstance(uid, bool) or not isinstance(uid, str | int) or uid == "":
             raise ValueError(f'{where}: field "id" must be a non-empty string or an integer')

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import checkpoint, jsonl, sharding
+from glmvoice_jax import checkpoint, files, sharding
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.models import glm
 
@@ -60,7 +60,7 @@ def read_inputs(
     """
     out = []
     tok = None
-    for n, where, obj in jsonl.objects(path):
+    for n, where, obj in files.objects(path):
         if ("ids" in obj) == ("text" in obj):
             raise ValueError(f'{where}: expected an object with exactly one of "ids", "text"')
         if "text" in obj:

@@ -30,7 +30,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from glmvoice_jax import audio, jsonl
+from glmvoice_jax import audio, files
 from glmvoice_jax.data import records, token_layout
 from glmvoice_jax.inference import speech_tokenization
 
@@ -60,7 +60,7 @@ def list_inputs(path: str) -> list[tuple[str, str]]:
     if not path.endswith(".jsonl"):
         return [(os.path.splitext(os.path.basename(path))[0], path)]
     base, out, seen = os.path.dirname(os.path.abspath(path)), [], set()
-    for _, where, row in jsonl.objects(path):
+    for _, where, row in files.objects(path):
         if not isinstance(row.get("id"), str | int) or not isinstance(row.get("audio"), str):
             raise ValueError(f'{where}: need "id" (string or integer) and "audio" (a path)')
         uid, wav = str(row["id"]), os.path.join(base, row["audio"])

@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 import ml_collections as mlc
 import numpy as np
 
-from glmvoice_jax import checkpoint, config_lib
+from glmvoice_jax import checkpoint, config_lib, files
 from glmvoice_jax.corpora import espeak_corpus, speech_records, text_records
 from glmvoice_jax.data import prompts, token_layout
 from glmvoice_jax.evals import asr_metrics, resynthesis, story_cloze
@@ -82,13 +82,6 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str], what: str)
         for p in parents:
             node = node[p]
         node[leaf] = value
-
-
-def _write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1, default=float)
-    os.replace(path + ".tmp", path)
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -171,12 +164,7 @@ class Sweep:
         path = os.path.join(self.workdir, "text", "docs.jsonl")
         if not os.path.exists(path):
             docs = demo_sources.bundled_text_docs(c.num_text_docs, seed=self.config.seed)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path + ".tmp", "w", encoding="utf-8") as f:
-                f.writelines(
-                    json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs)
-                )
-            os.replace(path + ".tmp", path)
+            files.write_jsonl(path, ({"id": f"d{i}", "text": t} for i, t in enumerate(docs)))
         return path
 
     # -- the sweep --------------------------------------------------------------------------------
@@ -220,7 +208,7 @@ class Sweep:
                 self.log(f"[sweep] cell {name}: stage {stage} failed: {type(e).__name__}: {e}")
                 break
             out["seconds"] = round(time.perf_counter() - s0, 1)
-            _write_json(marker, out)
+            files.write_json(marker, out, default=float)
             result["stages"][stage] = out
             self.log(f"[sweep]   {stage} done in {out['seconds']:.0f} s")
             if self.config.debug.kill_after == f"{name}/{stage}":

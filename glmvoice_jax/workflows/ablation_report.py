@@ -6,12 +6,13 @@ Rows are ordered by bitrate; cells that are invalid or failed keep their row wit
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
 
 import ml_collections as mlc
+
+from glmvoice_jax import files
 
 # (column title, stage, key, format) of the report table.
 COLUMNS = (
@@ -94,12 +95,10 @@ def write(workdir: str, results: Sequence[dict], config: mlc.ConfigDict) -> dict
         "speech tokens.",
         "",
     ]
-    with open(paths["md"] + ".tmp", "w") as f:
-        f.write("\n".join(md))
-    os.replace(paths["md"] + ".tmp", paths["md"])
-    with open(paths["json"] + ".tmp", "w") as f:
-        json.dump({"cells": list(results), "sweep": config.to_dict()}, f, indent=1, default=str)
-    os.replace(paths["json"] + ".tmp", paths["json"])
+    files.write_text(paths["md"], "\n".join(md))
+    files.write_json(
+        paths["json"], {"cells": list(results), "sweep": config.to_dict()}, default=str
+    )
     _plot(results, paths["png"])
     _tensorboard(workdir, results)
     return paths
@@ -132,9 +131,9 @@ def _plot(results: Sequence[dict], path: str) -> None:
         ax.set_title(title, fontsize=9)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=110)
+    with files.atomic(path, suffix=".tmp.png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
 
 
 def _tensorboard(workdir: str, results: Sequence[dict]) -> None:

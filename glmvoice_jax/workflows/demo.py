@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-from glmvoice_jax import config_lib
+from glmvoice_jax import config_lib, files
 from glmvoice_jax.corpora import espeak_corpus, tfds_builders
 from glmvoice_jax.evals import asr_metrics
 from glmvoice_jax.inference import tokenizing_job, transcription
@@ -65,11 +65,7 @@ def build_tfds(workdir: str, manifests: dict[str, str], num_docs: dict[str, int]
         text_src[split] = path
         if not os.path.exists(path):
             docs = demo_sources.bundled_text_docs(n, seed=len(split))
-            with open(path + ".incomplete", "w", encoding="utf-8") as f:
-                f.writelines(
-                    json.dumps({"id": f"{split}{i}", "text": t}) + "\n" for i, t in enumerate(docs)
-                )
-            os.replace(path + ".incomplete", path)
+            files.write_jsonl(path, ({"id": f"{split}{i}", "text": t} for i, t in enumerate(docs)))
     data_dir = os.path.join(workdir, "tfds")
     return {
         "speech": tfds_builders.build(
@@ -127,9 +123,7 @@ def t2t_quality(workdir: str, tokenizer: str, manifest: str, tokens: str, n: int
         "real_tokens_cer": asr_metrics.error_rates(refs, asr.transcribe(real))["cer"],
         "length_ratio": sum(map(len, sampled)) / max(1, sum(map(len, real))),
     }
-    with open(out_path + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(out_path + ".tmp", out_path)
+    files.write_json(out_path, result)
     return result
 
 

@@ -31,7 +31,7 @@ import os
 
 import numpy as np
 
-from glmvoice_jax import config_lib
+from glmvoice_jax import config_lib, files
 from glmvoice_jax.corpora import espeak_corpus, interleave_records, speech_records, text_records
 from glmvoice_jax.data import interleave, token_layout
 from glmvoice_jax.inference import sampling
@@ -116,10 +116,7 @@ def build_demo_sources(
         path = os.path.join(out_dir, "inputs", f"{name}.jsonl")
         inputs[name] = (path, "train")
         if not os.path.exists(path):
-            with open(path + ".incomplete", "w", encoding="utf-8") as f:
-                for i, t in enumerate(texts):
-                    f.write(json.dumps({"id": f"{name}{i}", "text": t}) + "\n")
-            os.replace(path + ".incomplete", path)
+            files.write_jsonl(path, ({"id": f"{name}{i}", "text": t} for i, t in enumerate(texts)))
     common = dict(layout=LAYOUT, num_shards=num_shards, process_index=0, process_count=1)
     plans = {}
     plans["text"], _ = text_records.write_text_records(

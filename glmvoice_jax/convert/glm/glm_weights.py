@@ -19,7 +19,6 @@ Axes: D embed, F mlp, N query heads, K kv heads, H head dim, V vocab, L layers.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import shutil
@@ -31,6 +30,7 @@ import numpy as np
 from flax import nnx
 
 from glmvoice_jax import checkpoint, errors, sharding
+from glmvoice_jax import files as files_lib
 from glmvoice_jax.convert.glm import speech_vocab
 from glmvoice_jax.convert.io import orbax_stream, safetensors_dir
 from glmvoice_jax.data import text_tokenizer
@@ -527,10 +527,16 @@ def export_glm(
                 for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                 if k in src_hf
             }
-        _write_json(os.path.join(tmp, safetensors_dir.CONFIG_FILE), fmt.hf_config(cfg, dtype, base))
+        files_lib.write_json(
+            os.path.join(tmp, safetensors_dir.CONFIG_FILE),
+            fmt.hf_config(cfg, dtype, base),
+            indent=2,
+        )
         files.append(safetensors_dir.CONFIG_FILE)
         if source.get("generation_config"):
-            _write_json(os.path.join(tmp, GENERATION_CONFIG), source["generation_config"])
+            files_lib.write_json(
+                os.path.join(tmp, GENERATION_CONFIG), source["generation_config"], indent=2
+            )
             files.append(GENERATION_CONFIG)
         tok_dir = os.path.join(str(root), TOKENIZER_DIR)
         for f in (meta.get("tokenizer") or {}).get("files", []):
@@ -572,7 +578,7 @@ def _add_layout_tokens(path: str, layout_json: dict) -> None:
             "special": True,
         }
     tc["added_tokens_decoder"] = dict(sorted(added.items(), key=lambda kv: int(kv[0])))
-    _write_json(path, tc)
+    files_lib.write_json(path, tc, indent=2)
 
 
 def _export_entry(reader, writer, entry, cfg, block_rows, dtype) -> None:
@@ -624,12 +630,8 @@ def write_synthetic(
             for k, v in fmt.extra_tensors(cfg, dtype).items():
                 writer.add(k, v)
     writer.close()
-    _write_json(
-        os.path.join(directory, safetensors_dir.CONFIG_FILE), fmt.hf_config(cfg, dtype, None)
+    files_lib.write_json(
+        os.path.join(directory, safetensors_dir.CONFIG_FILE),
+        fmt.hf_config(cfg, dtype, None),
+        indent=2,
     )
-
-
-def _write_json(path: str, data: Any) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2)
-        f.write("\n")

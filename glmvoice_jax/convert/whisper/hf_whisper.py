@@ -33,6 +33,7 @@ import numpy as np
 from flax import nnx
 
 from glmvoice_jax import checkpoint
+from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
 
@@ -348,39 +349,13 @@ def rename_table(cfg: WhisperVQConfig) -> dict[str, tuple[tuple, str, tuple, tup
 
 
 def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of ``model.safetensors`` or of the shards named in its index (numpy)."""
-    from safetensors import SafetensorError, safe_open
+    """All tensors of ``model.safetensors`` or of the shards its index names, as numpy arrays.
 
-    src = os.fspath(src)
-    single = os.path.join(src, "model.safetensors")
-    index = os.path.join(src, "model.safetensors.index.json")
-    if os.path.isfile(single):
-        files = [single]
-    elif os.path.isfile(index):
-        with open(index, encoding="utf-8") as f:
-            weight_map = json.load(f).get("weight_map")
-        if not isinstance(weight_map, dict):
-            raise ValueError(f"{index} has no 'weight_map' object")
-        names = sorted(set(weight_map.values()))
-        bad = [n for n in names if os.path.basename(n) != n]
-        if bad:
-            raise ValueError(f"{index} names shard files outside the directory: {bad}")
-        files = [os.path.join(src, n) for n in names]
-    else:
-        raise ValueError(f"{src!r} has neither model.safetensors nor model.safetensors.index.json")
-    tensors: dict[str, np.ndarray] = {}
-    for path in files:
-        if not os.path.isfile(path):
-            raise ValueError(f"safetensors shard {path!r} (named in the index) does not exist")
-        try:
-            with safe_open(path, framework="numpy") as f:
-                for key in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                    if key in tensors:
-                        raise ValueError(f"tensor {key!r} appears in more than one shard")
-                    tensors[key] = f.get_tensor(key)
-        except SafetensorError as e:
-            raise ValueError(f"{path} is not a readable safetensors file: {e}") from None
-    return tensors
+    Read through ``convert/io/safetensors_dir.SafetensorsDir``, the one safetensors reader (its
+    checks: shard names inside the directory, no tensor in two shards, missing shards named).
+    """
+    st = safetensors_dir.SafetensorsDir(os.fspath(src))
+    return {name: st.read(name) for name in st.keys()}  # noqa: SIM118 (not a Mapping)
 
 
 def _convert(value: np.ndarray, kind: str, ours: tuple) -> np.ndarray:

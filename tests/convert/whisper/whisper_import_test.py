@@ -263,7 +263,7 @@ def _fixture_copy(tmp_path, *, config=None, tensors=None, weights=True):
 
 def test_missing_weights_file_is_named(tmp_path):
     src, _ = _fixture_copy(tmp_path, weights=False)
-    with pytest.raises(ValueError, match=f"{src}.*model.safetensors"):
+    with pytest.raises(FileNotFoundError, match=f"{src}.*model.safetensors"):
         _import(src, tmp_path / "dst")
     assert not os.path.exists(tmp_path / "dst")
     assert os.listdir(tmp_path) == ["src"]  # no leftover temporary directory
