@@ -1,4 +1,4 @@
-"""Metric output: WORKDIR/metrics.jsonl, TensorBoard event files, a one-line console display.
+"""Metric output: WORKDIR/metrics.jsonl and TensorBoard event files (the console bar: progress.py).
 
 WORKDIR may be a local path or a gs:// (any etils.epath) URI; ``MetricWriter`` says how the
 files reach a remote one.
@@ -15,7 +15,6 @@ import io
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from collections.abc import Mapping
@@ -191,45 +190,6 @@ class MetricWriter:
             self._file.close()
             if self.remote:
                 self._copy()
-
-
-class Progress:
-    """One console line, rewritten in place on a TTY: step, loss, throughput, ETA."""
-
-    def __init__(self, total_steps: int, start_step: int, enabled: bool = True):
-        self.total = total_steps
-        self.start_step = start_step
-        self.t0 = time.time()
-        self.enabled = enabled
-        self.tty = sys.stdout.isatty()
-
-    def update(self, step: int, scalars: Mapping[str, float]) -> None:
-        if not self.enabled:
-            return
-        done = step - self.start_step
-        elapsed = time.time() - self.t0
-        eta = elapsed / max(done, 1) * (self.total - step)
-        line = (
-            f"step {step}/{self.total}  loss {scalars['loss']:.4f}  "
-            f"text {scalars['text_loss']:.3f}  speech {scalars['speech_loss']:.3f}  "
-            f"{scalars['tokens_per_sec']:,.0f} tok/s  mfu {100 * scalars['mfu']:.1f}%  "
-            f"eta {_hms(eta)}"
-        )
-        if self.tty:
-            sys.stdout.write("\r" + line.ljust(120))
-        else:
-            sys.stdout.write(line + "\n")
-        sys.stdout.flush()
-
-    def finish(self) -> None:
-        if self.enabled and self.tty:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
-
-
-def _hms(secs: float) -> str:
-    secs = int(max(secs, 0))
-    return f"{secs // 3600:d}:{secs % 3600 // 60:02d}:{secs % 60:02d}"
 
 
 def plot_losses(workdir: str, out_png: str) -> str | None:

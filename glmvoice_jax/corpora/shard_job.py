@@ -18,7 +18,8 @@ items into ``num_shards`` output shards of ``records.Example``:
   ``{"index", "id", "reason", "detail"}`` per skipped item) and ``<shard>.stats.json`` (records,
   tokens, speech tokens, errors by reason, producer extras), both written before the shard's
   final rename. ``glmvoice-data-stats`` reads the stats files.
-* **Progress** goes to stderr, one line every few seconds.
+* **Progress** goes to stderr (``glmvoice_jax/progress.py``: a bar on a terminal, one line per
+  interval in a log).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
 from glmvoice_jax import files
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.data import records
 from glmvoice_jax.data import token_layout as token_layout_lib
 
@@ -128,30 +129,6 @@ class ShardLog:
         self.extra[key] += value
 
 
-class Progress:
-    """A throttled one-line progress display on stderr."""
-
-    def __init__(self, name: str, total_shards: int, enabled: bool = True, every_secs: float = 2.0):
-        self.name, self.total, self.enabled, self.every = name, total_shards, enabled, every_secs
-        self.start = self.last = time.perf_counter()
-        self.items = self.records = self.errors = self.done = self.skipped = 0
-
-    def update(self, *, force: bool = False) -> None:
-        now = time.perf_counter()
-        if not self.enabled or (not force and now - self.last < self.every):
-            return
-        self.last = now
-        rate = self.items / max(now - self.start, 1e-9)
-        sys.stderr.write(
-            f"\r[{self.name}] shards {self.done + self.skipped}/{self.total} "
-            f"({self.skipped} already done)  items {self.items:,}  records {self.records:,}  "
-            f"errors {self.errors:,}  {rate:,.0f} items/s "
-        )
-        if force:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-
 def check_job_file(out_dir: str, params: Mapping) -> None:
     """Writes ``job.json`` or checks that an existing one holds the same params.
 
@@ -202,21 +179,22 @@ def run(
     check_job_file(plan.out_dir, {**params, "num_shards": plan.num_shards, "name": plan.name})
     mine = plan.my_shards()
     kill_after = int(os.environ.get(KILL_ENV, "0"))
-    prog = Progress(plan.name, len(mine), enabled=progress)
+    total_items = sum(len(plan.input_range(s)) for s in mine)
+    bar = progress_lib.bar(total_items, f"[{plan.name}]", "item", enabled=progress)
+    written_records = 0
     totals = {"written": 0, "skipped": 0, "records": 0, "tokens": 0, "errors": 0}
     reasons: collections.Counter[str] = collections.Counter()
     for shard in mine:
         path = plan.shard_path(shard)
         if os.path.exists(path):
             totals["skipped"] += 1
-            prog.skipped += 1
-            prog.update()
+            bar.update(len(plan.input_range(shard)))  # finished by an earlier run
             continue
         log = ShardLog()
         stats = collections.Counter()
         with records.ShardWriter(path) as writer:
             for index, item_id, ex in produce(shard, plan.input_range(shard), log):
-                prog.items += 1
+                bar.update(1)
                 n = len(ex.tokens)
                 if max_tokens is not None and n > max_tokens:
                     log.error(index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}")
@@ -228,9 +206,8 @@ def run(
                 if layout is not None and layout.num_audio_tokens:
                     stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
                 stats[f"kind_{ex.kind}"] += 1
-                prog.records += 1
-                prog.update()
-                if kill_after and prog.records >= kill_after:
+                written_records += 1
+                if kill_after and written_records >= kill_after:
                     sys.stderr.flush()
                     os.kill(os.getpid(), signal.SIGKILL)
             by_reason = collections.Counter(e["reason"] for e in log.errors)
@@ -249,10 +226,12 @@ def run(
         totals["tokens"] += stats["tokens"]
         totals["errors"] += len(log.errors)
         reasons.update(by_reason)
-        prog.errors += len(log.errors)
-        prog.done += 1
-        prog.update()
-    prog.update(force=True)
+        bar.set_postfix_str(
+            f"shards {totals['written'] + totals['skipped']}/{len(mine)} "
+            f"records {totals['records']:,} errors {totals['errors']:,}",
+            refresh=False,
+        )
+    bar.close()
     totals["errors_by_reason"] = dict(reasons)
     return totals
 

@@ -28,6 +28,7 @@ import numpy as np
 from flax import nnx
 
 from glmvoice_jax import checkpoint, files, sharding
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.models import glm
 
@@ -222,13 +223,7 @@ class Scorer:
 
 
 def _progress(total: int, enabled: bool):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:  # pragma: no cover
-        return None
-    return tqdm(total=total, unit="tok", desc="scoring")
+    return progress_lib.bar(total, "score", "tok", unit_scale=True) if enabled else None
 
 
 def score_file(

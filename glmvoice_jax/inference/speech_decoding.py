@@ -23,6 +23,7 @@ import jax
 import numpy as np
 import soundfile as sf
 
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder, tokens_to_audio
 from glmvoice_jax.models.speech_decoder.stream import Chunk, emitted_mel, stream_decode
 
@@ -283,8 +284,10 @@ def decode_file(
     pending = sorted(
         [(e.line, e) for e in bad] + [(r.line, r) for r in requests], key=lambda x: x[0]
     )
+    bar = progress_lib.bar(count, "decode", "line", enabled=log is not None)
     try:
         for i, (_, item) in enumerate(pending, start=1):
+            bar.update(1)
             prefix = f"[{i}/{count}]"
             if isinstance(item, LineError):
                 report.errors.append(item)
@@ -309,6 +312,7 @@ def decode_file(
             say(f"{prefix} {_describe(result, report.sample_rate)}")
     finally:
         errors.close()
+        bar.close()
     return report
 
 

@@ -29,8 +29,10 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from glmvoice_jax import audio, files
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.data import records, token_layout
 from glmvoice_jax.inference import speech_tokenization
 
@@ -85,20 +87,6 @@ def load_checked(path: str, silence_peak: float) -> tuple[np.ndarray | None, str
     return wav, None
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    tmp = path + records.TMP_SUFFIX
-    write(tmp)
-    os.replace(tmp, path)
-
-
-def _write_lines(path: str, rows: list[dict]) -> None:
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.writelines(json.dumps(r) + "\n" for r in rows)
-
-    _write_atomic(path, write)
-
-
 def tokenize_files(
     checkpoint: str,
     input_path: str,
@@ -111,6 +99,7 @@ def tokenize_files(
     layout_name: str = "glm4_voice",
     source_name: str = "speech",
     log: Callable[[str], None] = print,
+    progress: bool = True,
 ) -> dict:
     """Runs (or resumes) the job; returns counts and timings of this process's share.
 
@@ -141,7 +130,7 @@ def tokenize_files(
                     "delete it or choose another --output"
                 )
     elif pid == 0:
-        _write_lines(job_path, [job])
+        files.write_jsonl(job_path, [job])
 
     def part_path(i: int) -> str:
         prefix = "part" if output_format == "jsonl" else "speech"
@@ -160,6 +149,8 @@ def tokenize_files(
                 f"the tokenizer has {cfg.codebook_size} codes but token layout {layout.name!r} "
                 f"has {layout.num_audio_tokens} speech ids; choose a --token_layout that fits"
             )
+    total_files = sum(len(inputs[i * files_per_part : (i + 1) * files_per_part]) for i in todo)
+    bar = progress_lib.bar(total_files, "tokenize", "file", enabled=progress)
     for done, i in enumerate(todo, 1):
         t0 = time.time()
         chunk = inputs[i * files_per_part : (i + 1) * files_per_part]
@@ -176,9 +167,9 @@ def tokenize_files(
             if wavs
             else []
         )
-        _write_lines(part_path(i) + ".errors", errors)
+        files.write_jsonl(part_path(i) + ".errors", errors)
         if layout is None:
-            _write_lines(
+            files.write_jsonl(
                 part_path(i), [{"id": u, "tokens": t.tolist()} for u, t in zip(ok, tokens)]
             )
         else:
@@ -192,12 +183,12 @@ def tokenize_files(
         stats["skipped"] += len(errors)
         stats["audio_secs"] += secs
         stats["seconds"] += dt
+        bar.update(len(chunk))
         log(f"part {i} ({done}/{len(todo)}): {len(ok)} files, {len(errors)} skipped, "
             f"{secs / 3600:.4f} audio-h in {dt:.1f} s = {secs / 3600 / max(dt, 1e-9):.2e} "
             f"audio-h/s ({secs / max(dt, 1e-9):.1f}x realtime)")  # fmt: skip
+    bar.close()
     if nproc > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices("glmvoice-tokenize parts")
     if pid == 0:
         _finish(output, output_format, [part_path(i) for i in range(num_parts)], errors_out)
@@ -213,13 +204,9 @@ def _finish(output: str, output_format: str, parts: list[str], errors_out: str) 
     for p in parts:
         with open(p + ".errors", encoding="utf-8") as f:
             errors += [json.loads(line) for line in f]
-    _write_lines(errors_out, errors)
+    files.write_jsonl(errors_out, errors)
     if output_format == "jsonl":
-
-        def write(tmp):
-            with open(tmp, "wb") as out:
-                for p in parts:
-                    with open(p, "rb") as f:
-                        out.write(f.read())
-
-        _write_atomic(output, write)
+        with files.atomic(output) as tmp, open(tmp, "wb") as out:
+            for p in parts:
+                with open(p, "rb") as f:
+                    out.write(f.read())

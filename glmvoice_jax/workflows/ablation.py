@@ -36,6 +36,7 @@ import ml_collections as mlc
 import numpy as np
 
 from glmvoice_jax import checkpoint, config_lib, files
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.corpora import espeak_corpus, speech_records, text_records
 from glmvoice_jax.data import prompts, token_layout
 from glmvoice_jax.evals import asr_metrics, resynthesis, story_cloze
@@ -175,10 +176,19 @@ class Sweep:
         self.seconds = {s: _audio_seconds(m) for s, m in self.manifests.items()}
         self.text_path = self.text_docs()
         names = list(self.config.cells.keys())
+        done = sum(
+            os.path.exists(os.path.join(self.workdir, "cells", c, "stages", f"{s}.json"))
+            for c in names
+            for s in STAGES
+        )
         results = []
-        for n, name in enumerate(names, 1):
-            results.append(self.run_cell(name, n, len(names)))
-            ablation_report.write(self.workdir, results, self.config)
+        # One bar over cells x stages: its ETA is the sweep's (stages differ in length, so it
+        # settles after the first cell).
+        self.bar = progress_lib.bar(len(names) * len(STAGES), "sweep", "stage", initial=done)
+        with self.bar:
+            for n, name in enumerate(names, 1):
+                results.append(self.run_cell(name, n, len(names)))
+                ablation_report.write(self.workdir, results, self.config)
         self.log(f"[sweep] done in {(time.perf_counter() - start) / 60:.1f} min")
         return results
 
@@ -209,6 +219,7 @@ class Sweep:
                 break
             out["seconds"] = round(time.perf_counter() - s0, 1)
             files.write_json(marker, out, default=float)
+            self.bar.update(1)
             result["stages"][stage] = out
             self.log(f"[sweep]   {stage} done in {out['seconds']:.0f} s")
             if self.config.debug.kill_after == f"{name}/{stage}":

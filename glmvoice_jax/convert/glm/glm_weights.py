@@ -31,6 +31,7 @@ from flax import nnx
 
 from glmvoice_jax import checkpoint, errors, sharding
 from glmvoice_jax import files as files_lib
+from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.convert.glm import speech_vocab
 from glmvoice_jax.convert.io import orbax_stream, safetensors_dir
 from glmvoice_jax.data import text_tokenizer
@@ -68,6 +69,11 @@ class Entry:
     @property
     def per_layer(self) -> bool:
         return "{i}" in self.name
+
+
+def _entry_bytes(entry: Entry, cfg: glm.GLMConfig, itemsize: int) -> int:
+    """Bytes of an entry's HF tensors (all layers): the unit of import / export progress."""
+    return (cfg.num_layers if entry.per_layer else 1) * math.prod(entry.shape) * itemsize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -327,6 +333,7 @@ def import_glm(
     param_dtype: str | None = None,
     seed: int = 0,
     mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
 ) -> dict:
     """Converts an HF GLM-4 directory to a weight-only Orbax checkpoint at ``dst`` (step 0).
 
@@ -338,6 +345,7 @@ def import_glm(
       param_dtype: stored dtype (float32 / bfloat16 / float16); default: the source dtype.
       seed: seed of the new-row initialisation.
       mesh: mesh whose fsdp shardings set the chunk layout (default: all devices on "fsdp").
+      progress: show a progress bar (bytes of source tensors, rate, ETA) on stderr.
 
     Returns:
       The checkpoint meta that was written.
@@ -404,8 +412,13 @@ def import_glm(
     writer = None
     try:
         writer = orbax_stream.ParamsWriter(os.path.join(tmp, "0"), abstract, chunks)
-        for entry in table:
-            _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext)
+        itemsize = np.dtype(jax.numpy.dtype(src_dtype)).itemsize
+        total = sum(_entry_bytes(e, cfg, itemsize) for e in table)
+        name = f"import {os.path.basename(os.path.abspath(src))}"
+        with progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar:
+            for entry in table:
+                _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext)
+                bar.update(_entry_bytes(entry, cfg, itemsize))
         writer.finish(meta)
         _copy_tokenizer(src, os.path.join(tmp, TOKENIZER_DIR))
         os.rename(tmp, dst)
@@ -475,6 +488,7 @@ def export_glm(
     *,
     dtype: str | None = None,
     max_shard_bytes: int = safetensors_dir.DEFAULT_MAX_SHARD_BYTES,
+    progress: bool = True,
 ) -> list[str]:
     """Writes a checkpoint's GLM weights as an HF directory in ``fmt``'s layout.
 
@@ -484,6 +498,7 @@ def export_glm(
       fmt: target layout.
       dtype: stored dtype; default: the dtype the weights were imported from, else param_dtype.
       max_shard_bytes: shard size limit (transformers' 5 GB default).
+      progress: show a progress bar (bytes written, rate, ETA) on stderr.
 
     Returns:
       The files written.
@@ -512,11 +527,15 @@ def export_glm(
     os.makedirs(tmp)
     try:
         writer = safetensors_dir.ShardedWriter(tmp, max_shard_bytes)
-        for n, entry in enumerate(table):
-            _export_entry(reader, writer, entry, cfg, block_rows, np_dtype)
-            if n == 0:  # buffers (chatglm inv_freq) after the embedding, as the reference saves
-                for k, v in fmt.extra_tensors(cfg, dtype).items():
-                    writer.add(k, v)
+        total = sum(_entry_bytes(e, cfg, np_dtype.itemsize) for e in table)
+        name = f"export {os.path.basename(dst)}"
+        with progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar:
+            for n, entry in enumerate(table):
+                _export_entry(reader, writer, entry, cfg, block_rows, np_dtype)
+                bar.update(_entry_bytes(entry, cfg, np_dtype.itemsize))
+                if n == 0:  # buffers (chatglm inv_freq) after the embedding, as the reference
+                    for k, v in fmt.extra_tensors(cfg, dtype).items():
+                        writer.add(k, v)
         files = writer.close()
         src_hf = source.get("hf_config") or {}
         if source.get("format") == fmt.name:
