@@ -84,7 +84,7 @@ def _init_meta(config: mlc.ConfigDict, what: str) -> dict:
     return checkpoint.read_meta(config.init_from)
 
 
-def model_config(config: mlc.ConfigDict) -> glm.GLMConfig:
+def model_config(config: mlc.ConfigDict, meta: dict | None = None) -> glm.GLMConfig:
     """The one place where the trainer turns ``config.model`` into the model's dataclass.
 
     ``model.variant = "init_from"`` takes the architecture from the ``init_from`` checkpoint (e.g.
@@ -92,7 +92,7 @@ def model_config(config: mlc.ConfigDict) -> glm.GLMConfig:
     """
     variant = config.model.variant
     if variant == INIT_FROM:
-        base = checkpoint.model_config_from_meta(_init_meta(config, "model.variant"))
+        base = checkpoint.model_config_from_meta(meta or _init_meta(config, "model.variant"))
         overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
         return dataclasses.replace(base, **overrides)
     if variant not in glm.VARIANTS:
@@ -104,10 +104,13 @@ def model_config(config: mlc.ConfigDict) -> glm.GLMConfig:
     return dataclasses.replace(glm.VARIANTS[variant], **overrides)
 
 
-def token_layout_of(config: mlc.ConfigDict) -> token_layout.TokenLayout:
-    """``tokens.layout``: a preset name, or "init_from" for the layout the checkpoint carries."""
+def token_layout_of(config: mlc.ConfigDict, meta: dict | None = None) -> token_layout.TokenLayout:
+    """``tokens.layout``: a preset name, or "init_from" for the layout the checkpoint carries.
+
+    ``meta``: the init checkpoint's meta when the caller has read it already.
+    """
     if config.tokens.layout == INIT_FROM:
-        meta = _init_meta(config, "tokens.layout")
+        meta = meta or _init_meta(config, "tokens.layout")
         if "token_layout" not in meta:
             raise ValueError(f"checkpoint {config.init_from} carries no token layout")
         return token_layout.TokenLayout.from_json(meta["token_layout"])
@@ -155,8 +158,13 @@ def _near(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def validate(config: mlc.ConfigDict) -> None:
-    """Checks what can be checked before tracing; every error names the field, value and fix."""
+def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
+    """Checks what can be checked before tracing; every error names the field, value and fix.
+
+    Returns:
+      For the LM trainer, the (GLMConfig, TokenLayout) it built, so a run builds them once
+      (under ``init_from`` they read the checkpoint's meta); None for the speech tokenizer.
+    """
 
     def need(cond: bool, msg: str) -> None:
         if not cond:
@@ -216,8 +224,10 @@ def validate(config: mlc.ConfigDict) -> None:
         f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
     )
     sharding.rules(config.axis_rules)  # raises with the known presets
-    layout = token_layout_of(config)
-    model_cfg = model_config(config)  # raises on a bad variant / field value
+    uses_meta = INIT_FROM in (config.model.variant, config.tokens.layout)
+    meta = _init_meta(config, "model.variant / tokens.layout") if uses_meta else None
+    layout = token_layout_of(config, meta)
+    model_cfg = model_config(config, meta)  # raises on a bad variant / field value
     need(
         layout.vocab_size <= model_cfg.vocab_size,
         f"token layout {layout.name!r} has {layout.vocab_size} ids but the model vocab is "
@@ -230,6 +240,7 @@ def validate(config: mlc.ConfigDict) -> None:
             f"model.attention_chunk ({model_cfg.attention_chunk}) must divide input.seq_len "
             f"({inp.seq_len})",
         )
+    return model_cfg, layout
 
 
 # ---------------------------------------------------------------------------------------------

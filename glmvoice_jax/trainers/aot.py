@@ -70,10 +70,10 @@ class AotStep:
 
 def lm_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The LM trainer's step (``trainers/lm.py``) on ``devices``."""
-    model_cfg = config_lib.model_config(config)
+    model_cfg, layout = config_lib.model_config(config), config_lib.token_layout_of(config)
     glm.check_remat_policy(model_cfg.remat_policy, devices)
     mesh = sharding.make_mesh(config.mesh, devices)
-    shapes = lm.step_shapes(config, mesh)
+    shapes = lm.step_shapes(config, mesh, model_cfg, layout)
     gbs, seq_len = config.input.global_batch_size, config.input.seq_len
     tokens = gbs * seq_len
     args = (

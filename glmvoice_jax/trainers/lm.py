@@ -98,6 +98,8 @@ class StepShapes:
 
     Attributes:
       mesh: the device mesh.
+      model_cfg: the model's hyperparameters (built once per run by ``config_lib.validate``).
+      layout: the token layout.
       graphdef: the model's NNX graph definition.
       tx: the optax transformation.
       make_model: builds the model (call under ``sharding.activate``).
@@ -111,6 +113,8 @@ class StepShapes:
     """
 
     mesh: Mesh
+    model_cfg: glm.GLMConfig
+    layout: Any
     graphdef: Any
     tx: optax.GradientTransformation
     make_model: Callable[[], glm.GLMDecoder]
@@ -126,13 +130,15 @@ class StepShapes:
 BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 
 
-def step_shapes(config: mlc.ConfigDict, mesh: Mesh) -> StepShapes:
+def step_shapes(config: mlc.ConfigDict, mesh: Mesh, model_cfg: glm.GLMConfig, layout) -> StepShapes:
     """Shapes and shardings of the train state on ``mesh``; allocates nothing.
+
+    ``model_cfg`` and ``layout`` are the ones ``config_lib.validate`` built for this run (under
+    ``init_from`` they come from the checkpoint's meta, which is read once).
 
     Raises:
       ValueError: when the global batch does not split over the data-parallel shards.
     """
-    model_cfg = config_lib.model_config(config)
     glm.check_remat_policy(model_cfg.remat_policy, list(mesh.devices.flat))
     preset = config.axis_rules
     dp = sharding.data_parallel_size(mesh, preset)
@@ -163,6 +169,8 @@ def step_shapes(config: mlc.ConfigDict, mesh: Mesh) -> StepShapes:
     train_sh = _train_shardings(abs_train, abs_params, param_sh, replicated)
     return StepShapes(
         mesh=mesh,
+        model_cfg=model_cfg,
+        layout=layout,
         graphdef=graphdef,
         tx=tx,
         make_model=make_model,
@@ -178,9 +186,7 @@ def step_shapes(config: mlc.ConfigDict, mesh: Mesh) -> StepShapes:
 
 def jit_train_step(config: mlc.ConfigDict, shapes: StepShapes):
     """The train step jitted with the shardings of ``shapes`` (donates params and train state)."""
-    model_cfg = config_lib.model_config(config)
-    layout = config_lib.token_layout_of(config)
-    step_fn = make_train_step(shapes.graphdef, shapes.tx, model_cfg, layout, config)
+    step_fn = make_train_step(shapes.graphdef, shapes.tx, shapes.model_cfg, shapes.layout, config)
     batch_shardings = {k: shapes.batch_sh for k in BATCH_KEYS}
     return jax.jit(
         step_fn,
@@ -258,10 +264,8 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Validate, workdir
     ####################################################################################
-    config_lib.validate(config)
+    model_cfg, layout = config_lib.validate(config)  # built once for the whole run
     loop.check_workdir(workdir)
-    model_cfg = config_lib.model_config(config)
-    layout = config_lib.token_layout_of(config)
     is_main = jax.process_index() == 0
     # Metrics, TensorBoard and the loss plot go to the workdir, gs:// included (metrics.py stages
     # them locally and copies them through epath).
@@ -275,7 +279,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     mesh = sharding.make_mesh(config.mesh)
     preset = config.axis_rules
-    shapes = step_shapes(config, mesh)
+    shapes = step_shapes(config, mesh, model_cfg, layout)
     param_sh, train_sh, batch_sh = shapes.param_sh, shapes.train_sh, shapes.batch_sh
     gbs, seq_len = config.input.global_batch_size, config.input.seq_len
     if jax.process_count() > 1:
