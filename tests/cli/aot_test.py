@@ -9,9 +9,9 @@ import sys
 import pytest
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.cli import aot
 from glmvoice_jax.models import whisper_vq
 from glmvoice_jax.trainers import aot as aot_steps
+from glmvoice_jax.trainers import preflight
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEMO = os.path.join(REPO, "configs", "demo_tiny.py")
@@ -55,7 +55,7 @@ TINY = {
     ],
 )
 def test_topology_names(name, topology, chips, wrap):
-    t = aot.parse_topology(name)
+    t = preflight.parse_topology(name)
     assert (t.topology_name, t.num_chips, t.wrap) == (topology, chips, wrap)
 
 
@@ -65,7 +65,7 @@ def test_topology_names(name, topology, chips, wrap):
 )
 def test_bad_topology_names(name, message):
     with pytest.raises(ValueError, match=message):
-        aot.parse_topology(name)
+        preflight.parse_topology(name)
 
 
 def _tiny_config(spec=DEMO, base=TINY, **extra):
@@ -80,7 +80,9 @@ def _tiny_config(spec=DEMO, base=TINY, **extra):
 
 
 def test_cpu_compile_and_benchmark():
-    r = aot.report(_tiny_config(**{"model.remat_policy": "full"}), "cpu", 0.5, benchmark_steps=1)
+    r = preflight.report(
+        _tiny_config(**{"model.remat_policy": "full"}), "cpu", 0.5, benchmark_steps=1
+    )
     assert r["chips"] == 8 and r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
     mem = r["memory"]
     assert mem["arguments"] > 0 and mem["temps"] > 0
@@ -90,12 +92,12 @@ def test_cpu_compile_and_benchmark():
     )
     assert r["measured_step_s"] > 0 and r["remat_policy"] == "full"
     assert r["units"] == "tokens" and r["tokens_per_step"] == 8 * 64
-    text = aot.format_report(r)
+    text = preflight.format_report(r)
     assert "per-device memory" in text and "measured:" in text and "tokens/s/chip" in text
 
 
 def test_cpu_compile_of_the_speech_tokenizer_step():
-    r = aot.report(_tiny_config(TOKENIZER, TOKENIZER_TINY), "cpu", 0.5, benchmark_steps=1)
+    r = preflight.report(_tiny_config(TOKENIZER, TOKENIZER_TINY), "cpu", 0.5, benchmark_steps=1)
     assert r["trainer"] == "speech_tokenizer" and r["remat_policy"] == "none"
     assert r["units"] == "audio seconds" and r["units_per_step"] == 8 * 2.0
     assert r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1} and r["measured_step_s"] > 0
@@ -104,7 +106,7 @@ def test_cpu_compile_of_the_speech_tokenizer_step():
     # pairs the masks let through) must be a large part of it, and no more than all of it.
     xla_total = r["xla_flops_per_device"] * r["chips"]
     assert 0.6 * xla_total < r["model_flops_per_step"] < xla_total
-    text = aot.format_report(r)
+    text = preflight.format_report(r)
     assert "speech_tokenizer step: global batch 8 utterances x 2 s" in text
     assert "audio seconds/s/chip" in text
 
