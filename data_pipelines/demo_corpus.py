@@ -1,23 +1,9 @@
 r"""Deterministic toy corpus for the tiny CPU pre-training demo.
 
-The demo must run on a fresh clone with no downloads, so its data is generated here: three sources
-in the real record schema (``glmvoice_jax.data.records``) and the ``demo`` token layout (UTF-8
-bytes as
-text, 512 speech codes at offset 512, vocab 1024). Each source has structure a tiny model can learn
-in minutes, so the demo's loss visibly falls:
-
-* ``text``: English sentences from a small grammar, as bytes: [gMASK]<sop> text <|endoftext|>.
-* ``speech``: [gMASK]<sop><|begin_of_audio|> codes <|end_of_audio|> (glm4voice.md §12 #14); codes
-  follow a seeded sparse Markov chain.
-* ``interleaved``: text documents in which some word spans are replaced by wrapped "speech": each
-  byte becomes 2 codes through a fixed seeded table, mimicking the text-to-token model
-  (glm4voice.md §7.2, §12 #13).
-
-Every token is a prediction target (loss_mask = 1). Documents are 64-600 tokens long.
-
 Usage: python -m data_pipelines.demo_corpus --out DIR
 
-The command line of ``glmvoice_jax.corpora.demo_corpus`` (the job's code).
+The command line of ``glmvoice_jax.corpora.demo_corpus``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

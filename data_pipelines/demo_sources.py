@@ -1,29 +1,9 @@
 r"""The four demo sources (text, speech_only, asr + tts, interleaved) from a small speech corpus.
 
-One call runs the real corpus jobs on demo-sized data, in the ``demo`` token layout (UTF-8 bytes
-as text, 512 speech codes):
-
-1. text documents: the bundled sentences (``glmvoice_jax/corpora/assets/sentences.txt``) grouped
-into
-   documents -> ``text_records`` -> ``OUT/text``;
-2. the speech tokens of the corpus (``glmvoice-tokenize`` output, ``{"id", "tokens"}``) ->
-   ``speech_records`` -> ``OUT/speech_only``, ``OUT/asr``, ``OUT/tts`` (transcripts from the
-   manifest, e.g. the espeak-ng corpus' ``train.jsonl``);
-3. the tiny text-to-token model (configs/text_to_token_tiny.py) trained on ``OUT/tts`` for
-   ``t2t_steps`` steps -> ``OUT/t2t``;
-4. the text documents interleaved with sampled speech spans -> ``OUT/interleaved``.
-
-Every step is resumable: rerunning skips finished shards and resumes the text-to-token training
-from its checkpoints. Without a speech tokenizer, ``text_derived_tokens`` writes a stand-in
-tokens file (each text byte -> 2 codes of a seeded table, plus seeded noise): enough to exercise
-the jobs and the statistics, not speech.
-
 Usage (Python): ``patterns = build_demo_sources(out_dir, manifest=..., tokens=...)`` returns
-source -> list of shard globs, ready for ``config.input.sources[name].paths``. CLI:
-  python -m data_pipelines.demo_sources --out runs/demo/sources \
-      --manifest runs/demo/espeak/train.jsonl --tokens runs/demo/tokens.jsonl
 
-The command line of ``glmvoice_jax.workflows.demo_sources`` (the job's code).
+The command line of ``glmvoice_jax.workflows.demo_sources``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

@@ -1,27 +1,11 @@
 r"""Grammar sentences for the espeak-ng corpus: a seeded generator over the 108-word grammar.
 
-``assets/grammar_sentences.txt`` (1200 sentences) was generated once from this grammar and
-committed; this module writes it down and extends it. ``generate`` keeps a given list as the
-first lines (every sentence must parse in the grammar) and appends new, distinct sentences drawn
-with a seeded RNG, so that with the corpus' held-out rule (every 10th sentence,
-glmvoice_jax/corpora/espeak_corpus.py) the held-out sentences of the shorter list stay held out, in
-the same order, and no sentence of the extension repeats one of them: held-out sentences remain
-unseen combinations of seen words.
-
-Grammar (four templates, drawn with equal probability; "walked home" is one intransitive verb):
-
-  TIME SUBJECT VERB the NOUN PLACE.          Last night the painter found the window at ...
-  SUBJECT VERB the ADJ NOUN PLACE.           Our neighbor fixed the tall candle under the ...
-  SUBJECT VERB a ADJ NOUN TIME.              The teacher hid a old chair every sunday.
-  SUBJECT INTRANSITIVE PLACE TIME.           Her mother slept near the river after lunch.
-
-16 subjects x 16 verbs x 12 adjectives x 16 nouns x 10 places x 8 times: about 1.2 M sentences.
-
 Usage (writes the committed ``assets/grammar_sentences_6k.txt``):
   python -m data_pipelines.grammar_sentences --num_sentences 6000 \
       --out glmvoice_jax/corpora/assets/grammar_sentences_6k.txt
 
-The command line of ``glmvoice_jax.corpora.grammar_sentences`` (the job's code).
+The command line of ``glmvoice_jax.corpora.grammar_sentences``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

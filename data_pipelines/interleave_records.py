@@ -1,24 +1,12 @@
 r"""Text corpus + text-to-token model -> ``interleaved`` records (glm4voice.md §7.2, §12 #13).
 
-Per document (text ids without [gMASK]<sop> / <|endoftext|>): ``interleave.select_spans`` draws
-Poisson(λ) span lengths until they cover η of the text and places them at random, non-overlapping
-and at least one token apart; ``sampling.SpeechSampler`` turns every span's text into speech
-tokens with the text-to-token checkpoint; ``interleave.build_document`` writes
-[gMASK]<sop> text <|begin_of_audio|> speech <|end_of_audio|> text ... <|endoftext|>, every token a
-target. Spans of a block of documents are sampled together (batches of similar length).
-
-Randomness: the spans of document i come from ``item_rng(seed, i)`` and span j's sampling seed is
-``item_seed(seed, i, j)``, so the output is the same for any shard / process / batch layout, and a
-killed job resumes to identical shards. Per-shard ``.stats.json`` extras: ``spans``,
-``span_text_tokens``, ``doc_text_tokens``, ``span_speech_tokens`` (glmvoice-data-stats reports mean
-span length and η from them); they hold no timings, so a resumed job's sidecars are identical too.
-
 Usage:
   python -m data_pipelines.interleave_records --input 'fineweb/*.jsonl' --out DIR/interleaved \
       --checkpoint T2T_WORKDIR --tokenizer glm-4/tokenizer.model --num_shards 4096 \
       [--span_mean 10 --span_ratio 0.3 --temperature 1.0 --top_p 0.9]
 
-The command line of ``glmvoice_jax.corpora.interleave_records`` (the job's code).
+The command line of ``glmvoice_jax.corpora.interleave_records``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

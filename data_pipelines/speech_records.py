@@ -1,25 +1,12 @@
 r"""Speech tokens -> ``speech``, ``asr`` or ``tts`` records (templates: data/prompts.py).
 
-Input: the speech tokenizer's output, JSONL lines ``{"id": str, "tokens": [codebook indices]}``
-(``glmvoice-tokenize``), and for ASR / TTS the transcripts: a manifest JSONL
-(``{"id", "text", ...}``) or a TFDS speech dataset built by ``build_tfds.py`` (its
-``manifest.<split>.jsonl`` is read). One record per utterance:
-
-  --kind speech  [gMASK]<sop><|begin_of_audio|>{speech}<|end_of_audio|>         loss everywhere
-  --kind asr     ... {speech} ... {text}<|endoftext|>                           loss on the text
-  --kind tts     [gMASK]<sop>{text}<|begin_of_audio|>{speech}<|end_of_audio|>   loss on speech
-
-TTS records are also the training data of the text-to-token model (configs/text_to_token_tiny.py).
-Skipped and listed: undecodable / bad JSON lines, missing or out-of-range tokens, utterances
-without a transcript or with an empty one, records over --max_tokens (default 8192, the pre-training
-sequence length: a longer ASR / TTS sample would be cut between prompt and target).
-
 Usage:
   python -m data_pipelines.speech_records --tokens 'tok/*.jsonl' --kind asr \
       --transcripts DATA_DIR/librispeech_local/1.0.0 --tokenizer glm-4/tokenizer.model \
       --out DIR/asr
 
-The command line of ``glmvoice_jax.corpora.speech_records`` (the job's code).
+The command line of ``glmvoice_jax.corpora.speech_records``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

@@ -1,17 +1,13 @@
 r"""Text corpus -> ``text`` records: [gMASK]<sop> {text} <|endoftext|>, every token a target.
 
-Input: a TFDS text dataset (``build_tfds.py --kind text``) or globs of ``.jsonl`` ({"text", "id"?})
-/ ``.txt`` (one document per line) files. Documents whose text is empty or whitespace, not UTF-8,
-not a string, or longer than --max_tokens are skipped and listed in ``<shard>.errors.jsonl``.
-Deterministic, resumable and split over processes as every job (``shard_job``).
-
 Usage:
   python -m data_pipelines.text_records --input 'corpus/*.jsonl' --out DIR/text \
       --tokenizer /path/glm-4/tokenizer.model --layout glm4_voice --num_shards 1024
   python -m data_pipelines.text_records --input DATA_DIR/my_text --out DIR/text \
       --tokenizer bytes --layout demo
 
-The command line of ``glmvoice_jax.corpora.text_records`` (the job's code).
+The command line of ``glmvoice_jax.corpora.text_records``
+(which documents the job: inputs, outputs, errors).
 """
 
 from __future__ import annotations

@@ -158,6 +158,30 @@ def _near(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _validate_loop(config: mlc.ConfigDict) -> None:
+    """What both trainers' configs share: step counts, cadences, schedule, NaN policy, rules."""
+    for key in ("total_steps", "log_every_steps"):
+        _need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
+    _need(
+        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
+    )
+    _need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    _need(
+        config.schedule.decay in ("linear", "cosine", "constant"),
+        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
+    )
+    _need(
+        config.metrics.on_nonfinite in ("raise", "skip"),
+        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
+    )
+    sharding.rules(config.axis_rules)  # raises with the known presets
+
+
 def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
     """Checks what can be checked before tracing; every error names the field, value and fix.
 
@@ -177,12 +201,7 @@ def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
         raise ValueError(
             f"config.trainer {config.trainer!r}: known trainers are 'lm' and 'speech_tokenizer'"
         )
-    need(config.total_steps > 0, f"total_steps must be > 0, got {config.total_steps}")
-    need(config.log_every_steps > 0, f"log_every_steps must be > 0, got {config.log_every_steps}")
-    need(
-        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
-    )
-    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    _validate_loop(config)
     inp = config.input
     need(
         inp.global_batch_size > 0,
@@ -215,15 +234,6 @@ def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
         sum(weights.values()) > 0,
         f"input.sources weights sum to 0 ({weights}); give at least one source a positive weight",
     )
-    need(
-        config.schedule.decay in ("linear", "cosine", "constant"),
-        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
-    )
-    need(
-        config.metrics.on_nonfinite in ("raise", "skip"),
-        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
-    )
-    sharding.rules(config.axis_rules)  # raises with the known presets
     uses_meta = INIT_FROM in (config.model.variant, config.tokens.layout)
     meta = _init_meta(config, "model.variant / tokens.layout") if uses_meta else None
     layout = token_layout_of(config, meta)
@@ -287,12 +297,7 @@ def validate_speech_tokenizer(config: mlc.ConfigDict) -> None:
         config.trainer == "speech_tokenizer",
         f"config.trainer is {config.trainer!r}; this validator is for 'speech_tokenizer'",
     )
-    for key in ("total_steps", "log_every_steps"):
-        need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
-    need(
-        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
-    )
-    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    _validate_loop(config)
     inp = config.input
     need(inp.global_batch_size > 0, f"input.global_batch_size must be > 0: {inp.global_batch_size}")
     need(
@@ -358,12 +363,3 @@ def validate_speech_tokenizer(config: mlc.ConfigDict) -> None:
         0.0 <= config.loss.label_smoothing < 1.0,
         f"loss.label_smoothing ({config.loss.label_smoothing}) must be in [0, 1)",
     )
-    need(
-        config.schedule.decay in ("linear", "cosine", "constant"),
-        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
-    )
-    need(
-        config.metrics.on_nonfinite in ("raise", "skip"),
-        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
-    )
-    sharding.rules(config.axis_rules)  # raises with the known presets
