@@ -21,6 +21,8 @@ import warnings
 import jax
 import jax.numpy as jnp
 import numpy as np
+import soundfile
+import soxr
 
 SAMPLE_RATE = 16000
 N_FFT = 400
@@ -50,13 +52,11 @@ def load_audio(path: str | os.PathLike) -> np.ndarray:
     if not os.path.isfile(path):
         raise ValueError(f"audio file {path!r} does not exist (or is not a regular file)")
     try:
-        import soundfile
-
         data, sr = soundfile.read(path, dtype="float32", always_2d=True)  # (S, channels)
         data = data.mean(axis=1)
     except Exception as sf_error:  # noqa: BLE001 - any decoder failure falls back to librosa
         try:
-            import librosa
+            import librosa  # lazy: imports numba (seconds); few paths need it
 
             with warnings.catch_warnings():  # librosa warns before trying audioread
                 warnings.simplefilter("ignore")
@@ -82,7 +82,6 @@ def resample(wav: np.ndarray, sample_rate: int, *, path: str = "<array>") -> np.
         raise ValueError(f"audio {path!r} has an invalid sample rate {sample_rate}")
     if sample_rate == SAMPLE_RATE:
         return np.asarray(wav, dtype=np.float32)
-    import soxr
 
     out = soxr.resample(np.asarray(wav, dtype=np.float32), sample_rate, SAMPLE_RATE, quality="HQ")
     out = np.asarray(out, dtype=np.float32)
@@ -94,7 +93,7 @@ def resample(wav: np.ndarray, sample_rate: int, *, path: str = "<array>") -> np.
 @functools.lru_cache(maxsize=8)
 def mel_filters(n_mels: int = 128) -> np.ndarray:
     """[M, Q] float64 Slaney-scale, Slaney-normalised mel filterbank, 0-8 kHz (librosa)."""
-    import librosa
+    import librosa  # lazy: imports numba (seconds); few paths need it
 
     return librosa.filters.mel(
         sr=SAMPLE_RATE,

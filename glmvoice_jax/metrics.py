@@ -203,10 +203,10 @@ def plot_losses(workdir: str, out_png: str) -> str | None:
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     if not rows:
         return None
-    import matplotlib
+    import matplotlib  # lazy: matplotlib costs ~1 s to import; only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only the plot needs it
 
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in rows]

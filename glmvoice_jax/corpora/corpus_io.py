@@ -137,7 +137,7 @@ class TfdsCorpus:
     """One split of a TFDS dataset folder, read with ``as_data_source`` (array_record)."""
 
     def __init__(self, directory: str, split: str = "train"):
-        import tensorflow_datasets as tfds
+        import tensorflow_datasets as tfds  # lazy: seconds to import; only TFDS inputs need it
 
         self.directory = directory
         builder = tfds.builder_from_directory(directory)

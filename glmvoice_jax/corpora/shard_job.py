@@ -48,7 +48,7 @@ ERRORS_SUFFIX = ".errors.jsonl"
 
 def default_process() -> tuple[int, int]:
     """(jax.process_index(), jax.process_count()); (0, 1) where JAX is not initialised."""
-    import jax
+    import jax  # lazy: the corpus jobs run without JAX; only the default process index needs it
 
     return jax.process_index(), jax.process_count()
 

@@ -30,12 +30,15 @@ that the next build ignores.
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
 from collections.abc import Iterator, Mapping
 
 import numpy as np
+import soundfile
+import soxr
 
 KINDS = ("librispeech", "manifest", "text")
 VERSION = "1.0.0"
@@ -43,23 +46,19 @@ _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def _tfds():
-    import tensorflow_datasets as tfds
+    import tensorflow_datasets as tfds  # lazy: seconds to import; only TFDS inputs need it
 
     return tfds
 
 
 def read_audio(path: str, sample_rate: int | None) -> tuple[np.ndarray, int]:
     """(int16 mono samples, sample rate) of an audio file; resampled when sample_rate is set."""
-    import soundfile
-
     data, sr = soundfile.read(path, dtype="int16", always_2d=True)  # (S, channels)
     if data.shape[1] > 1:
         data = np.round(data.astype(np.float32).mean(axis=1)).astype(np.int16)
     else:
         data = data[:, 0]
     if sample_rate and sr != sample_rate:
-        import soxr
-
         wav = soxr.resample(data.astype(np.float32) / 32768.0, sr, sample_rate, quality="HQ")
         data = np.clip(np.round(wav * 32768.0), -32768, 32767).astype(np.int16)
         sr = sample_rate
@@ -228,6 +227,7 @@ def _text_examples(files: list[str], errors: list[dict], max_chars: int) -> Iter
 def _make_builder_class(name: str, kind: str, splits: Mapping, options: Mapping):
     """A GeneratorBasedBuilder subclass named ``name`` (not registered globally)."""
     tfds = _tfds()
+    # lazy: TFDS takes seconds to import; only TFDS inputs need it
     from tensorflow_datasets.core import registered
 
     speech = kind != "text"
@@ -310,8 +310,6 @@ def build(
     Raises:
       ValueError: unknown kind, bad name, or inputs that match nothing.
     """
-    import glob
-
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     if not _NAME_RE.match(name):

@@ -23,6 +23,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 
 import regex
+import sentencepiece as spm
 from etils import epath
 
 from glmvoice_jax.data import token_layout as token_layout_lib
@@ -216,7 +217,6 @@ class SentencePieceTokenizer(TextTokenizer):
     kind = "sentencepiece"
 
     def __init__(self, model_proto: bytes, prefix_ids: Sequence[int] = ()):
-        import sentencepiece as spm
 
         self.model_proto = bytes(model_proto)
         self.prefix_ids = tuple(int(i) for i in prefix_ids)
@@ -233,8 +233,6 @@ class SentencePieceTokenizer(TextTokenizer):
         prefix_ids: Sequence[int] = (),
     ) -> SentencePieceTokenizer:
         """Trains in memory; byte fallback and no normalisation, so any text round-trips."""
-        import sentencepiece as spm
-
         buf = io.BytesIO()
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(lines),

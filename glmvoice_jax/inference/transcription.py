@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+import sentencepiece as spm
 from flax import nnx
 
 from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
@@ -56,8 +57,6 @@ def find_text_tokenizer(path: str) -> str:
 def _prefix_and_eos(tok: text_tokenizer_lib.TextTokenizer) -> tuple[tuple[int, ...], int]:
     """Decoder prefix and end id, as the trainer's ``AsrText`` defines them."""
     if isinstance(tok, text_tokenizer_lib.SentencePieceTokenizer):
-        import sentencepiece as spm
-
         eos = int(spm.SentencePieceProcessor(model_proto=tok.model_proto).eos_id())
         return tuple(tok.prefix_ids), eos
     return tuple(tok.specials[t] for t in tok.prefix), tok.specials[convert_whisper.WHISPER_EOS]

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections as mlc
 import numpy as np
+import sentencepiece as spm
 from etils import epath
 from flax import nnx
 from jax.experimental import multihost_utils
@@ -165,8 +166,6 @@ def text_side(config: mlc.ConfigDict, ckpt_dir: str, transcripts: Sequence[str])
             tmp.write_text(json.dumps(meta, indent=2))
             tmp.replace(meta_path)
     if isinstance(tok, text_tokenizer_lib.SentencePieceTokenizer):
-        import sentencepiece as spm
-
         prefix = tuple(tok.prefix_ids)
         eos = int(spm.SentencePieceProcessor(model_proto=tok.model_proto).eos_id())
     else:

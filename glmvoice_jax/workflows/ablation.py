@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 
 import ml_collections as mlc
 import numpy as np
+import soundfile
 
 from glmvoice_jax import checkpoint, config_lib, files
 from glmvoice_jax import progress as progress_lib
@@ -92,8 +93,6 @@ def _read_jsonl(path: str) -> list[dict]:
 
 def _audio_seconds(manifest: str) -> dict[str, float]:
     """Seconds per manifest id (``seconds``, else ``num_samples / sample_rate``, else the file)."""
-    import soundfile
-
     base = os.path.dirname(os.path.abspath(manifest))
     out = {}
     for row in _read_jsonl(manifest):

@@ -105,10 +105,10 @@ def write(workdir: str, results: Sequence[dict], config: mlc.ConfigDict) -> dict
 
 
 def _plot(results: Sequence[dict], path: str) -> None:
-    import matplotlib
+    import matplotlib  # lazy: matplotlib costs ~1 s to import; only the plot needs it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib costs ~1 s to import; only the plot needs it
 
     ok = sorted((r for r in results if _value(r, "tokenizer", "bitrate_bps")), key=_bps)
     fig, axes = plt.subplots(1, len(PLOTS), figsize=(4.2 * len(PLOTS), 3.4))
@@ -138,6 +138,7 @@ def _plot(results: Sequence[dict], path: str) -> None:
 
 def _tensorboard(workdir: str, results: Sequence[dict]) -> None:
     """Scalars of every finished cell under SWEEP/tensorboard/CELL (step = bitrate, rounded)."""
+    # lazy: its import costs ~0.3 s; only the report's event files need it
     from tensorboardX import SummaryWriter
 
     for r in results:

@@ -21,6 +21,7 @@ import pickle
 import zipfile
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
 # Storage class name -> numpy dtype name (torch.<Name>Storage). bfloat16 comes from ml_dtypes
@@ -49,8 +50,6 @@ class _StorageType:
     def dtype(self) -> np.dtype:
         dtype_name = _STORAGE_DTYPES[self.name]
         if dtype_name == "bfloat16":
-            import ml_dtypes
-
             return np.dtype(ml_dtypes.bfloat16)
         return np.dtype(dtype_name)
 

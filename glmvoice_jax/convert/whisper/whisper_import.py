@@ -33,6 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 
 from glmvoice_jax import checkpoint
 from glmvoice_jax.convert.io import safetensors_dir
@@ -224,8 +225,6 @@ def write_synthetic(
     Tensors are N(0, std^2), except the VQ buffers of an EMA codebook, which are consistent as
     in a release (ema_count = 1, ema_weight = codebook). Returns the tensors by HF name.
     """
-    from safetensors.numpy import save_file
-
     hf = hf_config(cfg, layout)
     read = cw.config_from_hf(hf)
     rng = np.random.default_rng(seed)
