@@ -8,8 +8,12 @@ object graph) and ``<name>/data/<key>`` (one raw storage blob per key, byte orde
 
 This module unpickles ``data.pkl`` with a restricted unpickler: ``find_class`` resolves only the
 tensor-rebuild globals listed in ``_ALLOWED_GLOBALS`` (mapped to numpy equivalents) and refuses
-everything else, so a hostile file cannot run code (``os.system``, ``builtins.eval``, ...). No
-torch import is needed or attempted. The legacy pre-1.6 (non-zip) format is not supported.
+everything else, so a hostile file cannot run code (``os.system``, ``builtins.eval``, ...). Each
+load makes its own immutable stand-ins, so a pickle cannot poison a later load. Sizes are never
+trusted: a tensor may not declare more elements than its storage, a storage more bytes than its
+zip member holds (read in bounded chunks, never inflated whole), and the whole file no more than
+``max_expansion`` times its size on disk. No torch import is needed or attempted. The legacy
+pre-1.6 (non-zip) format is not supported.
 """
 
 from __future__ import annotations
@@ -40,11 +44,32 @@ _STORAGE_DTYPES: dict[str, str] = {
 }
 
 
-class _StorageType:
+class _Frozen:
+    """Base of the per-load stand-ins: no ``__dict__``, no attribute can be set.
+
+    A pickle's BUILD opcode updates ``__dict__`` or calls ``setattr``; both fail here, so nothing
+    a hostile pickle does to a stand-in survives (and each load makes its own stand-ins anyway).
+    """
+
+    __slots__ = ()
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise pickle.UnpicklingError(f"refusing to set {name!r} on a tensor-rebuild stand-in")
+
+    def __delattr__(self, name: str) -> None:
+        raise pickle.UnpicklingError(f"refusing to delete {name!r} on a tensor-rebuild stand-in")
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("refusing a pickle that sets state on a tensor-rebuild global")
+
+
+class _StorageType(_Frozen):
     """Stand-in for a torch ``<Name>Storage`` class: only carries the element dtype."""
 
+    __slots__ = ("name",)
+
     def __init__(self, name: str):
-        self.name = name
+        object.__setattr__(self, "name", name)
 
     @property
     def dtype(self) -> np.dtype:
@@ -74,6 +99,13 @@ def _rebuild_tensor_v2(
         )
     if 0 in size:
         return np.zeros(size, dtype=storage.dtype)
+    numel = int(np.prod(size, dtype=object))
+    if numel > storage.size:
+        raise pickle.UnpicklingError(
+            f"tensor of size {size} (stride {stride}) declares {numel} elements over a storage "
+            f"of only {storage.size}; broadcast (stride-0) tensors are refused (re-save the "
+            "tensor with .contiguous())"
+        )
     last = storage_offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= storage.size:
         raise pickle.UnpicklingError(
@@ -109,30 +141,83 @@ def _rebuild_parameter_with_state(
     return data
 
 
-_ALLOWED_GLOBALS: dict[tuple[str, str], Any] = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
+class _Rebuild(_Frozen):
+    """Per-load, immutable callable standing in for a torch rebuild function."""
+
+    __slots__ = ("_fn", "_on_tensor")
+
+    def __init__(self, fn: Any, on_tensor: Any):
+        object.__setattr__(self, "_fn", fn)
+        object.__setattr__(self, "_on_tensor", on_tensor)
+
+    def __call__(self, *args: Any) -> Any:
+        out = self._fn(*args)
+        self._on_tensor(out)
+        return out
+
+
+_REBUILDS: dict[tuple[str, str], Any] = {
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter_with_state,
-    **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
 }
+# Allowed globals, for documentation and tests; each load builds its own stand-ins for them.
+_ALLOWED_GLOBALS: frozenset[tuple[str, str]] = frozenset(
+    {("collections", "OrderedDict"), *_REBUILDS, *(("torch", n) for n in _STORAGE_DTYPES)}
+)
+# Bytes a file may declare (storages read plus tensors built), as a multiple of its size on
+# disk, plus a fixed slack for tiny files. torch.save stores members uncompressed, so a genuine
+# state dict declares about 1x (2x with tied views); more means a crafted or compressed file.
+DEFAULT_MAX_EXPANSION = 4.0
+_SLACK_BYTES = 1 << 20
+_CHUNK = 1 << 22
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     """Unpickler that resolves only tensor-rebuild globals and reads storages from the zip."""
 
-    def __init__(self, data: bytes, archive: zipfile.ZipFile, prefix: str, path: str, order: str):
+    def __init__(
+        self,
+        data: bytes,
+        archive: zipfile.ZipFile,
+        prefix: str,
+        path: str,
+        order: str,
+        budget: int,
+    ):
         super().__init__(io.BytesIO(data))
         self._archive = archive
         self._prefix = prefix
         self._path = path
         self._order = order
         self._storages: dict[str, np.ndarray] = {}
+        self._budget = budget
+        self._declared = 0
+        # Fresh stand-ins for this load only: nothing from an earlier file can reach them.
+        self._globals: dict[tuple[str, str], Any] = {
+            ("collections", "OrderedDict"): collections.OrderedDict,
+            **{k: _Rebuild(fn, self._count_tensor) for k, fn in _REBUILDS.items()},
+            **{("torch", n): _StorageType(n) for n in _STORAGE_DTYPES},
+        }
+
+    def _charge(self, nbytes: int, what: str) -> None:
+        self._declared += nbytes
+        if self._declared > self._budget:
+            raise ValueError(
+                f"{self._path} declares {self._declared:,} bytes ({what}) but is only "
+                f"{os.path.getsize(self._path):,} bytes on disk; refusing it (limit "
+                f"{self._budget:,} bytes = max_expansion x file size). Raise max_expansion "
+                "only for a file you trust"
+            )
+
+    def _count_tensor(self, out: Any) -> None:
+        if isinstance(out, np.ndarray):
+            self._charge(out.nbytes, f"tensor of shape {out.shape}")
 
     def find_class(self, module: str, name: str) -> Any:
         try:
-            return _ALLOWED_GLOBALS[(module, name)]
+            return self._globals[(module, name)]
         except KeyError:
             raise pickle.UnpicklingError(
                 f"refusing to load {module}.{name} from {self._path}: not a tensor-rebuild "
@@ -155,28 +240,51 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if key not in self._storages:
             member = f"{self._prefix}data/{key}"
             try:
-                raw = self._archive.read(member)
+                info = self._archive.getinfo(member)
             except KeyError:
                 raise ValueError(
                     f"{self._path} is incomplete: storage {member!r} is missing"
                 ) from None
             dtype = storage_type.dtype.newbyteorder("<" if self._order == "little" else ">")
-            need = int(numel) * dtype.itemsize
-            if len(raw) < need:
+            if not isinstance(numel, int) or numel < 0:
+                raise pickle.UnpicklingError(f"storage {key!r} in {self._path}: numel {numel!r}")
+            need = numel * dtype.itemsize
+            if info.file_size < need:
                 raise ValueError(
-                    f"{self._path} is truncated: storage {member!r} has {len(raw)} bytes, "
+                    f"{self._path} is truncated: storage {member!r} has {info.file_size} bytes, "
                     f"{need} expected ({numel} x {storage_type.dtype})"
                 )
-            arr = np.frombuffer(raw[:need], dtype=dtype)
+            self._charge(need, f"storage {member!r}")
+            raw = self._read_bounded(member, need)
+            arr = np.frombuffer(raw, dtype=dtype)
             self._storages[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
         return self._storages[key]
 
+    def _read_bounded(self, member: str, need: int) -> bytearray:
+        """Reads exactly ``need`` bytes of a member in chunks (never inflates it whole)."""
+        buf = bytearray()
+        with self._archive.open(member) as f:
+            while len(buf) < need:
+                chunk = f.read(min(_CHUNK, need - len(buf)))
+                if not chunk:
+                    raise ValueError(
+                        f"{self._path} is truncated: storage {member!r} has {len(buf)} bytes, "
+                        f"{need} expected"
+                    )
+                buf += chunk
+        return buf
 
-def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
+
+def load_state_dict(
+    path: str | os.PathLike, max_expansion: float = DEFAULT_MAX_EXPANSION
+) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``'d state dict without torch.
 
     Args:
       path: a ``.pt`` / ``.pth`` / ``.bin`` file in torch's zip format.
+      max_expansion: the bytes the file may declare (storages read plus tensors built) as a
+        multiple of its size on disk (plus 1 MiB); a file declaring more is refused before the
+        memory is taken.
 
     Returns:
       ``{name: array}`` in file order, each array a fresh C-contiguous copy that honours the
@@ -184,8 +292,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
     Raises:
       FileNotFoundError: the file does not exist.
-      ValueError: the file is not a torch zip archive (legacy format, truncated, corrupt) or
-        does not hold a flat ``{str: tensor}`` dict.
+      ValueError: the file is not a torch zip archive (legacy format, truncated, corrupt),
+        does not hold a flat ``{str: tensor}`` dict, or declares more bytes than allowed.
       pickle.UnpicklingError: the pickle names a global outside the tensor-rebuild allowlist.
     """
     path = os.fspath(path)
@@ -212,8 +320,12 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
                 order = archive.read(f"{prefix}byteorder").decode().strip()
                 if order not in ("little", "big"):
                     raise ValueError(f"{path}: unknown byteorder {order!r}")
+            pkl = archive.getinfo(pickles[0])
+            if pkl.file_size > max_expansion * os.path.getsize(path) + _SLACK_BYTES:
+                raise ValueError(f"{path}: data.pkl declares {pkl.file_size:,} bytes; refusing it")
             data = archive.read(pickles[0])
-            obj = _RestrictedUnpickler(data, archive, prefix, path, order).load()
+            budget = int(max_expansion * os.path.getsize(path)) + _SLACK_BYTES
+            obj = _RestrictedUnpickler(data, archive, prefix, path, order, budget).load()
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path} is a corrupt or truncated zip archive: {e}") from e
     except EOFError as e:

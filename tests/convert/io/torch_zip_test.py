@@ -184,3 +184,60 @@ def test_non_tensor_content_is_rejected(tmp_path):
     _zip_with_pickle(tmp_path / "x.pt", pickle.dumps({"a": 1}, protocol=2))
     with pytest.raises(ValueError, match="entry 'a' is a int, not a tensor"):
         load_state_dict(tmp_path / "x.pt")
+
+
+# ---- hostile sizes and poisoning (issue 17: nothing a file does outlives its load) ----
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x80\x02ctorch\nFloatStorage\n}(X\x04\x00\x00\x00nameX\x0b\x00\x00\x00HalfStorageub.",
+        b"\x80\x02ctorch\nFloatStorage\n(N}(X\x04\x00\x00\x00nameX\x0b\x00\x00\x00HalfStorageutb.",
+        b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}(X\x0c\x00\x00\x00__defaults__)ub.",
+    ],
+)
+def test_a_pickle_cannot_poison_later_loads(tmp_path, payload):
+    before = load_state_dict(FIXTURES / "hift.pt")
+    _zip_with_pickle(tmp_path / "poison.pt", payload)
+    with pytest.raises(pickle.UnpicklingError, match="refusing a pickle that sets state"):
+        load_state_dict(tmp_path / "poison.pt")
+    after = load_state_dict(FIXTURES / "hift.pt")
+    assert all(after[k].dtype == np.float32 for k in after)
+    for k in before:
+        np.testing.assert_array_equal(after[k], before[k])
+
+
+def test_stride_zero_tensor_cannot_outgrow_its_storage(tmp_path, monkeypatch):
+    s0 = _Storage("FloatStorage", "0", np.ones(1, np.float32))
+    path = tmp_path / "t.pt"
+    _write_pt(path, monkeypatch, {"w": _Tensor(s0, 0, (1 << 14, 1 << 14), (0, 0))}, [s0])
+    with pytest.raises(pickle.UnpicklingError, match="declares 268435456 elements over a storage"):
+        load_state_dict(path)
+
+
+def test_deflated_storage_is_refused_before_it_is_inflated(tmp_path, monkeypatch):
+    s0 = _Storage("FloatStorage", "0", np.zeros(4, np.float32))
+    n = 4 << 20  # 16 MiB of float32 zeros deflate to ~16 KiB
+    path = tmp_path / "t.pt"
+    _write_pt(path, monkeypatch, {"w": _Tensor(s0, 0, (n,), (1,))}, [])
+    monkeypatch.undo()
+    with zipfile.ZipFile(path) as z:
+        pkl = z.read("archive/data.pkl").replace(b"K\x04", b"J" + n.to_bytes(4, "little"), 1)
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/data/0", bytes(4 * n), compress_type=zipfile.ZIP_DEFLATED)
+    assert path.stat().st_size < 100_000
+    with pytest.raises(ValueError, match=r"declares 16,777,216 bytes \(storage 'archive/data/0'\)"):
+        load_state_dict(path)
+    assert load_state_dict(path, max_expansion=3000.0)["w"].shape == (n,)
+
+
+def test_total_declared_bytes_are_bounded_by_the_file_size(tmp_path, monkeypatch):
+    s0 = _Storage("FloatStorage", "0", np.arange(1 << 16, dtype=np.float32))
+    views = {f"w{i}": _Tensor(s0, 0, (1 << 16,), (1,)) for i in range(20)}
+    _write_pt(tmp_path / "t.pt", monkeypatch, views, [s0])
+    with pytest.raises(ValueError, match=r"declares [\d,]+ bytes \(tensor of shape \(65536,\)\)"):
+        load_state_dict(tmp_path / "t.pt")
+    assert len(load_state_dict(tmp_path / "t.pt", max_expansion=32.0)) == 20
