@@ -17,6 +17,7 @@ from glmvoice_jax.data.input.sources import (
     DecodeAndCheck,
     ShardedRecordSource,
     SourceSpec,
+    check_has_targets,
     check_sources,
     group_shards,
     list_shards,
@@ -69,6 +70,7 @@ def mixed_records(
                 f"source {spec.name!r} has no records in its {len(paths)} shard(s) "
                 f"(first: {paths[0]}); write data there, or set its weight to 0"
             )
+        check_has_targets(source)
         logging.info(
             "data source %r: %d records in %d shards, weight %g",
             spec.name,

@@ -18,7 +18,7 @@ from etils import epath
 
 from glmvoice_jax.data.input.mixture import documents
 from glmvoice_jax.data.input.packing import DEFAULT_PACKING_BINS, Chunk, rename_packed
-from glmvoice_jax.data.input.sources import SourceSpec
+from glmvoice_jax.data.input.sources import SourceSpec, check_shard_set, shard_set
 
 # Marks the row-stream positions inside a saved iterator state (read_row_states finds them).
 ROW_STATE_KEY = "glmvoice_row_streams"
@@ -94,6 +94,7 @@ def make_row_iterator(
     packing_bins: int = DEFAULT_PACKING_BINS,
     start_state: Mapping[str, Any] | None = None,
     shard_groups: int = 0,
+    allow_shard_change: bool = False,
 ) -> grain.DatasetIterator:
     """The checkpointable, infinite iterator of the given rows of every global batch.
 
@@ -125,6 +126,10 @@ def make_row_iterator(
         Still a function of (sources, seed, seq_len, B, G, packing_bins), whatever the process
         count; a process whose rows fall in one block (P divides G) opens only that group's
         shards (docs/elastic_resume.md). 0 or 1 = one stream over all shards.
+      allow_shard_change: resume from a ``start_state`` whose recorded shard set (paths and
+        sizes per source) differs from what the sources resolve to now. Off by default: the
+        document order depends on the shard set, so a glob that gained or lost a shard would
+        silently repeat or skip documents; on, the order changes from the resumed step on.
 
     Returns:
       A grain.DatasetIterator of dicts with int32 [len(rows), seq_len] arrays ``tokens``,
@@ -133,8 +138,11 @@ def make_row_iterator(
 
     Raises:
       ValueError: at construction, for an invalid argument, a start_state of another
-        batch/length/packing or missing rows, a source whose paths match nothing, a missing or
-        unreadable shard, a source without records, or weights that are negative or sum to 0;
+        batch/length/packing or missing rows, a start_state recorded over another shard set
+        (naming the shards added, removed or resized; see allow_shard_change), a source whose
+        paths match nothing, a missing or unreadable shard, a source without records or
+        without a single target token (loss_mask all 0), or weights that are negative or sum
+        to 0;
         while iterating, for a corrupt record or a token id outside [0, vocab_size), naming the
         source, the shard file and the record index.
     """
@@ -174,7 +182,10 @@ def make_row_iterator(
         )
     if groups > 1:
         layout["shard_groups"] = groups
+    shards = shard_set(sources)
     starts = _check_start_state(start_state, layout, rows)
+    if start_state is not None:
+        check_shard_set(start_state.get("shards"), shards, allow_shard_change)
 
     block = global_batch_size // groups  # rows per group; the stride of its row streams
     group_docs: dict[int, grain.MapDataset] = {}
@@ -196,7 +207,7 @@ def make_row_iterator(
             meta_features=("loss_mask",),  # packed and zero-padded, without its own segment ids
         )
 
-    ds = _RowStreams({r: row_stream(r) for r in rows}, layout, starts)
+    ds = _RowStreams({r: row_stream(r) for r in rows}, layout, starts, (shards, allow_shard_change))
     if num_workers > 0:
         ds = ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
         if num_workers > 1:
@@ -252,11 +263,13 @@ class _RowStreams(grain.IterDataset):
         streams: Mapping[int, grain.IterDataset],
         layout: Mapping[str, int],
         starts: Mapping[int, Any],
+        shards: tuple[Mapping[str, Any], bool],
     ):
         self._rows = sorted(streams)
         super().__init__([streams[r] for r in self._rows])
         self._layout = dict(layout)
         self._starts = dict(starts)
+        self._shards = shards  # (shard set, allow_shard_change)
 
     def set_slice(self, sl: slice, sequential_slice: bool = False) -> None:
         del sequential_slice  # rows are sliced, never records
@@ -264,17 +277,20 @@ class _RowStreams(grain.IterDataset):
         self._parents = tuple(self._parents[sl])
 
     def __iter__(self) -> grain.DatasetIterator:
-        return _RowStreamsIterator(self._rows, self._parents, self._layout, self._starts)
+        return _RowStreamsIterator(
+            self._rows, self._parents, self._layout, self._starts, self._shards
+        )
 
     def __str__(self) -> str:
         return f"RowStreams({len(self._rows)} rows of {self._layout})"
 
 
 class _RowStreamsIterator(grain.DatasetIterator):
-    def __init__(self, rows, parents, layout, starts):
+    def __init__(self, rows, parents, layout, starts, shards):
         super().__init__([p.__iter__() for p in parents])
         self._rows = list(rows)
         self._layout = layout
+        self._shards = shards
         for r, it in zip(self._rows, self._parents, strict=True):
             if r in starts:
                 it.set_state(starts[r])
@@ -285,10 +301,11 @@ class _RowStreamsIterator(grain.DatasetIterator):
 
     def get_state(self) -> dict[str, Any]:
         rows = {str(r): it.get_state() for r, it in zip(self._rows, self._parents, strict=True)}
-        return {ROW_STATE_KEY: dict(self._layout, rows=rows)}
+        return {ROW_STATE_KEY: dict(self._layout, rows=rows, shards=self._shards[0])}
 
     def set_state(self, state: Mapping[str, Any]) -> None:
         starts = _check_start_state(state[ROW_STATE_KEY], self._layout, self._rows)
+        check_shard_set(state[ROW_STATE_KEY].get("shards"), *self._shards)
         for r, it in zip(self._rows, self._parents, strict=True):
             it.set_state(starts[r])
 
@@ -317,7 +334,8 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
         (any path epath understands, gs:// included).
 
     Returns:
-      {"global_batch_size", "seq_len", "packing_bins", "rows": {row: state}} covering every row.
+      {"global_batch_size", "seq_len", "packing_bins", "rows": {row: state}} covering every row,
+      plus "shards" (per source, [path, size] of its resolved shards) when recorded.
 
     Raises:
       FileNotFoundError: no process files, or one of the n files is missing.
@@ -345,7 +363,7 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
             f"{data_dir} holds data states of processes {sorted(have)} but was written by "
             f"{count}; missing {sorted(set(range(count)) - have)} (incomplete copy?)"
         )
-    layout, merged = None, {}
+    layout, merged, shards = None, {}, None
     for f in parsed:
         found = _find_row_states(json.loads(f.read_text()))
         if not found:
@@ -359,6 +377,10 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
                 this["shard_groups"] = part["shard_groups"]
             if layout is not None and this != layout:
                 raise ValueError(f"{f}: data layout {this} differs from {layout}")
+            if "shards" in part:
+                if shards is not None and part["shards"] != shards:
+                    raise ValueError(f"{f}: its recorded shard set differs from the other files'")
+                shards = part["shards"]
             layout = this
             merged.update({int(r): s for r, s in part["rows"].items()})
     missing = sorted(set(range(layout["global_batch_size"])) - set(merged))
@@ -367,4 +389,7 @@ def read_row_states(data_dir: str | os.PathLike) -> dict[str, Any]:
             f"{data_dir}: the process files cover {len(merged)} of "
             f"{layout['global_batch_size']} rows; missing {missing[:8]}"
         )
-    return dict(layout, rows=merged)
+    out = dict(layout, rows=merged)
+    if shards is not None:
+        out["shards"] = shards
+    return out

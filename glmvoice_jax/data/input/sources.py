@@ -200,6 +200,86 @@ def list_shards(patterns: str | Sequence[str]) -> list[str]:
     return sorted(files)
 
 
+_TARGET_PROBES = 64
+
+
+def check_has_targets(source: ShardedRecordSource) -> None:
+    """Refuses a source whose records carry no target token (loss_mask all 0).
+
+    Decodes up to ``_TARGET_PROBES`` records spread evenly over the source; if none has a single
+    target the source would "train perfectly" (loss 0, gradient 0), which is a broken masking
+    job, never a corpus worth mixing in.
+
+    Raises:
+      ValueError: naming the source, how many records were probed and the first shard.
+    """
+    n = len(source)
+    probes = sorted({int(i) for i in np.linspace(0, n - 1, min(n, _TARGET_PROBES))})
+    for i in probes:
+        raw = source[i]
+        ex = records.decode(raw.data, where=f"source {raw.source!r} shard {raw.path} record {i}")
+        if np.any(ex.loss_mask):
+            return
+    raise ValueError(
+        f"source {source.name!r} has no target tokens: loss_mask is 0 in all {len(probes)} "
+        f"records probed across its {len(source.paths)} shard(s) (first: {source.paths[0]}); "
+        "the job that wrote it masked everything: fix its loss mask, or set its weight to 0"
+    )
+
+
+def shard_set(sources: Sequence[SourceSpec]) -> dict[str, list[list]]:
+    """Per active source, its resolved shards as sorted [path, size in bytes] pairs.
+
+    Saved with the iterator state, so a resume notices a glob that gained or lost a shard.
+    """
+    out = {}
+    for spec in check_sources(sources):
+        try:
+            paths = list_shards(spec.paths)
+        except ValueError as e:
+            raise ValueError(f"source {spec.name!r}: {e}") from None
+        sizes = [epath.Path(p).stat().length if _is_url(p) else os.path.getsize(p) for p in paths]
+        out[spec.name] = [[p, int(n)] for p, n in zip(paths, sizes, strict=True)]
+    return out
+
+
+def check_shard_set(saved: Mapping[str, Any] | None, now: Mapping[str, Any], allow: bool) -> None:
+    """Refuses a resume whose sources resolve to other shards than the saved state's.
+
+    Raises:
+      ValueError: naming, per changed source, the shards added, removed or resized, unless
+        ``allow`` (the config's ``input.allow_shard_change``).
+    """
+    if saved is None:  # a state written before shard sets were recorded
+        logging.warning("the data state records no shard set; cannot check it against this run")
+        return
+    lines = []
+    for name in sorted(set(saved) | set(now)):
+        old = {p: n for p, n in saved.get(name, [])}
+        new = {p: n for p, n in now.get(name, [])}
+        if old == new:
+            continue
+        added = sorted(set(new) - set(old))
+        removed = sorted(set(old) - set(new))
+        resized = sorted(p for p in set(old) & set(new) if old[p] != new[p])
+        parts = [
+            f"{label} {len(ps)} {ps[:3]}{' ...' if len(ps) > 3 else ''}"
+            for label, ps in (("added", added), ("removed", removed), ("resized", resized))
+            if ps
+        ]
+        lines.append(f"source {name!r}: " + "; ".join(parts))
+    if not lines:
+        return
+    msg = "the data sources resolve to other shards than at the saved step: " + " | ".join(lines)
+    if allow:
+        logging.warning("%s; input.allow_shard_change=True: the document order changes", msg)
+        return
+    raise ValueError(
+        f"{msg}. Restore the shards, or set input.allow_shard_change=True to resume anyway "
+        "(the document order changes from this step on)"
+    )
+
+
 def check_sources(sources: Sequence[SourceSpec]) -> list[SourceSpec]:
     """Validates the mixture; returns the sources with positive weight."""
     if not sources:
