@@ -42,17 +42,23 @@ def documents(
     """
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
-    docs = mixed_records(sources, seed=seed, shard_group=shard_group)
+    docs = mixed_records(sources, seed=seed, shard_group=shard_group, require_targets=True)
     return docs.map(DecodeAndCheck(vocab_size))
 
 
 def mixed_records(
-    sources: Sequence[SourceSpec], *, seed: int, shard_group: tuple[int, int] | None = None
+    sources: Sequence[SourceSpec],
+    *,
+    seed: int,
+    shard_group: tuple[int, int] | None = None,
+    require_targets: bool = False,
 ) -> grain.MapDataset:
     """The global mixed stream of undecoded ``RawRecord``s (which source each one came from).
 
     ``documents`` decodes exactly this stream; glmvoice-data-stats reads it to measure shares.
     ``shard_group`` = (g, G): only group g's shards (``group_shards``) of every source.
+    ``require_targets``: refuse a source whose records carry no target token
+    (``check_has_targets``); training streams need it, the statistics job reports such a source.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -70,7 +76,8 @@ def mixed_records(
                 f"source {spec.name!r} has no records in its {len(paths)} shard(s) "
                 f"(first: {paths[0]}); write data there, or set its weight to 0"
             )
-        check_has_targets(source)
+        if require_targets:
+            check_has_targets(source)
         logging.info(
             "data source %r: %d records in %d shards, weight %g",
             spec.name,
