@@ -55,6 +55,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         global_batch_size=16,  # 16 x 256 = 4,096 tokens per step
         num_workers=0,
         prefetch_buffer_size=16,
+        # True: resume although the sources' shards changed (the order changes from there).
+        allow_shard_change=False,
     )
     c.optim = dict(
         b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0, grad_accum_steps=1

@@ -66,6 +66,8 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         global_batch_size=arg.batch,
         num_workers=0,
         prefetch_buffer_size=16,
+        # True: resume although the sources' shards changed (the order changes from there).
+        allow_shard_change=False,
         # G > 1: row block g of the global batch reads only shard group g (shards g, g + G, ...
         # of every source), so with P hosts dividing G each host opens 1/P of the files; the
         # order stays the same for any host count (docs/elastic_resume.md). 0 = all shards.

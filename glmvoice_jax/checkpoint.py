@@ -149,6 +149,10 @@ class Checkpointer:
 
     def close(self) -> None:
         self.manager.wait_until_finished()
+        # Orbax's close() does not join the tmp-directory cleanup it starts at construction; a
+        # process that exits right after (a user error at start-up) would print its thread's
+        # traceback at shutdown. No public API waits for it (orbax 0.11), hence the guarded call.
+        getattr(self.manager, "_maybe_await_cleanup_tmp_directory", lambda: None)()
         self.manager.close()
 
 

@@ -294,50 +294,59 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         async_save=config.ckpt.async_save,
     )
     meta = checkpoint.model_meta(model_cfg, layout, extra={"config": config.to_dict()})
-    start_step = ckpt.latest_step()
-    data_state = None
-    with sharding.activate(mesh, preset):
-        if start_step is not None:
-            params, train_state, _ = ckpt.restore(
-                start_step,
-                abstract_params=checkpoint.abstract_like(shapes.abs_params, param_sh),
-                abstract_train=checkpoint.abstract_like(shapes.abs_train, train_sh),
-                data_iter=None,  # read below from every process' file: elastic resume
-            )
-            data_state = input_pipeline.read_row_states(ckpt.directory / str(start_step) / "data")
-            logging.info("resumed from %s at step %d", ckpt.directory, start_step)
-            if is_main:
-                print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
-        else:
-            start_step = 0
-            if config.init_from:
-                params = _load_init_params(config.init_from, model_cfg, shapes.abs_params, param_sh)
+    try:  # a user error below must close the manager (its threads) before the exit
+        start_step = ckpt.latest_step()
+        data_state = None
+        with sharding.activate(mesh, preset):
+            if start_step is not None:
+                params, train_state, _ = ckpt.restore(
+                    start_step,
+                    abstract_params=checkpoint.abstract_like(shapes.abs_params, param_sh),
+                    abstract_train=checkpoint.abstract_like(shapes.abs_train, train_sh),
+                    data_iter=None,  # read below from every process' file: elastic resume
+                )
+                data_state = input_pipeline.read_row_states(
+                    ckpt.directory / str(start_step) / "data"
+                )
+                logging.info("resumed from %s at step %d", ckpt.directory, start_step)
                 if is_main:
-                    print(f"initialised weights from {config.init_from}", flush=True)
+                    print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
             else:
-                params = jax.jit(
-                    lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())),
-                    out_shardings=param_sh,
-                )()
-            train_state = jax.jit(shapes.init_train, out_shardings=train_sh)(params)
+                start_step = 0
+                if config.init_from:
+                    params = _load_init_params(
+                        config.init_from, model_cfg, shapes.abs_params, param_sh
+                    )
+                    if is_main:
+                        print(f"initialised weights from {config.init_from}", flush=True)
+                else:
+                    params = jax.jit(
+                        lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())),
+                        out_shardings=param_sh,
+                    )()
+                train_state = jax.jit(shapes.init_train, out_shardings=train_sh)(params)
 
-    ####################################################################################
-    # Input pipeline: this process' rows of every global batch
-    ####################################################################################
-    rows = local_rows(batch_sh, gbs, seq_len)
-    position = {r: i for i, r in enumerate(rows)}
-    data_iter = input_pipeline.make_row_iterator(
-        input_pipeline.sources_from_config(config.input.sources, workdir),
-        rows=rows,
-        global_batch_size=gbs,
-        seq_len=seq_len,
-        vocab_size=layout.vocab_size,
-        seed=config.seed,
-        num_workers=config.input.num_workers,
-        prefetch_buffer_size=config.input.prefetch_buffer_size,
-        start_state=data_state,
-        shard_groups=config.input.get("shard_groups", 0),
-    )
+        ####################################################################################
+        # Input pipeline: this process' rows of every global batch
+        ####################################################################################
+        rows = local_rows(batch_sh, gbs, seq_len)
+        position = {r: i for i, r in enumerate(rows)}
+        data_iter = input_pipeline.make_row_iterator(
+            input_pipeline.sources_from_config(config.input.sources, workdir),
+            rows=rows,
+            global_batch_size=gbs,
+            seq_len=seq_len,
+            vocab_size=layout.vocab_size,
+            seed=config.seed,
+            num_workers=config.input.num_workers,
+            prefetch_buffer_size=config.input.prefetch_buffer_size,
+            start_state=data_state,
+            shard_groups=config.input.get("shard_groups", 0),
+            allow_shard_change=config.input.get("allow_shard_change", False),
+        )
+    except BaseException:
+        ckpt.close()
+        raise
 
     def to_global(local: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         def piece(key, index):
