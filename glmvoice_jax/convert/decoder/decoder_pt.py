@@ -147,7 +147,11 @@ def parse_config_yaml(text: str, source: str = "config.yaml") -> DecoderConfig:
     try:
         doc = yaml.load(text, Loader=_TagsAsDataLoader)  # a SafeLoader subclass
     except yaml.YAMLError as e:
-        raise ValueError(f"{source}: not valid YAML: {e}") from e
+        # One line: PyYAML's str() appends a multi-line snippet of the offending text.
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ValueError(f"{source}: not valid YAML{where}: {problem}") from e
     if not isinstance(doc, dict):
         raise ValueError(f"{source}: expected a mapping at the top level")
     known = set(_TOP_LEVEL_SCALARS) | set(_IGNORED_SECTIONS) | {"flow", "hift"}
