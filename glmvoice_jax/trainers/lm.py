@@ -388,10 +388,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                     for k in ("loss", "text_loss", "speech_loss", "grad_norm")
                 }
                 scalars["lr"] = float(fetched[-1]["lr"])
-                scalars["step_time"] = dt
-                scalars["tokens_per_sec"] = tokens_per_step / dt
-                scalars["tokens_per_sec_per_device"] = tokens_per_step / dt / jax.device_count()
-                scalars["mfu"] = flops_per_step / dt / jax.device_count() / peak
+                if run.timed_steps:  # never from an interval of only the compiling step
+                    scalars["step_time"] = dt
+                    scalars["tokens_per_sec"] = tokens_per_step / dt
+                    per_device = tokens_per_step / dt / jax.device_count()
+                    scalars["tokens_per_sec_per_device"] = per_device
+                    scalars["mfu"] = flops_per_step / dt / jax.device_count() / peak
                 run.log(scalars)
             run.checkpoint(params=params, train=train_state, data_iter=data_iter, meta=meta)
     run.close()
@@ -455,7 +457,7 @@ def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh)
 
 def _postfix(s: dict[str, float]) -> str:
     """The progress bar's metrics: loss by modality, throughput and MFU."""
-    return (
-        f"loss {s['loss']:.4f} text {s['text_loss']:.3f} speech {s['speech_loss']:.3f} "
-        f"{s['tokens_per_sec']:,.0f} tok/s mfu {100 * s['mfu']:.1f}%"
-    )
+    line = f"loss {s['loss']:.4f} text {s['text_loss']:.3f} speech {s['speech_loss']:.3f}"
+    if "mfu" in s:
+        line += f" {s['tokens_per_sec']:,.0f} tok/s mfu {100 * s['mfu']:.1f}%"
+    return line

@@ -172,6 +172,7 @@ class Loop:
         self._t_log = time.time()
         self._steps_since_log = 0
         self._first = True
+        self.timed_steps = 0
 
     @property
     def running(self) -> bool:
@@ -207,6 +208,9 @@ class Loop:
         fetched = jax.device_get(self._pending)
         now = time.time()
         dt = (now - self._t_log) / max(self._steps_since_log, 1)
+        # Steps timed in this interval: 0 when it holds only the first (compiling, warm-up) step,
+        # whose dt is not a step time; throughput and MFU must not be logged from it.
+        self.timed_steps = self._steps_since_log
         self._pending.clear()
         self._t_log, self._steps_since_log = now, 0
         return fetched, dt
