@@ -14,6 +14,7 @@ auto-detection); see glmvoice_jax/distributed.py. Start-up and dead peers are bo
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import traceback
 
@@ -126,8 +127,23 @@ def _precheck(argv: list[str]) -> None:
         doors.fail(str(e))
 
 
+def _stop_during_startup(signum, frame) -> None:
+    """SIGTERM / SIGINT before the step loop takes them over: nothing to save, exit 0."""
+    del frame
+    name = signal.Signals(signum).name
+    print(
+        f"glmvoice-train: {name} during start-up, before the first step: nothing new to save; "
+        "exiting 0 (run the same command again to start or resume)",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(0)
+
+
 def run() -> None:
     """Console-script entry point (cli/doors.py: --help, user errors as one line, exit 1)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):  # the step loop installs its own (save + exit 0)
+        signal.signal(sig, _stop_during_startup)
     _precheck(sys.argv[1:])
     doors.run(main, __doc__, required=("config",))
 

@@ -73,3 +73,17 @@ def test_cli_user_error_is_one_line_without_traceback(tmp_path, name):
     assert proc.returncode == 1, f"{name}: rc {proc.returncode}\n{err[-3000:]}"
     assert lines and needle in lines[-1], f"{name}: {err[-3000:]}"
     assert "Traceback (most recent call last)" not in err, f"{name}: {err[-3000:]}"
+
+
+def test_sigterm_during_startup_exits_zero_with_a_message(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cmd = _TRAIN + [f"--config={_DEMO}", f"--workdir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)  # inside the imports / config parsing, long before the first step
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-3000:]
+    assert "SIGTERM during start-up" in err and "Traceback" not in err, err[-3000:]
