@@ -29,6 +29,10 @@ from glmvoice_jax.models.speech_decoder.stream import Chunk, emitted_mel, stream
 
 NOISE_MODES = ("random", "zeros")
 ERRORS_FILE = "errors.jsonl"
+# Tokens per line decoded in one pass (~160 s of speech at 12.5 Hz). The one-pass decoder's
+# memory grows with the square of the length: 5,000 tokens tried to allocate 47 GB. Longer
+# lines are skipped and listed; --streaming decodes them in bounded chunks.
+MAX_TOKENS = 2000
 _MAX_ID_CHARS = 200
 
 
@@ -101,11 +105,16 @@ def _check_id(value: Any) -> str:
     return uid
 
 
-def _check_tokens(value: Any, vocab_size: int) -> np.ndarray:
+def _check_tokens(value: Any, vocab_size: int, max_tokens: int | None = None) -> np.ndarray:
     if not isinstance(value, list):
         raise ValueError(f'"tokens" must be a list of integers, got {type(value).__name__}')
     if not value:
         raise ValueError('"tokens" is empty: the decoder needs at least one speech token')
+    if max_tokens is not None and len(value) > max_tokens:
+        raise ValueError(
+            f"{len(value):,} tokens exceed the one-pass limit of {max_tokens:,} (memory grows "
+            "with the square of the length); split the line, or decode with --streaming"
+        )
     for pos, tok in enumerate(value):
         if isinstance(tok, bool) or not isinstance(tok, int):
             raise ValueError(f'"tokens"[{pos}] = {tok!r} is not an integer codebook index')
@@ -119,12 +128,15 @@ def _check_tokens(value: Any, vocab_size: int) -> np.ndarray:
     return np.asarray(value, np.int32)
 
 
-def parse_lines(path: str, vocab_size: int) -> tuple[list[Request], list[LineError], int]:
+def parse_lines(
+    path: str, vocab_size: int, max_tokens: int | None = None
+) -> tuple[list[Request], list[LineError], int]:
     """Reads and validates a TOKENS.jsonl file; blank lines are ignored.
 
     Args:
       path: the JSONL file.
       vocab_size: codebook size; ids must lie in [0, vocab_size).
+      max_tokens: a longer line is an error of that line (None: no cap).
 
     Returns:
       (valid requests, errors of the other lines, number of non-blank lines).
@@ -157,7 +169,7 @@ def parse_lines(path: str, vocab_size: int) -> tuple[list[Request], list[LineErr
                         f"id {uid!r} repeats line {seen[uid]}; ids name the output files and "
                         "must be unique"
                     )
-                tokens = _check_tokens(obj["tokens"], vocab_size)
+                tokens = _check_tokens(obj["tokens"], vocab_size, max_tokens)
             except ValueError as e:
                 where = f"line {number}" + ("" if uid is None else f" (id {uid!r})")
                 errors.append(LineError(number, uid, f"{where}: {e}"))
@@ -276,7 +288,7 @@ def decode_file(
     if noise not in NOISE_MODES:
         raise ValueError(f"noise must be one of {NOISE_MODES}, got {noise!r}")
     vocab = model.config.flow.vocab_size
-    requests, bad, count = parse_lines(input_path, vocab)
+    requests, bad, count = parse_lines(input_path, vocab, None if streaming else MAX_TOKENS)
     os.makedirs(output_dir, exist_ok=True)
     report = Report(output_dir, model.config.hift.sampling_rate, lines=count)
     errors = _ErrorLog(os.path.join(output_dir, ERRORS_FILE))

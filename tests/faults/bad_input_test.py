@@ -171,3 +171,18 @@ def test_hostile_yaml_is_refused_and_runs_nothing(tmp_path):
     with pytest.raises(ValueError, match=msg):
         hostile_yaml(tmp_path)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_decode_line_over_the_length_cap_is_skipped_and_named(tmp_path):
+    from glmvoice_jax.inference import speech_decoding
+
+    path = tmp_path / "tokens.jsonl"
+    n = speech_decoding.MAX_TOKENS + 1
+    path.write_text(json.dumps({"id": "long", "tokens": [1] * n}) + "\n")
+    requests, errors, count = speech_decoding.parse_lines(
+        str(path), 16384, speech_decoding.MAX_TOKENS
+    )
+    assert not requests and count == 1 and len(errors) == 1
+    msg = errors[0].error
+    assert f"{n:,} tokens exceed the one-pass limit" in msg and "--streaming" in msg
+    assert len(speech_decoding.parse_lines(str(path), 16384)[0]) == 1  # no cap: read
