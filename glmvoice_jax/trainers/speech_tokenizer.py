@@ -47,7 +47,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio, checkpoint, config_lib, optim, sharding
+from glmvoice_jax import audio, checkpoint, config_lib, optim, progress, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_asr
@@ -394,20 +394,13 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Update step
     ####################################################################################
     step_fn = make_train_step(graphdef, tx, model_cfg, config, mask)
-    first_batch = to_global(next(data_iter))
-    with sharding.activate(mesh, preset):
-        jit_step = loop.compile_step(
-            jax.jit(
-                step_fn,
-                in_shardings=(param_sh, train_sh, batch_sh),
-                out_shardings=(param_sh, train_sh, replicated),
-                donate_argnums=(0, 1),
-            ),
-            params,
-            train_state,
-            first_batch,
-            announce=is_main,
-        )
+    # Jitted, not compiled ahead: audio comes in length buckets, one compile per bucket width.
+    jit_step = jax.jit(
+        step_fn,
+        in_shardings=(param_sh, train_sh, batch_sh),
+        out_shardings=(param_sh, train_sh, replicated),
+        donate_argnums=(0, 1),
+    )
 
     ####################################################################################
     # Evals: greedy decoding of the held-out set (WER / CER)
@@ -452,12 +445,18 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     t_start = time.time()
     every_eval = config.evals.every_steps
-    batch = first_batch
+    first = True
     with sharding.activate(mesh, preset):
         while run.running:
-            batch = batch if batch is not None else to_global(next(data_iter))
-            params, train_state, out = jit_step(params, train_state, batch)
-            batch = None
+            batch = to_global(next(data_iter))
+            # The first step compiles (its bucket); announced with its time like the LM's.
+            with progress.timed(
+                "compiling train step (first audio bucket)", enabled=first and is_main
+            ):
+                params, train_state, out = jit_step(params, train_state, batch)
+                if first:
+                    jax.block_until_ready(out["loss"])
+            first = False
             run.stepped(out)
             step = run.step
             eval_now = every_eval > 0 and (step % every_eval == 0 or step == config.total_steps)
