@@ -1,6 +1,7 @@
 """Every console script's door: --help, no arguments, renamed flags, user errors, debug mode."""
 
 import ast
+import json
 import os
 import pathlib
 import subprocess
@@ -26,8 +27,45 @@ def _scripts() -> dict[str, str]:
 SCRIPTS = _scripts()
 
 
+def _calls(name: str, *argvs: list[str], debug: bool = False) -> list[tuple[int, str]]:
+    """Runs a console script's run() once per argv, all in one subprocess (one jax import).
+
+    Each run's exit code and output are recorded; flags are re-parsed from scratch each time.
+    """
+    code = f"""
+import contextlib, io, json, sys
+from importlib import import_module
+mod = import_module({SCRIPTS[name]!r})
+results = []
+for argv in json.loads(sys.argv[1]):
+    sys.argv = [{name!r}, *argv]
+    out = io.StringIO()
+    rc = 0
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
+        try:
+            mod.run()
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    results.append([rc, out.getvalue()])
+sys.__stdout__.write("@@RESULTS@@" + json.dumps(results))
+"""
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("GLMVOICE_DEBUG", None)
+    if debug:
+        env["GLMVOICE_DEBUG"] = "1"
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps([list(a) for a in argvs])],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert "@@RESULTS@@" in proc.stdout, proc.stdout + proc.stderr
+    return [tuple(r) for r in json.loads(proc.stdout.split("@@RESULTS@@", 1)[1])]
+
+
 def _call(name: str, *args: str, debug: bool = False) -> tuple[int, str]:
-    """Runs a console script's run() in one subprocess (so sys.exit and flags stay isolated)."""
+    """Runs a console script once, in a subprocess (tracebacks land on the real stderr)."""
     code = (
         "import sys; from importlib import import_module; "
         f"sys.argv = [{name!r}, *sys.argv[1:]]; import_module({SCRIPTS[name]!r}).run()"
@@ -48,18 +86,16 @@ def test_eleven_or_more_scripts_are_listed():
 
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
 def test_help_no_arguments_and_renamed_flags(name):
-    rc, out = _call(name, "--help")
+    (rc, out), (rc2, out2), (rc3, out3) = _calls(name, ["--help"], [], ["--src=/x"])
     assert rc == 0, out
     assert name in out and "flags:" in out and "--" in out
     assert "alsologtostderr" not in out and "Traceback" not in out
 
-    rc, out = _call(name)
-    assert rc != 0 and "Traceback" not in out, out
-    assert "missing required flag" in out and len(out.strip().splitlines()) <= 2, out
+    assert rc2 != 0 and "Traceback" not in out2, out2
+    assert "missing required flag" in out2 and len(out2.strip().splitlines()) <= 2, out2
 
-    rc, out = _call(name, "--src=/x")
-    assert rc != 0 and "Traceback" not in out
-    assert "--src was renamed --checkpoint" in out, out
+    assert rc3 != 0 and "Traceback" not in out3
+    assert "--src was renamed --checkpoint" in out3, out3
 
 
 def test_bad_paths_are_one_line_and_debug_shows_the_traceback(tmp_path):
