@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install system-deps demo ablate-demo test lint format bench clean-demo
+.PHONY: install system-deps demo ablate-demo test test-e2e lint format bench clean-demo
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,10 @@ ablate-demo: $(STAMP) system-deps
 
 test: $(STAMP) system-deps lint
 	$(VENV)/bin/pytest 
+
+# End-to-end checks too slow for make test (pytest marker e2e), run before resolving an issue.
+test-e2e: $(STAMP) system-deps
+	$(VENV)/bin/pytest -m e2e
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
