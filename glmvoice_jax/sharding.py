@@ -227,3 +227,56 @@ def init_params(make_model, mesh: Mesh, preset: str):
     with activate(mesh, preset):
         params = jax.jit(create, out_shardings=shardings)()
     return graphdef, params, shardings
+
+
+def train_state_shardings(abs_train, abs_params, param_sh, replicated: NamedSharding):
+    """Shardings of a train state: a leaf shaped like a param (AdamW mu/nu) takes its sharding.
+
+    A leaf matches a param when its tree path ends with the param's path and its shape is the
+    param's; every other leaf (counts, step, rng, per-code statistics) is replicated.
+    """
+    flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    by_path = {
+        jax.tree_util.keystr(p): (s, tuple(x.shape))
+        for (p, x), s in zip(jax.tree_util.tree_leaves_with_path(abs_params), flat_s)
+    }
+
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for param_path, (s, shape) in by_path.items():
+            if key.endswith(param_path) and tuple(leaf.shape) == shape:
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abs_train)
+
+
+def planned_param_bytes(
+    make_model, mesh_cfg: Mapping[str, int], preset: str
+) -> tuple[nnx.Module, dict[str, int], int]:
+    """Abstract model, mesh shape and the parameter bytes one device holds; allocates nothing.
+
+    No mesh is built, so the configured mesh may be larger than this machine; its sizes must
+    then be explicit (a -1 is resolved against the local devices).
+
+    Returns:
+      (the abstract model from ``nnx.eval_shape``, {axis: size}, bytes of params per device).
+    """
+    mesh_cfg = dict(mesh_cfg)
+    if any(v == -1 for v in mesh_cfg.values()):
+        num = jax.device_count()
+    else:
+        num = math.prod(int(v) for v in mesh_cfg.values())
+    shape = dict(zip(MESH_AXES, resolve_mesh_shape(mesh_cfg, num)))
+    with nnx.logical_axis_rules(rules(preset)):
+        abs_model = nnx.eval_shape(make_model)
+        state = nnx.state(abs_model)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    leaves = zip(
+        jax.tree.leaves(nnx.to_pure_dict(state)),
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+    )
+    per_device = sum(
+        math.prod(shard_shape(x.shape, s, shape)) * x.dtype.itemsize for x, s in leaves
+    )
+    return abs_model, shape, int(per_device)
