@@ -33,7 +33,7 @@ from glmvoice_jax import config_lib, optim, sharding
 from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import VARIANTS, WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as trainer
-from glmvoice_jax.trainers import speech_tokenizer_state as setup
+from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "tokenizer_12hz.py")  # fmt: skip

@@ -1,9 +1,7 @@
-"""Config helpers: parse ``:ARGS`` strings, load config files, build the model sections.
+"""Config helpers: parse ``:ARGS`` strings, build sections, validate before anything is traced.
 
 Only trainers and CLIs read configs (house_style.md §3). Model hyperparameters reach the model as
-the frozen dataclass built by ``model_config`` (GLM) or ``tokenizer_model_config`` (Whisper-VQ).
-Validation belongs to each trainer (``trainers/registry.validate`` dispatches on
-``config.trainer``); this module imports no trainer.
+the frozen dataclass built by ``model_config`` in exactly one place.
 """
 
 from __future__ import annotations
@@ -17,7 +15,7 @@ from typing import Any
 
 import ml_collections as mlc
 
-from glmvoice_jax import checkpoint
+from glmvoice_jax import checkpoint, sharding
 from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm, whisper_vq
 
@@ -78,8 +76,7 @@ def model_section(variant: str, **values: Any) -> mlc.ConfigDict:
 INIT_FROM = "init_from"  # model.variant / tokens.layout value: take it from the init checkpoint
 
 
-def init_meta(config: mlc.ConfigDict, what: str) -> dict:
-    """The ``init_from`` checkpoint's meta, which ``what`` (a config field) takes values from."""
+def _init_meta(config: mlc.ConfigDict, what: str) -> dict:
     if not config.init_from:
         raise ValueError(
             f"{what} = {INIT_FROM!r} needs --config.init_from=CKPT (the checkpoint to read it from)"
@@ -95,7 +92,7 @@ def model_config(config: mlc.ConfigDict, meta: dict | None = None) -> glm.GLMCon
     """
     variant = config.model.variant
     if variant == INIT_FROM:
-        base = checkpoint.model_config_from_meta(meta or init_meta(config, "model.variant"))
+        base = checkpoint.model_config_from_meta(meta or _init_meta(config, "model.variant"))
         overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
         return dataclasses.replace(base, **overrides)
     if variant not in glm.VARIANTS:
@@ -113,7 +110,7 @@ def token_layout_of(config: mlc.ConfigDict, meta: dict | None = None) -> token_l
     ``meta``: the init checkpoint's meta when the caller has read it already.
     """
     if config.tokens.layout == INIT_FROM:
-        meta = meta or init_meta(config, "tokens.layout")
+        meta = meta or _init_meta(config, "tokens.layout")
         if "token_layout" not in meta:
             raise ValueError(f"checkpoint {config.init_from} carries no token layout")
         return token_layout.TokenLayout.from_json(meta["token_layout"])
@@ -161,14 +158,103 @@ def _near(name: str, candidates: Iterable[str]) -> str:
     return f"; did you mean {', '.join(close)}?" if close else ""
 
 
-def need(cond: bool, msg: str) -> None:
-    """Raises ValueError(msg) unless ``cond``: the validators' one-line checks."""
+def _need(cond: bool, msg: str) -> None:
     if not cond:
         raise ValueError(msg)
 
 
+def _validate_loop(config: mlc.ConfigDict) -> None:
+    """What both trainers' configs share: step counts, cadences, schedule, NaN policy, rules."""
+    for key in ("total_steps", "log_every_steps"):
+        _need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
+    _need(
+        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
+    )
+    _need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
+    _need(
+        config.schedule.decay in ("linear", "cosine", "constant"),
+        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
+    )
+    _need(
+        config.metrics.on_nonfinite in ("raise", "skip"),
+        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
+    )
+    sharding.rules(config.axis_rules)  # raises with the known presets
+
+
+def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
+    """Checks what can be checked before tracing; every error names the field, value and fix.
+
+    Returns:
+      For the LM trainer, the (GLMConfig, TokenLayout) it built, so a run builds them once
+      (under ``init_from`` they read the checkpoint's meta); None for the speech tokenizer.
+    """
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    if config.trainer == "speech_tokenizer":
+        validate_speech_tokenizer(config)
+        return
+    if config.trainer != "lm":
+        raise ValueError(
+            f"config.trainer {config.trainer!r}: known trainers are 'lm' and 'speech_tokenizer'"
+        )
+    _validate_loop(config)
+    inp = config.input
+    need(
+        inp.global_batch_size > 0,
+        f"input.global_batch_size must be > 0, got {inp.global_batch_size}",
+    )
+    need(inp.seq_len > 1, f"input.seq_len must be > 1, got {inp.seq_len}")
+    accum = config.optim.grad_accum_steps
+    need(accum >= 1, f"optim.grad_accum_steps must be >= 1, got {accum}")
+    need(
+        inp.global_batch_size % accum == 0,
+        f"input.global_batch_size ({inp.global_batch_size}) must be divisible by "
+        f"optim.grad_accum_steps ({accum})",
+    )
+    chunk = min(config.loss.chunk_size, inp.seq_len)
+    need(
+        inp.seq_len % chunk == 0,
+        f"loss.chunk_size ({config.loss.chunk_size}) must divide input.seq_len ({inp.seq_len})",
+    )
+    need(len(inp.sources) > 0, "input.sources is empty: configure at least one source")
+    groups = inp.get("shard_groups", 0)
+    need(
+        groups >= 0 and inp.global_batch_size % max(1, groups) == 0,
+        f"input.shard_groups ({groups}) must be >= 0 and divide input.global_batch_size "
+        f"({inp.global_batch_size})",
+    )
+    weights = {name: float(src.weight) for name, src in inp.sources.items()}
+    for name, w in weights.items():
+        need(w >= 0, f"input.sources.{name}.weight must be >= 0, got {w}")
+    need(
+        sum(weights.values()) > 0,
+        f"input.sources weights sum to 0 ({weights}); give at least one source a positive weight",
+    )
+    uses_meta = INIT_FROM in (config.model.variant, config.tokens.layout)
+    meta = _init_meta(config, "model.variant / tokens.layout") if uses_meta else None
+    layout = token_layout_of(config, meta)
+    model_cfg = model_config(config, meta)  # raises on a bad variant / field value
+    need(
+        layout.vocab_size <= model_cfg.vocab_size,
+        f"token layout {layout.name!r} has {layout.vocab_size} ids but the model vocab is "
+        f"{model_cfg.vocab_size}; use a matching tokens.layout or model.vocab_size",
+    )
+    if model_cfg.attention_impl == "chunked":
+        c = min(model_cfg.attention_chunk, inp.seq_len)
+        need(
+            inp.seq_len % c == 0,
+            f"model.attention_chunk ({model_cfg.attention_chunk}) must divide input.seq_len "
+            f"({inp.seq_len})",
+        )
+    return model_cfg, layout
+
+
 # ---------------------------------------------------------------------------------------------
-# The speech tokenizer's model section (configs/tokenizer_base.py builds the rest).
+# The speech tokenizer's model section and validation (configs/tokenizer_base.py builds the rest).
 
 
 def tokenizer_model_section(variant: str, **values: Any) -> mlc.ConfigDict:
@@ -198,3 +284,82 @@ def tokenizer_model_config(config: mlc.ConfigDict) -> whisper_vq.WhisperVQConfig
         k: config.model[k] for k in TOKENIZER_MODEL_FIELDS if config.model.get(k) is not None
     }
     return dataclasses.replace(whisper_vq.VARIANTS[variant], **overrides)
+
+
+def validate_speech_tokenizer(config: mlc.ConfigDict) -> None:
+    """Checks what can be checked before tracing; every error names the field, value and fix."""
+
+    def need(cond: bool, msg: str) -> None:
+        if not cond:
+            raise ValueError(msg)
+
+    need(
+        config.trainer == "speech_tokenizer",
+        f"config.trainer is {config.trainer!r}; this validator is for 'speech_tokenizer'",
+    )
+    _validate_loop(config)
+    inp = config.input
+    need(inp.global_batch_size > 0, f"input.global_batch_size must be > 0: {inp.global_batch_size}")
+    need(
+        0 < inp.max_audio_secs <= 30,
+        f"input.max_audio_secs ({inp.max_audio_secs}) must be in (0, 30]: the encoder sees at "
+        "most one 30 s window",
+    )
+    need(inp.bucket_secs > 0, f"input.bucket_secs must be > 0, got {inp.bucket_secs}")
+    need(
+        bool(inp.espeak_corpus_dir) or (bool(inp.train_manifest) and bool(inp.heldout_manifest)),
+        "set input.espeak_corpus_dir, or both input.train_manifest and input.heldout_manifest",
+    )
+    need(
+        config.text.tokenizer in ("sentencepiece", "whisper"),
+        f"text.tokenizer must be 'sentencepiece' or 'whisper', got {config.text.tokenizer!r}",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size >= 300,
+            f"text.vocab_size ({config.text.vocab_size}) must be >= 300: the sentencepiece model "
+            "keeps 256 byte pieces and 4 control ids besides the characters",
+        )
+    model_cfg = tokenizer_model_config(config)  # raises on a bad variant / field value
+    need(
+        model_cfg.quantize_position is not None and model_cfg.num_decoder_layers > 0,
+        "the speech-tokenizer trainer needs a quantizer (model.quantize_position) and a decoder "
+        "(model.num_decoder_layers > 0)",
+    )
+    if config.text.tokenizer == "sentencepiece":
+        need(
+            config.text.vocab_size <= model_cfg.vocab_size,
+            f"text.vocab_size ({config.text.vocab_size}) exceeds model.vocab_size "
+            f"({model_cfg.vocab_size}); make them equal",
+        )
+    need(
+        2 <= inp.max_text_tokens <= model_cfg.max_target_positions,
+        f"input.max_text_tokens ({inp.max_text_tokens}) must be in [2, "
+        f"max_target_positions={model_cfg.max_target_positions}]",
+    )
+    need(
+        config.evals.every_steps >= 0 and config.evals.batch_size > 0,
+        f"evals.every_steps ({config.evals.every_steps}) must be >= 0 (0 = off) and "
+        f"evals.batch_size ({config.evals.batch_size}) > 0",
+    )
+    need(
+        config.evals.max_new_tokens + 4 <= model_cfg.max_target_positions,
+        f"evals.max_new_tokens ({config.evals.max_new_tokens}) + the prefix must fit "
+        f"max_target_positions ({model_cfg.max_target_positions})",
+    )
+    init = config.vq.codebook_init
+    need(
+        init in ("data", "random") or str(init).endswith(".npy"),
+        f"vq.codebook_init must be 'data', 'random' or a .npy path, got {init!r}",
+    )
+    need(config.vq.usage_window_steps >= 1, "vq.usage_window_steps must be >= 1")
+    aug = config.augment
+    need(
+        min(aug.freq_masks, aug.freq_width, aug.time_masks, aug.time_width) >= 0
+        and 0.0 <= aug.time_frac <= 1.0,
+        f"augment counts and widths must be >= 0 and augment.time_frac in [0, 1]; got {aug}",
+    )
+    need(
+        0.0 <= config.loss.label_smoothing < 1.0,
+        f"loss.label_smoothing ({config.loss.label_smoothing}) must be in [0, 1)",
+    )

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.trainers import lm, registry
+from glmvoice_jax.trainers import lm
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(REPO, "configs", "*.py")))
@@ -19,9 +19,9 @@ def test_every_config_loads_and_validates(path):
         from glmvoice_jax.workflows import ablation
 
         for cell in config.cells.values():
-            registry.validate(config_lib.load_config_file(ablation.resolve(cell.tokenizer)))
+            config_lib.validate(config_lib.load_config_file(ablation.resolve(cell.tokenizer)))
         return
-    registry.validate(config)
+    config_lib.validate(config)
     if config.trainer != "lm":
         return
     for key in (
@@ -59,20 +59,20 @@ def test_validation_errors_name_the_field():
     for s in c.input.sources.values():
         s.weight = 0.0
     with pytest.raises(ValueError, match="weights sum to 0"):
-        registry.validate(c)
+        config_lib.validate(c)
     c = _demo()
     c.input.global_batch_size = 10
     c.optim.grad_accum_steps = 4
     with pytest.raises(ValueError, match=r"global_batch_size \(10\) must be divisible"):
-        registry.validate(c)
+        config_lib.validate(c)
     c = _demo()
     c.model.variant = "tinny"
     with pytest.raises(ValueError, match="did you mean tiny"):
-        registry.validate(c)
+        config_lib.validate(c)
     c = _demo()
     c.loss.chunk_size = 100
     with pytest.raises(ValueError, match="must divide input.seq_len"):
-        registry.validate(c)
+        config_lib.validate(c)
 
 
 def test_unknown_override_lists_near_names():
@@ -110,36 +110,3 @@ def test_empty_or_missing_source_fails_at_start(tmp_path):
         c.input.sources[name].paths = str(tmp_path / name / "*.array_record")
     with pytest.raises(ValueError, match="matches no file"):
         lm.train(c, str(tmp_path / "wd"))
-
-
-def test_configs_import_no_trainer_code():
-    """Defaults are visible in configs/: a config file imports config_lib, never a trainer."""
-    import ast
-
-    for path in CONFIGS:
-        with open(path) as f:
-            tree = ast.parse(f.read())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            else:
-                continue
-            assert not any(n.startswith("glmvoice_jax.trainers") for n in names), path
-
-
-def test_registry_dispatches_on_the_trainer(capsys):
-    tok = config_lib.load_config_file(os.path.join(REPO, "configs/tokenizer_12hz.py:tiny"))
-    assert registry.get(tok) is registry.TRAINERS["speech_tokenizer"]
-    assert registry.validate(tok) == config_lib.tokenizer_model_config(tok)
-    out = registry.dry_run(tok)
-    assert out["trainable_parameters"] < out["parameters"]
-    assert "bitrate:" in capsys.readouterr().out
-    model_cfg, layout = registry.validate(_demo())
-    assert layout.vocab_size <= model_cfg.vocab_size
-    c = _demo()
-    with c.unlocked():
-        c.trainer = "vocoder"
-    with pytest.raises(ValueError, match="known trainers: lm, speech_tokenizer"):
-        registry.validate(c)

@@ -3,7 +3,7 @@ r"""glmvoice-aot: compile the real sharded train step for a TPU topology on a CP
     glmvoice-aot --config configs/NAME.py[:ARGS] --topology v5p-128 [--config.a.b=V ...]
         [--mfu 0.45] [--output OUT.json]
 
-The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``trainers/registry.py``: the LM
+The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``aot_steps.STEPS``: the LM
 trainer's ``lm.jit_train_step``, or the speech-tokenizer trainer's step at its widest audio
 bucket), lowered for the topology's devices instead of this machine's. XLA's TPU
 compiler (libtpu; ``pip install 'glmvoice_jax[tpu]'``) plans every buffer, so an OOM shows here

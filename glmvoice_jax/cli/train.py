@@ -21,6 +21,7 @@ import traceback
 from absl import flags
 from ml_collections import config_flags
 
+from glmvoice_jax import errors
 from glmvoice_jax.cli import doors
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args].", lock_config=True)
@@ -70,10 +71,14 @@ def main(argv) -> None:
         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
         shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value,
     )
-    from glmvoice_jax.trainers import registry
+    from glmvoice_jax.trainers import lm, speech_tokenizer
 
     config = _CONFIG.value
-    trainer = registry.get(config)  # dispatch on config.trainer (an unknown one: a user error)
+    # One CLI for every trainer, dispatched on config.trainer through an explicit table.
+    trainers = {"lm": lm, "speech_tokenizer": speech_tokenizer}
+    if config.trainer not in trainers:
+        raise errors.UserError(f"config.trainer {config.trainer!r}; known: {sorted(trainers)}")
+    trainer = trainers[config.trainer]
     if _DRY_RUN.value:
         trainer.dry_run(config)
         return

@@ -204,46 +204,6 @@ class WhisperVQConfig:
             return 1  # plain causal stays causal
         return self.attention_block_size // self.pooling_kernel
 
-    def train_flops(self, mel_frames: int, text_tokens: int) -> float:
-        """Training FLOPs of one utterance of the Whisper-VQ ASR model.
-
-        3 x the forward matmul FLOPs (forward + backward) of the conv stem, the encoder layers
-        (at 50 Hz before pooling, pooled after), the decoder layers (self- and cross-attention)
-        and the tied output head; attention counts the (query, key) pairs its mask lets through
-        (4 D FLOPs each: QK^T and PV). Plus the VQ's code distances, forward only (the codebook
-        is an EMA, so no gradient flows through them). Padding frames and tokens are counted:
-        the step computes them.
-
-        Args:
-          mel_frames: L, mel frames of the (padded) input.
-          text_tokens: U, decoder positions.
-        """
-        d, f, m = self.embed_dim, self.mlp_dim, self.num_mels
-        t = math.ceil(mel_frames / STEM_STRIDE)  # 50 Hz frames T
-        stem = 2 * 3 * m * d * mel_frames + 2 * 3 * d * d * t  # two kernel-3 convs
-
-        def encoder_layers(n: int, frames: int, block: int | None) -> float:
-            proj = 2 * frames * (4 * d * d + 2 * d * f)
-            return n * (proj + 4 * d * block_causal_pairs(frames, block))
-
-        pre = self.pooling_position if self.uses_pooling else self.num_layers
-        pooled = math.ceil(t / self.pooling_kernel) if self.uses_pooling else t  # T''
-        pooled_block = self.pooled_block_size if self.uses_pooling else self.attention_block_size
-        encoder = encoder_layers(pre, t, self.attention_block_size)
-        encoder += encoder_layers(self.num_layers - pre, pooled, pooled_block)
-        vq = 0.0
-        if self.quantize_position is not None:
-            vq = 2 * pooled * self.codebook_size * d  # pooled == t without pooling
-
-        u, fd = text_tokens, self.decoder_mlp_dim
-        per_decoder_layer = (
-            2 * u * (4 * d * d + 2 * d * d + 2 * d * fd)  # self q/k/v/o, cross q/o, MLP
-            + 2 * pooled * 2 * d * d  # cross k/v over the encoder output
-            + 4 * d * (u * (u + 1) // 2 + u * pooled)  # causal self + full cross attention
-        )
-        decoder = self.num_decoder_layers * per_decoder_layer + 2 * u * self.vocab_size * d
-        return 3.0 * (stem + encoder + decoder) + vq
-
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -255,14 +215,6 @@ class WhisperVQConfig:
         if unknown:
             raise ValueError(f"unknown WhisperVQConfig fields {unknown}; known: {sorted(known)}")
         return cls(**values)
-
-
-def block_causal_pairs(length: int, block: int | None) -> int:
-    """(query, key) pairs a block-causal mask lets through: key block <= query block."""
-    if block is None:
-        return length * length
-    # Query i sees keys up to the end of its block.
-    return sum(min((i // block + 1) * block, length) for i in range(length))
 
 
 _LARGE_V3 = dict(

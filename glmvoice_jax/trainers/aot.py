@@ -1,23 +1,26 @@
 """The train steps that glmvoice-aot compiles: each trainer's jitted step with abstract inputs.
 
-One builder per trainer (``registry.TRAINERS[name].aot_step``); glmvoice-aot imports this module
-only after it has set up its environment (JAX reads JAX_PLATFORMS when it is imported). Each
-validates the config (building the model config once) and returns an ``AotStep``: the step jitted
-with the shardings its trainer uses, ShapeDtypeStructs placed on the target mesh, the model FLOPs
-of one step, and a way to build concrete inputs for a CPU benchmark.
+One builder per ``config.trainer`` (``STEPS``); glmvoice-aot imports this module only after it
+has set up its environment (JAX reads JAX_PLATFORMS when it is imported). Each returns an
+``AotStep``: the step jitted with
+the shardings its trainer uses, ShapeDtypeStructs placed on the target mesh, the model FLOPs of
+one step, and a way to build concrete inputs for a CPU benchmark.
 
 * ``lm``: ``lm.jit_train_step`` with the shapes of ``lm.step_shapes``, the objects ``train()``
   itself uses.
 * ``speech_tokenizer``: ``speech_tokenizer.make_train_step`` jitted as its ``train()`` jits it,
-  over the model, optimizer and train-state layout of ``speech_tokenizer_state.state_layout``,
-  the one ``train()`` itself uses. The batch is the worst-case bucket: every row
-  ``input.max_audio_secs`` long and ``input.max_text_tokens`` decoder positions; its FLOPs are
-  ``WhisperVQConfig.train_flops``.
+  over the model, optimizer and train-state layout of ``speech_tokenizer.state_layout``, the one
+  ``train()`` itself uses. The batch is the worst-case bucket: every row
+  ``input.max_audio_secs`` long and ``input.max_text_tokens`` decoder positions.
+
+Axes (speech tokenizer FLOPs): L mel frames, T encoder frames, T'' pooled frames, U decoder
+tokens, D embed, F mlp, V vocab, C codebook entries, M mel bins.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -26,13 +29,10 @@ import ml_collections as mlc
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import audio, checkpoint, sharding
+from glmvoice_jax import audio, checkpoint, config_lib, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.models import glm
-from glmvoice_jax.trainers import lm, speech_tokenizer
-from glmvoice_jax.trainers import speech_tokenizer_config as tok_config
-from glmvoice_jax.trainers import speech_tokenizer_data as tok_data
-from glmvoice_jax.trainers import speech_tokenizer_state as tok_state
+from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,7 +70,7 @@ class AotStep:
 
 def lm_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The LM trainer's step (``trainers/lm.py``) on ``devices``."""
-    model_cfg, layout = lm.validate(config)
+    model_cfg, layout = config_lib.model_config(config), config_lib.token_layout_of(config)
     glm.check_remat_policy(model_cfg.remat_policy, devices)
     mesh = sharding.make_mesh(config.mesh, devices)
     shapes = lm.step_shapes(config, mesh, model_cfg, layout)
@@ -124,17 +124,69 @@ def lm_step(config: mlc.ConfigDict, devices) -> AotStep:
     )
 
 
+def _block_causal_pairs(length: int, block: int | None) -> int:
+    """(query, key) pairs a block-causal mask lets through: key block <= query block."""
+    if block is None:
+        return length * length
+    # Query i sees keys up to the end of its block.
+    return sum(min((i // block + 1) * block, length) for i in range(length))
+
+
+def speech_tokenizer_flops(cfg, mel_frames: int, text_tokens: int) -> float:
+    """Training FLOPs of one utterance of the Whisper-VQ ASR model (whisper_vq.py).
+
+    3 x the forward matmul FLOPs (forward + backward) of the conv stem, the encoder layers (at
+    50 Hz before pooling, pooled after), the decoder layers (self- and cross-attention) and the
+    tied output head; attention counts the (query, key) pairs its mask lets through (4 D FLOPs
+    each: QK^T and PV). Plus the VQ's code distances, forward only (the codebook is an EMA, so no
+    gradient flows through them). Padding frames and tokens are counted: the step computes them.
+
+    Args:
+      cfg: the WhisperVQConfig.
+      mel_frames: L, mel frames of the (padded) input.
+      text_tokens: U, decoder positions.
+    """
+    d, f, m = cfg.embed_dim, cfg.mlp_dim, cfg.num_mels
+    t = math.ceil(mel_frames / 2)  # conv2 stride 2: 50 Hz frames T
+    stem = 2 * 3 * m * d * mel_frames + 2 * 3 * d * d * t  # two kernel-3 convs
+
+    def encoder_layers(n: int, frames: int, block: int | None) -> float:
+        proj = 2 * frames * (4 * d * d + 2 * d * f)
+        return n * (proj + 4 * d * _block_causal_pairs(frames, block))
+
+    pool = cfg.pooling_kernel
+    pre = cfg.pooling_position if cfg.uses_pooling else cfg.num_layers
+    pooled = math.ceil(t / pool) if cfg.uses_pooling else t  # T''
+    pooled_block = cfg.pooled_block_size if cfg.uses_pooling else cfg.attention_block_size
+    encoder = encoder_layers(pre, t, cfg.attention_block_size)
+    encoder += encoder_layers(cfg.num_layers - pre, pooled, pooled_block)
+    vq = 0.0
+    if cfg.quantize_position is not None:
+        frames_at_vq = pooled if cfg.uses_pooling else t
+        vq = 2 * frames_at_vq * cfg.codebook_size * d
+
+    u, fd = text_tokens, cfg.decoder_mlp_dim
+    per_decoder_layer = (
+        2 * u * (4 * d * d + 2 * d * d + 2 * d * fd)  # self q/k/v/o, cross q/o, MLP
+        + 2 * pooled * 2 * d * d  # cross k/v over the encoder output
+        + 4 * d * (u * (u + 1) // 2 + u * pooled)  # causal self + full cross attention
+    )
+    decoder = cfg.num_decoder_layers * per_decoder_layer + 2 * u * cfg.vocab_size * d
+    return 3.0 * (stem + encoder + decoder) + vq
+
+
 def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     """The speech-tokenizer trainer's step (``trainers/speech_tokenizer.py``) on ``devices``."""
-    model_cfg = tok_config.validate(config)
+    trainer, setup = speech_tokenizer, speech_tokenizer_setup
     preset = config.axis_rules
     mesh = sharding.make_mesh(config.mesh, devices)
-    tok_config.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
-    s = tok_state.state_layout(config, mesh, model_cfg)
+    setup.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
+    s = trainer.state_layout(config, mesh)
+    model_cfg = config_lib.tokenizer_model_config(config)
     gbs, max_text = config.input.global_batch_size, config.input.max_text_tokens
     # The widest bucket: every row max_audio_secs long (a multiple of the bucket unit).
     max_samples = int(config.input.max_audio_secs * audio.SAMPLE_RATE)
-    width = speech_input.bucket_width(max_samples, tok_data.bucket_samples(config, model_cfg))
+    width = speech_input.bucket_width(max_samples, setup.bucket_samples(config, model_cfg))
     batch_dtypes = {
         "wav": (np.float32, (gbs, width)),
         "wav_len": (np.int32, (gbs,)),
@@ -149,7 +201,7 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
         for k, (_, shape) in batch_dtypes.items()
     }
     jitted = jax.jit(
-        speech_tokenizer.make_train_step(s.graphdef, s.tx, model_cfg, config, s.mask),
+        trainer.make_train_step(s.graphdef, s.tx, model_cfg, config, s.mask),
         in_shardings=(s.param_sh, s.train_sh, batch_sh),
         out_shardings=(s.param_sh, s.train_sh, s.replicated),
         donate_argnums=(0, 1),
@@ -191,7 +243,7 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
         jitted=jitted,
         args=args,
         parameters=n_params,
-        model_flops=gbs * model_cfg.train_flops(mel_frames, max_text),
+        model_flops=gbs * speech_tokenizer_flops(model_cfg, mel_frames, max_text),
         flops_basis="3 x forward matmuls and attention + VQ",
         units="audio seconds",
         units_per_step=gbs * secs,
@@ -208,3 +260,23 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
         ),
         make_args=make_args,
     )
+
+
+STEPS: dict[str, Callable[[mlc.ConfigDict, Any], AotStep]] = {
+    "lm": lm_step,
+    "speech_tokenizer": speech_tokenizer_step,
+}
+
+
+def build(config: mlc.ConfigDict, devices) -> AotStep:
+    """The step of ``config.trainer`` on ``devices``.
+
+    Raises:
+      ValueError: for a trainer glmvoice-aot does not know, naming the known ones.
+    """
+    if config.trainer not in STEPS:
+        raise ValueError(
+            f"glmvoice-aot compiles the steps of {sorted(STEPS)}; config.trainer is "
+            f"{config.trainer!r}"
+        )
+    return STEPS[config.trainer](config, devices)

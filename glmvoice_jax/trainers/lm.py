@@ -28,7 +28,6 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
 from glmvoice_jax.data import input as input_pipeline
-from glmvoice_jax.data import token_layout
 from glmvoice_jax.models import glm
 from glmvoice_jax.trainers import loop
 
@@ -93,78 +92,13 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
     return step_fn
 
 
-def validate(config: mlc.ConfigDict) -> tuple[glm.GLMConfig, token_layout.TokenLayout]:
-    """Checks the config before anything is traced; every error names the field, value and fix.
-
-    Returns:
-      The run's (GLMConfig, TokenLayout), built here once (under ``init_from`` they read the
-      checkpoint's meta, once) and passed down by ``train`` and glmvoice-aot.
-
-    Raises:
-      ValueError: naming the field, its value and the fix.
-    """
-    need = config_lib.need
-    need(config.trainer == "lm", f"config.trainer is {config.trainer!r}; this validator is 'lm'")
-    loop.check_config(config)
-    inp = config.input
-    need(
-        inp.global_batch_size > 0,
-        f"input.global_batch_size must be > 0, got {inp.global_batch_size}",
-    )
-    need(inp.seq_len > 1, f"input.seq_len must be > 1, got {inp.seq_len}")
-    accum = config.optim.grad_accum_steps
-    need(accum >= 1, f"optim.grad_accum_steps must be >= 1, got {accum}")
-    need(
-        inp.global_batch_size % accum == 0,
-        f"input.global_batch_size ({inp.global_batch_size}) must be divisible by "
-        f"optim.grad_accum_steps ({accum})",
-    )
-    chunk = min(config.loss.chunk_size, inp.seq_len)
-    need(
-        inp.seq_len % chunk == 0,
-        f"loss.chunk_size ({config.loss.chunk_size}) must divide input.seq_len ({inp.seq_len})",
-    )
-    need(len(inp.sources) > 0, "input.sources is empty: configure at least one source")
-    groups = inp.get("shard_groups", 0)
-    need(
-        groups >= 0 and inp.global_batch_size % max(1, groups) == 0,
-        f"input.shard_groups ({groups}) must be >= 0 and divide input.global_batch_size "
-        f"({inp.global_batch_size})",
-    )
-    weights = {name: float(src.weight) for name, src in inp.sources.items()}
-    for name, w in weights.items():
-        need(w >= 0, f"input.sources.{name}.weight must be >= 0, got {w}")
-    need(
-        sum(weights.values()) > 0,
-        f"input.sources weights sum to 0 ({weights}); give at least one source a positive weight",
-    )
-    uses_meta = config_lib.INIT_FROM in (config.model.variant, config.tokens.layout)
-    # Read once: the model config and the token layout both take values from it.
-    meta = config_lib.init_meta(config, "model.variant / tokens.layout") if uses_meta else None
-    layout = config_lib.token_layout_of(config, meta)
-    model_cfg = config_lib.model_config(config, meta)  # raises on a bad variant / field value
-    need(
-        layout.vocab_size <= model_cfg.vocab_size,
-        f"token layout {layout.name!r} has {layout.vocab_size} ids but the model vocab is "
-        f"{model_cfg.vocab_size}; use a matching tokens.layout or model.vocab_size",
-    )
-    if model_cfg.attention_impl == "chunked":
-        c = min(model_cfg.attention_chunk, inp.seq_len)
-        need(
-            inp.seq_len % c == 0,
-            f"model.attention_chunk ({model_cfg.attention_chunk}) must divide input.seq_len "
-            f"({inp.seq_len})",
-        )
-    return model_cfg, layout
-
-
 @dataclasses.dataclass(frozen=True)
 class StepShapes:
     """Abstract train state and shardings of the jitted step; train() and cli/aot.py share them.
 
     Attributes:
       mesh: the device mesh.
-      model_cfg: the model's hyperparameters (built once per run by ``validate``).
+      model_cfg: the model's hyperparameters (built once per run by ``config_lib.validate``).
       layout: the token layout.
       graphdef: the model's NNX graph definition.
       tx: the optax transformation.
@@ -199,7 +133,7 @@ BATCH_KEYS = ("tokens", "segment_ids", "positions", "loss_mask")
 def step_shapes(config: mlc.ConfigDict, mesh: Mesh, model_cfg: glm.GLMConfig, layout) -> StepShapes:
     """Shapes and shardings of the train state on ``mesh``; allocates nothing.
 
-    ``model_cfg`` and ``layout`` are the ones ``validate`` built for this run (under
+    ``model_cfg`` and ``layout`` are the ones ``config_lib.validate`` built for this run (under
     ``init_from`` they come from the checkpoint's meta, which is read once).
 
     Raises:
@@ -232,7 +166,7 @@ def step_shapes(config: mlc.ConfigDict, mesh: Mesh, model_cfg: glm.GLMConfig, la
 
     abs_train = jax.eval_shape(init_train, abs_params)
     # Optimizer leaves mirror the params (mu, nu) or are scalars (counts).
-    train_sh = sharding.train_state_shardings(abs_train, abs_params, param_sh, replicated)
+    train_sh = _train_shardings(abs_train, abs_params, param_sh, replicated)
     return StepShapes(
         mesh=mesh,
         model_cfg=model_cfg,
@@ -282,11 +216,25 @@ def dry_run(config: mlc.ConfigDict) -> dict:
     Nothing is allocated; the mesh may be larger than this machine (sizes must be explicit).
     """
     model_cfg = config_lib.model_config(config)
-    abs_model, shape, param_bytes = sharding.planned_param_bytes(
-        lambda: glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(0)), config.mesh, config.axis_rules
+    mesh_cfg = dict(config.mesh)
+    if any(v == -1 for v in mesh_cfg.values()):
+        num = jax.device_count()
+        logging.info("dry run: resolving mesh -1 against the %d local devices", num)
+    else:
+        num = int(np.prod(list(mesh_cfg.values())))
+    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(mesh_cfg, num)))
+    with nnx.logical_axis_rules(sharding.rules(config.axis_rules)):
+        abs_model = nnx.eval_shape(lambda: glm.GLMDecoder(model_cfg, rngs=nnx.Rngs(0)))
+        state = nnx.state(abs_model)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+    abs_params = nnx.to_pure_dict(state)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
+    leaves = zip(
+        jax.tree.leaves(abs_params),
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
     )
-    n_params = sum(
-        int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.to_pure_dict(nnx.state(abs_model)))
+    param_bytes = sum(
+        int(np.prod(sharding.shard_shape(x.shape, s, shape))) * x.dtype.itemsize for x, s in leaves
     )
     opt_bytes = 2 * param_bytes  # AdamW mu and nu, sharded like the params
     out = {
@@ -316,7 +264,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Validate, workdir
     ####################################################################################
-    model_cfg, layout = validate(config)  # built once for the whole run
+    model_cfg, layout = config_lib.validate(config)  # built once for the whole run
     loop.check_workdir(workdir)
     is_main = jax.process_index() == 0
     # Metrics, TensorBoard and the loss plot go to the workdir, gs:// included (metrics.py stages
@@ -455,6 +403,24 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         summary = {"workdir": workdir, "step": step, "loss_plot": png, **last}
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return last
+
+
+def _train_shardings(abs_train, abs_params, param_sh, replicated):
+    """Opt-state leaves shaped like a param (AdamW mu/nu) take its sharding; others replicate."""
+    flat_s = jax.tree.leaves(param_sh, is_leaf=lambda x: isinstance(x, NamedSharding))
+    param_paths = {
+        jax.tree_util.keystr(p): s
+        for (p, _), s in zip(jax.tree_util.tree_leaves_with_path(abs_params), flat_s)
+    }
+
+    def pick(path, leaf):
+        key = jax.tree_util.keystr(path)
+        for ppath, s in param_paths.items():
+            if key.endswith(ppath) and leaf.ndim > 0:
+                return s
+        return replicated
+
+    return jax.tree_util.tree_map_with_path(pick, abs_train)
 
 
 def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh):

@@ -3,9 +3,7 @@
 Both trainers (``lm.py``, ``speech_tokenizer.py``) keep their own step function, data and evals
 and share, through :class:`Loop`:
 
-* the checks of the config fields every trainer shares (:func:`check_config`: steps, cadences,
-  schedule, NaN policy, axis rules), the workdir check (:func:`check_workdir`) and the stop
-  handling: SIGTERM / SIGINT set a local
+* the workdir check (:func:`check_workdir`) and the stop handling: SIGTERM / SIGINT set a local
   flag (:class:`StopFlag`) and every process votes it each step (:class:`StopVote`), so all
   processes save the same step and leave together even when the signal reached them apart;
 * the compile of the step, announced with its time ("compiling train step …"), so the first
@@ -35,36 +33,11 @@ from etils import epath
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from glmvoice_jax import checkpoint, config_lib, metrics, progress, sharding
+from glmvoice_jax import checkpoint, metrics, progress
 
 
 class NonFiniteLossError(FloatingPointError):
     """The loss or gradient norm became NaN/inf; the message names the step."""
-
-
-def check_config(config: mlc.ConfigDict) -> None:
-    """Checks the config fields every trainer shares; each error names the field and value.
-
-    Raises:
-      ValueError: for a non-positive step count or cadence, an unknown schedule, NaN policy or
-        axis-rules preset.
-    """
-    need = config_lib.need
-    for key in ("total_steps", "log_every_steps"):
-        need(config[key] > 0, f"{key} must be > 0, got {config[key]}")
-    need(
-        config.ckpt.every_steps > 0, f"ckpt.every_steps must be > 0, got {config.ckpt.every_steps}"
-    )
-    need(config.ckpt.keep >= 1, f"ckpt.keep must be >= 1, got {config.ckpt.keep}")
-    need(
-        config.schedule.decay in ("linear", "cosine", "constant"),
-        f"schedule.decay must be 'linear', 'cosine' or 'constant', got {config.schedule.decay!r}",
-    )
-    need(
-        config.metrics.on_nonfinite in ("raise", "skip"),
-        f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics.on_nonfinite!r}",
-    )
-    sharding.rules(config.axis_rules)  # raises with the known presets
 
 
 def check_workdir(workdir: str) -> None:

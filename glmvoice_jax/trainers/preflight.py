@@ -1,12 +1,11 @@
 """The AOT pre-flight behind ``glmvoice-aot``: a trainer's step compiled for a TPU topology.
 
-The step is the one ``glmvoice-train`` runs for ``config.trainer`` (built by ``trainers/aot.py``,
-chosen through ``trainers/registry.py``), lowered for the topology's devices instead of this
-machine's. XLA's TPU compiler (libtpu) plans every buffer, so an OOM shows here before a pod is
-rented (anchors.md §5). The report gives per device: arguments, outputs, temporaries, code and
-their total against the chip's HBM; FLOPs per step; the step time implied by a stated MFU.
-``report`` compiles, ``format_report`` prints. Import this module only after JAX's environment is
-set (cli/aot.py does that first).
+The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``trainers/aot.py``'s
+``STEPS``), lowered for the topology's devices instead of this machine's. XLA's TPU compiler
+(libtpu) plans every buffer, so an OOM shows here before a pod is rented (anchors.md §5). The
+report gives per device: arguments, outputs, temporaries, code and their total against the chip's
+HBM; FLOPs per step; the step time implied by a stated MFU. ``report`` compiles, ``format_report``
+prints. Import this module only after JAX's environment is set (cli/aot.py does that first).
 """
 
 from __future__ import annotations
@@ -19,9 +18,8 @@ import time
 import jax
 from jax.experimental import topologies
 
-from glmvoice_jax import metrics, sharding
+from glmvoice_jax import config_lib, metrics, sharding
 from glmvoice_jax.trainers import aot as aot_steps
-from glmvoice_jax.trainers import registry
 
 GIB = 2**30
 CPU_PEAK = 1.5e11  # FLOP/s of one CPU device when the config names none (the LM configs' value)
@@ -206,7 +204,7 @@ def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
 
     Returns the numbers as a dict (``format_report`` prints it).
     """
-    trainer = registry.get(config)  # an unknown trainer fails before any device is made
+    config_lib.validate(config)
     if benchmark_steps and topology != "cpu":
         raise ValueError("--benchmark_steps runs steps, so it needs --topology cpu")
     if topology == "cpu":
@@ -215,7 +213,7 @@ def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
         topo = parse_topology(topology)
         devices = _tpu_devices(topo)
         hbm, chips, kind = topo.chip.hbm_bytes, topo.num_chips, devices[0].device_kind
-    step = trainer.aot_step(config, devices)  # validates; builds the model config once
+    step = aot_steps.build(config, devices)
     compiled, info = compile_step(step)
     # Only a CPU device needs the configured peak; the speech-tokenizer configs have none.
     peak = metrics.peak_flops(devices[0], config.metrics.get("peak_flops_per_device", CPU_PEAK))

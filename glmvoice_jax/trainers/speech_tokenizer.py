@@ -28,18 +28,14 @@ Init from whisper-large-v3 (``init_from`` = a HF WhisperForConditionalGeneration
 shared weight is copied, ``embed_positions2`` = the first rows of ``embed_positions`` (§12 #4) and
 the codebook is data-dependent: frames at the quantizer position sampled without replacement from
 the first training batches (§12 #3; ``vq.codebook_init``).
-
-Beside this file: ``speech_tokenizer_config.py`` (validation, banner), ``speech_tokenizer_data.py``
-(manifests, text side, bucket unit), ``speech_tokenizer_state.py`` (state layout, weight import,
-codebook init); the step loop (stop vote, finiteness, cadences, progress) is ``loop.py``, shared
-with ``lm.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,6 +45,7 @@ import numpy as np
 import optax
 from etils import epath
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
 from glmvoice_jax import audio, checkpoint, config_lib, optim, progress, sharding
 from glmvoice_jax.data import speech_input
@@ -56,11 +53,12 @@ from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_asr
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
 from glmvoice_jax.trainers import loop
-from glmvoice_jax.trainers import speech_tokenizer_config as tok_config
-from glmvoice_jax.trainers import speech_tokenizer_data as tok_data
-from glmvoice_jax.trainers import speech_tokenizer_state as tok_state
+from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 TRAINER = "speech_tokenizer"
+
+
+# The LM trainer's non-finite check and stop flag (one definition of each for both trainers).
 
 
 def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.ConfigDict, mask):
@@ -73,7 +71,7 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
     smoothing = config.loss.label_smoothing
 
     def loss_fn(trainable, params, batch, mel, mel_mask, key):
-        model = nnx.merge(graphdef, tok_state.merge(params, trainable))
+        model = nnx.merge(graphdef, setup.merge(params, trainable))
         logits, enc = model(
             mel, mel_mask, batch["dec_in"], batch["dec_valid"], train=True, restart_key=key
         )
@@ -86,7 +84,7 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
             uniform = jax.nn.logsumexp(logits32, axis=-1) - jnp.mean(logits32, axis=-1)
             xent = (1.0 - smoothing) * xent + smoothing * uniform
         loss = jnp.sum(xent * w) / denom + enc.aux["vq_loss"]
-        stats = tok_state.subset(nnx.to_pure_dict(nnx.state(model)), mask, keep=False)
+        stats = setup.subset(nnx.to_pure_dict(nnx.state(model)), mask, keep=False)
         return loss, (asr, stats, enc.ids, enc.token_mask, enc.aux)
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -95,13 +93,13 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
         mel, mel_mask = features(batch, model_cfg)
         key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), train["step"])
         mel = augment(mel, mel_mask, jax.random.fold_in(key, 1))  # restarts use ``key`` itself
-        trainable = tok_state.subset(params, mask, keep=True)
+        trainable = setup.subset(params, mask, keep=True)
         (loss, (asr, stats, ids, tmask, aux)), grads = grad_fn(
             trainable, params, batch, mel, mel_mask, key
         )
         grad_norm = optax.tree.norm(grads)
         updates, new_opt = tx.update(grads, train["opt"], trainable)
-        new_params = tok_state.merge(stats, optax.apply_updates(trainable, updates))
+        new_params = setup.merge(stats, optax.apply_updates(trainable, updates))
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         if skip_nonfinite:
             new_params, new_opt = jax.tree.map(
@@ -148,7 +146,7 @@ def features(batch: dict, model_cfg: WhisperVQConfig) -> tuple[jax.Array, jax.Ar
     return mel, jnp.arange(mel.shape[1])[None, :] < limit[:, None]
 
 
-def make_eval_step(graphdef, model_cfg: WhisperVQConfig, text: tok_data.AsrText, max_new: int):
+def make_eval_step(graphdef, model_cfg: WhisperVQConfig, text: setup.AsrText, max_new: int):
     """(params, batch) -> greedy tokens [B, max_new] and lengths [B], with the KV cache."""
 
     def eval_fn(params, batch):
@@ -170,11 +168,26 @@ def make_eval_step(graphdef, model_cfg: WhisperVQConfig, text: tok_data.AsrText,
 def dry_run(config: mlc.ConfigDict) -> dict:
     """Shapes only: parameter count and per-device bytes of params + AdamW state on the mesh."""
     model_cfg = config_lib.tokenizer_model_config(config)
-    abs_model, shape, param_bytes = sharding.planned_param_bytes(
-        lambda: WhisperVQ(model_cfg, rngs=nnx.Rngs(0)), config.mesh, config.axis_rules
+    mesh_cfg = dict(config.mesh)
+    num = (
+        jax.device_count()
+        if any(v == -1 for v in mesh_cfg.values())
+        else int(np.prod(list(mesh_cfg.values())))
     )
-    abs_params = nnx.to_pure_dict(nnx.state(abs_model))
-    trainable = nnx.to_pure_dict(nnx.state(abs_model, nnx.Param))
+    shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(mesh_cfg, num)))
+    with nnx.logical_axis_rules(sharding.rules(config.axis_rules)):
+        abs_model = nnx.eval_shape(lambda: WhisperVQ(model_cfg, rngs=nnx.Rngs(0)))
+        state = nnx.state(abs_model)
+        specs = nnx.to_pure_dict(nnx.get_partition_spec(state))
+        trainable = nnx.to_pure_dict(nnx.state(abs_model, nnx.Param))
+    abs_params = nnx.to_pure_dict(state)
+    leaves = zip(
+        jax.tree.leaves(abs_params),
+        jax.tree.leaves(specs, is_leaf=lambda x: isinstance(x, PartitionSpec)),
+    )
+    param_bytes = sum(
+        int(np.prod(sharding.shard_shape(x.shape, s, shape))) * x.dtype.itemsize for x, s in leaves
+    )
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abs_params))
     n_trainable = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable))
     out = {
@@ -185,10 +198,61 @@ def dry_run(config: mlc.ConfigDict) -> dict:
         "param_bytes_per_device": param_bytes,
         "opt_bytes_per_device": 2 * param_bytes,
     }
-    print(tok_config.banner(config, model_cfg))
+    print(setup.banner(config, model_cfg))
     print(f"parameters: {n_params:,} ({n_trainable:,} trained by the optimizer)")
     print(f"mesh: {shape}; per-device bytes: params {param_bytes / 2**20:,.1f} MiB + AdamW ~2x")
     return out
+
+
+@dataclasses.dataclass(frozen=True)
+class StateLayout:
+    """The model, optimizer and train-state layout of ``train()``, created sharded on a mesh.
+
+    Shared with glmvoice-aot (aot_steps.speech_tokenizer_step), which lowers the same step.
+    """
+
+    make_model: Callable[[], WhisperVQ]
+    graphdef: Any
+    abs_params: Any
+    param_sh: Any
+    mask: Any
+    tx: optax.GradientTransformation
+    init_train: Callable[[Any], dict]
+    abs_train: Any
+    train_sh: Any
+    replicated: NamedSharding
+
+
+def state_layout(config: mlc.ConfigDict, mesh) -> StateLayout:
+    """Abstract params and train state with their shardings under ``config.axis_rules``."""
+    model_cfg = config_lib.tokenizer_model_config(config)
+
+    def make_model():
+        return WhisperVQ(model_cfg, rngs=nnx.Rngs(config.seed))
+
+    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, config.axis_rules)
+    mask = setup.param_mask(make_model, abs_params)
+    tx = optim.make(
+        config.optim,
+        optim.schedule(config.schedule, config.total_steps),
+        setup.subset(abs_params, mask, keep=True),
+    )
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_train(params):
+        return {
+            "opt": tx.init(setup.subset(params, mask, keep=True)),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed)),
+            "last_used": jnp.full((model_cfg.codebook_size,), -(2**30), jnp.int32),
+        }
+
+    abs_train = jax.eval_shape(init_train, abs_params)
+    train_sh = setup.train_shardings(abs_train, abs_params, param_sh, replicated)
+    return StateLayout(
+        make_model, graphdef, abs_params, param_sh, mask, tx, init_train, abs_train, train_sh,
+        replicated,
+    )  # fmt: skip
 
 
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -196,21 +260,21 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Validate, workdir
     ####################################################################################
-    model_cfg = tok_config.validate(config)  # built once for the whole run
+    config_lib.validate_speech_tokenizer(config)
     loop.check_workdir(workdir)
+    model_cfg = config_lib.tokenizer_model_config(config)
     is_main = jax.process_index() == 0
     if is_main:
         (epath.Path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
-        print(tok_config.banner(config, model_cfg), flush=True)
+        print(setup.banner(config, model_cfg), flush=True)
 
     ####################################################################################
     # Data: corpus, text tokenizer, utterances
     ####################################################################################
     ckpt_dir = str(epath.Path(workdir) / "checkpoints")
-    manifests = tok_data.manifests(config, workdir)
+    manifests = setup.manifests(config, workdir)
     train_rows = speech_input.read_manifest(manifests["train"])
-    transcripts = [r["text"] for r in train_rows]
-    text = tok_data.text_side(config, ckpt_dir, transcripts, model_cfg.vocab_size)
+    text = setup.text_side(config, ckpt_dir, [r["text"] for r in train_rows])
     max_samples = int(config.input.max_audio_secs * audio.SAMPLE_RATE)
     max_ids = config.input.max_text_tokens + 1 - len(text.prefix) - 1
     train_utts, dropped = speech_input.prepare(
@@ -235,12 +299,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     mesh = sharding.make_mesh(config.mesh)
     preset = config.axis_rules
-    tok_config.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
+    setup.check_batch_sizes(config, sharding.data_parallel_size(mesh, preset))
 
     ####################################################################################
     # Model & optimizer, created sharded
     ####################################################################################
-    layout = tok_state.state_layout(config, mesh, model_cfg)
+    layout = state_layout(config, mesh)
     make_model, graphdef, mask, tx = layout.make_model, layout.graphdef, layout.mask, layout.tx
     abs_params, param_sh = layout.abs_params, layout.param_sh
     init_train, abs_train, train_sh = layout.init_train, layout.abs_train, layout.train_sh
@@ -249,7 +313,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     # Input pipeline
     ####################################################################################
-    bucket = tok_data.bucket_samples(config, model_cfg)
+    bucket = setup.bucket_samples(config, model_cfg)
 
     def new_iterator():
         return speech_input.make_iterator(
@@ -314,15 +378,15 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             )()
             fresh_codebook = True
             if config.init_from:
-                params, fresh_codebook = tok_state.init_from(
+                params, fresh_codebook = setup.init_from(
                     config.init_from, model_cfg, params, param_sh
                 )
                 print(f"initialised weights from {config.init_from}", flush=True)
             if fresh_codebook and config.vq.codebook_init != "random":
-                frames = tok_state.codebook_frames(
-                    config, model_cfg, graphdef, params, new_iterator(), to_global, features
+                frames = setup.codebook_frames(
+                    config, graphdef, params, new_iterator(), to_global, features
                 )
-                params = tok_state.set_codebook(params, frames, param_sh)
+                params = setup.set_codebook(params, frames, param_sh)
                 print(f"codebook initialised from {config.vq.codebook_init}", flush=True)
             train_state = jax.jit(init_train, out_shardings=train_sh)(params)
 
@@ -377,7 +441,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     # Train loop
     ####################################################################################
     run = loop.Loop(
-        config, mesh, ckpt, start_step, workdir=workdir, postfix=console_line, desc="train"
+        config, mesh, ckpt, start_step, workdir=workdir, postfix=setup.console_line, desc="train"
     )
     t_start = time.time()
     every_eval = config.evals.every_steps
@@ -398,7 +462,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             eval_now = every_eval > 0 and (step % every_eval == 0 or step == config.total_steps)
             if run.log_due(extra=eval_now):
                 fetched, dt = run.fetch()
-                scalars = summarize(fetched, dt)
+                scalars = setup.summarize(fetched, dt)
                 scalars["minutes"] = (time.time() - t_start) / 60
                 scalars["cpu_minutes"] = time.process_time() / 60  # all threads, since start-up
                 if eval_now:
@@ -413,43 +477,3 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         summary = {"workdir": workdir, "step": step, **last}
         (epath.Path(workdir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return last
-
-
-def summarize(fetched: Sequence[Mapping[str, Any]], step_time: float) -> dict[str, float]:
-    """Scalars of one logging interval from the per-step metric dicts."""
-
-    def mean(key):
-        return float(np.mean([f[key] for f in fetched]))
-
-    out = {
-        k: mean(k)
-        for k in (
-            "loss",
-            "asr_loss",
-            "commit_loss",
-            "grad_norm",
-            "codebook_perplexity",
-            "num_active_codes",
-        )  # fmt: skip
-    }
-    out["lr"] = float(fetched[-1]["lr"])
-    out["codebook_usage"] = float(fetched[-1]["codebook_usage"])
-    out["codes_restarted"] = float(sum(int(f["codes_restarted"]) for f in fetched))
-    out["step_time"] = step_time
-    out["audio_secs_per_sec"] = mean("audio_secs") / step_time
-    out["tokens_per_sec"] = mean("speech_tokens") / step_time
-    return out
-
-
-def console_line(s: Mapping[str, float]) -> str:
-    """The progress bar's metrics (and the line printed after each held-out eval)."""
-    line = (
-        f"loss {s['loss']:.3f}  asr {s['asr_loss']:.3f}  commit "
-        f"{s['commit_loss']:.3f}  usage {100 * s['codebook_usage']:.0f}%  ppl "
-        f"{s['codebook_perplexity']:.1f}  restarts {s['codes_restarted']:.0f}  "
-        f"{s['audio_secs_per_sec']:.1f} audio-s/s  "
-        f"{s['step_time']:.2f} s/step  {s['minutes']:.1f} min  cpu {s['cpu_minutes']:.1f} min"
-    )
-    if "eval_cer" in s:
-        line += f"  | held-out CER {100 * s['eval_cer']:.1f}%  WER {100 * s['eval_wer']:.1f}%"
-    return line

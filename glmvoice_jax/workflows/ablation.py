@@ -42,7 +42,7 @@ from glmvoice_jax.corpora import espeak_corpus, speech_records, text_records
 from glmvoice_jax.data import prompts, token_layout
 from glmvoice_jax.evals import asr_metrics, resynthesis, story_cloze
 from glmvoice_jax.inference import sampling, scoring, tokenizing_job, transcription
-from glmvoice_jax.trainers import lm, registry, speech_tokenizer, speech_tokenizer_config
+from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
 from glmvoice_jax.workflows import ablation_report, demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -246,7 +246,7 @@ class Sweep:
         config.ckpt.every_steps = min(config.ckpt.every_steps, config.total_steps)
         config.metrics.console = False
         try:
-            registry.validate(config)
+            config_lib.validate(config)
         except ValueError as e:
             raise CellInvalid(f"cell {name}: {e}") from None
         return config
@@ -261,7 +261,7 @@ class Sweep:
             config = self.tokenizer_config(name)
             cfg = config_lib.tokenizer_model_config(config)
             ckpt = os.path.join(cell_dir, "tokenizer")
-            self.log(f"[sweep]   {speech_tokenizer_config.banner(config, cfg).splitlines()[0]}")
+            self.log(f"[sweep]   {speech_tokenizer_setup.banner(config, cfg).splitlines()[0]}")
             speech_tokenizer.train(config, ckpt)
             evals = _last_metrics(
                 ckpt, ("eval_cer", "eval_wer", "codebook_usage", "codebook_perplexity", "step")
@@ -341,7 +341,7 @@ class Sweep:
         config.metrics.console = False
         config.seed = self.config.seed
         apply_overrides(config, list(c.overrides), f"cell {name} (lm)")
-        registry.validate(config)
+        config_lib.validate(config)
         lm_dir = os.path.join(cell_dir, "lm")
         summary = lm.train(config, lm_dir)
         tokens = config.total_steps * config.input.global_batch_size * config.input.seq_len

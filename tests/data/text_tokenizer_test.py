@@ -164,14 +164,13 @@ def test_tokenizer_files_on_a_gs_bucket(fake_gcs, model_file):
 def test_speech_tokenizer_text_side_and_workdir_on_gs(fake_gcs):
     """The speech-tokenizer trainer's own files (tokenizer, meta) go through epath to gs://."""
     from glmvoice_jax.trainers import loop
-    from glmvoice_jax.trainers import speech_tokenizer_data as setup
+    from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
     loop.check_workdir("gs://bucket/run")
     config = config_lib.load_config_file(os.path.join(REPO, "configs", "tokenizer_12hz.py:tiny"))
-    vocab = config_lib.tokenizer_model_config(config).vocab_size
-    made = setup.text_side(config, "gs://bucket/run/checkpoints", CORPUS * 20, vocab)
+    made = setup.text_side(config, "gs://bucket/run/checkpoints", CORPUS * 20)
     assert any(k.endswith("run/checkpoints/tokenizer/meta.json") for k in fake_gcs)
-    loaded = setup.text_side(config, "gs://bucket/run/checkpoints", ["unused when resuming"], vocab)
+    loaded = setup.text_side(config, "gs://bucket/run/checkpoints", ["unused when resuming"])
     assert loaded.encode(TEXTS[0]) == made.encode(TEXTS[0]) and loaded.meta == made.meta
     config.input.espeak_corpus_dir = "{workdir}/espeak"
     with pytest.raises(ValueError, match="not a local directory"):

@@ -5,7 +5,6 @@ import os
 import pytest
 
 from glmvoice_jax import config_lib
-from glmvoice_jax.trainers import speech_tokenizer_config as tok_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -17,7 +16,7 @@ def test_defaults(name):
     assert tiny.loss.label_smoothing == 0.1 and full.loss.label_smoothing == 0.0
     for c in (tiny, full):
         assert c.augment.freq_masks == c.augment.time_masks == 0
-        tok_config.validate(c)
+        config_lib.validate_speech_tokenizer(c)
     assert tiny.input.espeak_sentences == "grammar_6k"
 
 
@@ -25,8 +24,8 @@ def test_validate_names_the_regulariser():
     c = config_lib.load_config_file(os.path.join(REPO, "configs", "tokenizer_12hz.py:tiny"))
     c.loss.label_smoothing = 1.0
     with pytest.raises(ValueError, match="label_smoothing"):
-        tok_config.validate(c)
+        config_lib.validate_speech_tokenizer(c)
     c.loss.label_smoothing = 0.1
     c.augment.time_frac = 1.5
     with pytest.raises(ValueError, match="time_frac"):
-        tok_config.validate(c)
+        config_lib.validate_speech_tokenizer(c)

@@ -21,8 +21,7 @@ from glmvoice_jax.convert.whisper import whisper_import
 from glmvoice_jax.inference import speech_tokenization
 from glmvoice_jax.models.whisper_vq import WhisperVQ
 from glmvoice_jax.trainers import speech_tokenizer as st
-from glmvoice_jax.trainers import speech_tokenizer_config as tok_config
-from glmvoice_jax.trainers import speech_tokenizer_state as tok_state
+from glmvoice_jax.trainers import speech_tokenizer_setup as setup
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "tokenizer_12hz.py") + ":tiny"
@@ -96,7 +95,7 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
         lambda: WhisperVQ(cfg, rngs=nnx.Rngs(0)), mesh, "fsdp"
     )
     params = jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), abs_params)
-    params, fresh = tok_state.init_from(src, cfg, params, param_sh)
+    params, fresh = setup.init_from(src, cfg, params, param_sh)
     pos = tensors["model.encoder.embed_positions.weight"]
     rows = params["encoder"]["embed_positions2"].shape[0]
     np.testing.assert_array_equal(params["encoder"]["embed_positions2"], pos[:rows])
@@ -150,11 +149,11 @@ def _step_on(mesh_cfg, devices, cfg, config, batch):
         return WhisperVQ(cfg, rngs=nnx.Rngs(0))
 
     graphdef, abs_params, param_sh = sharding.param_shardings(make, mesh, "fsdp")
-    mask = tok_state.param_mask(make, abs_params)
+    mask = setup.param_mask(make, abs_params)
     tx = optim.make(
         config.optim,
         optim.schedule(config.schedule, 10),
-        tok_state.subset(abs_params, mask, keep=True),
+        setup.subset(abs_params, mask, keep=True),
     )
     step = st.make_train_step(graphdef, tx, cfg, config, mask)
     replicated = NamedSharding(mesh, PartitionSpec())
@@ -167,12 +166,12 @@ def _step_on(mesh_cfg, devices, cfg, config, batch):
     params = jax.device_put(params, param_sh)
     with sharding.activate(mesh, "fsdp"):
         train = {
-            "opt": tx.init(tok_state.subset(params, mask, keep=True)),
+            "opt": tx.init(setup.subset(params, mask, keep=True)),
             "step": jnp.zeros((), jnp.int32),
             "rng": jax.random.key_data(jax.random.key(0)),
             "last_used": jnp.full((cfg.codebook_size,), -(2**30), jnp.int32),
         }
-        train_sh = sharding.train_state_shardings(train, abs_params, param_sh, replicated)
+        train_sh = setup.train_shardings(train, abs_params, param_sh, replicated)
         train = jax.device_put(train, train_sh)
         batch_sh = {k: sharding.batch_sharding(mesh, "fsdp", v.ndim) for k, v in batch.items()}
         # Shardings pinned as in the trainer: step 2 then reuses step 1's executable (with the
@@ -218,8 +217,8 @@ def test_ema_and_restart_on_data_parallel_mesh_equal_single_device():
 
 def test_validate_names_the_field():
     with pytest.raises(ValueError, match="input.max_audio_secs"):
-        tok_config.validate(_config(**{"input.max_audio_secs": 40.0}))
+        config_lib.validate_speech_tokenizer(_config(**{"input.max_audio_secs": 40.0}))
     with pytest.raises(ValueError, match="text.vocab_size"):
-        tok_config.validate(_config(**{"text.vocab_size": 100}))
+        config_lib.validate_speech_tokenizer(_config(**{"text.vocab_size": 100}))
     with pytest.raises(ValueError, match="'speech_tokenizer'"):
-        tok_config.validate(_config(trainer="lm"))
+        config_lib.validate_speech_tokenizer(_config(trainer="lm"))

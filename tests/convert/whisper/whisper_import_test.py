@@ -216,7 +216,7 @@ def test_stock_text_tokenizer_travels_with_the_checkpoint(stock):
 
 def test_trainer_init_from_the_imported_checkpoint(stock):
     """setup.init_from copies the stock weights into a VQ model; the quantizer stays fresh."""
-    from glmvoice_jax.trainers import speech_tokenizer_state as setup  # the trainer's own reader
+    from glmvoice_jax.trainers import speech_tokenizer_setup as setup  # the trainer's own reader
 
     _, tensors, ckpt = stock
     vq_cfg = dataclasses.replace(
