@@ -54,16 +54,8 @@ def parse_arg(arg: str | None, **defaults: Any) -> mlc.ConfigDict:
         kind = type(defaults[key])
         if kind is bool:
             out[key] = value.lower() in ("1", "true", "yes")
-        elif defaults[key] is None:
-            out[key] = value
         else:
-            try:
-                out[key] = kind(value)
-            except ValueError:
-                raise ValueError(
-                    f"config argument {key}={value!r} must be of type {kind.__name__} "
-                    f"(arguments: {', '.join(f'{k}={v!r}' for k, v in defaults.items())})"
-                ) from None
+            out[key] = kind(value) if defaults[key] is not None else value
     return out
 
 

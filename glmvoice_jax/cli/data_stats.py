@@ -7,7 +7,8 @@ Prints per-source document and token shares (measured vs configured ``input.toke
 weights) with suggested calibrated weights, speech vs text token counts, the interleaving
 statistics of the corpus jobs (mean span length, η), the packing fill ratio and the pipeline's
 tokens/s. ``--data_root`` replaces "{workdir}" in the configured shard paths (e.g. the demo's run
-directory). Library code: glmvoice_jax/data/stats.py.
+directory). Library code:
+glmvoice_jax/data/stats.py.
 """
 
 from __future__ import annotations

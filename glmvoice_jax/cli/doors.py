@@ -59,19 +59,9 @@ def debug() -> bool:
 _PROG: list[str] = []  # the tool's name, from its docstring ("glmvoice-NAME: ...")
 
 
-def _name_in(doc: str | None) -> str | None:
-    """``glmvoice-NAME`` when a docstring opens with ``glmvoice-NAME: ...``, else None."""
-    first = (doc or "").strip().split(":", 1)[0]
-    return first if first.startswith("glmvoice-") and " " not in first else None
-
-
 def prog() -> str:
-    """The tool's name for messages: from its docstring, else ``python -m``'s, else argv[0]."""
     if _PROG:
         return _PROG[-1]
-    name = _name_in(getattr(sys.modules.get("__main__"), "__doc__", None))
-    if name:
-        return name
     return os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else "glmvoice"
 
 
@@ -96,11 +86,11 @@ def _own_flags(flag_values: flags.FlagValues, module: str | None) -> list:
     """The tool's own flags: all of a private FlagValues, or those its module defined."""
     if flag_values is not flags.FLAGS:
         return sorted(flag_values._flags().values(), key=lambda f: f.name)  # noqa: SLF001
-    # absl files a flag under the module that defined it (``sys.argv[0]`` for ``python -m``).
-    names = {module, "__main__", sys.argv[0] if sys.argv else None} - {None}
+    by_module = flag_values.flags_by_module_dict()
+    names = {module, "__main__", sys.argv[0] if sys.argv else None}
     own = {}
-    for mod, fl in flag_values.flags_by_module_dict().items():
-        if mod in names:
+    for mod, fl in by_module.items():
+        if mod in names or (mod and mod.startswith("glmvoice_jax.cli")):
             for f in fl:
                 own[f.name] = f
     return sorted(own.values(), key=lambda f: f.name)
@@ -136,60 +126,25 @@ def _check_args(
 
 
 def _root_message(e: BaseException) -> str:
-    """One line or two for a flag-parsing error.
-
-    Uses the innermost cause (config_flags wraps a missing file twice); config_flags also pastes a
-    whole traceback into its message when a config file's ``get_config`` raises: keep its first
-    line and the exception line at its end.
-    """
+    """The message of the innermost cause (config_flags wraps a missing file twice)."""
     while e.__cause__ is not None:
         e = e.__cause__
-    message = str(e) or type(e).__name__
-    head, sep, tail = message.partition("Traceback (most recent call last):")
-    if sep:
-        last = [line for line in tail.strip().splitlines() if line.strip()][-1:]
-        message = " ".join([head.strip(), *(line.strip() for line in last)])
-    return message
+    return str(e) or type(e).__name__
 
 
-def _config_flag_values(args: Sequence[str], name: str) -> tuple[str | None, list[str]]:
-    """``(spec, override keys)`` of a config-file flag: ``--NAME FILE[:ARGS] --NAME.a.b=V``."""
-    spec, keys = None, []
+def _check_config_files(args: Sequence[str], flag_values: flags.FlagValues) -> None:
+    """A config-file flag (``--config FILE[:ARGS]``) naming no file fails in one line."""
     for i, a in enumerate(args):
-        if a.startswith(f"--{name}="):
-            spec = a.split("=", 1)[1]
-        elif a == f"--{name}" and i + 1 < len(args):
-            spec = args[i + 1]
-        elif a.startswith(f"--{name}."):
-            keys.append(a[len(name) + 3 :].split("=", 1)[0])
-    return spec, keys
-
-
-def _check_config(args: Sequence[str], flag_values: flags.FlagValues) -> None:
-    """A config file that is missing, fails to load, or gets an unknown override: one line.
-
-    The file is loaded once here, as ``--config`` will load it, so a bad ``:ARGS`` value or an
-    override naming no field (``--config.a.b=V``; the near names are listed) fails before absl
-    parses the flags (which would print ml_collections' traceback).
-    """
-    name = "config"
-    if name not in flag_values:
-        return
-    spec, keys = _config_flag_values(args, name)
-    if spec is None:
-        return
-    path = spec.partition(":")[0]
-    if not os.path.exists(path):
-        fail(f"config file {path} does not exist (--{name}={spec})")
-    from glmvoice_jax import config_lib  # heavy (jax, models); only tools with --config pay it
-
-    try:
-        config = config_lib.load_config_file(spec)
-        config_lib.check_override_keys(config, keys)
-    except USER_ERRORS as e:
-        if debug():
-            raise
-        fail(f"--{name}={spec}: {_root_message(e)}")
+        for name in ("config",):
+            if name not in flag_values:
+                continue
+            value = None
+            if a.startswith(f"--{name}="):
+                value = a.split("=", 1)[1]
+            elif a == f"--{name}" and i + 1 < len(args):
+                value = args[i + 1]
+            if value is not None and not os.path.exists(value.partition(":")[0]):
+                fail(f"config file {value.partition(':')[0]} does not exist (--{name}={value})")
 
 
 def _guard(fn: Callable[[], int | None]) -> int | None:
@@ -226,12 +181,12 @@ def run(
       renamed: this tool's own renamed flags (old -> new), besides ``RENAMED``.
     """
     fv = flags.FLAGS if flag_values is None else flag_values
-    name = _name_in(doc)
-    if name:
-        _PROG.append(name)
+    first = (doc or "").strip().split(":", 1)[0]
+    if first.startswith("glmvoice-") and " " not in first:
+        _PROG.append(first)
     module = getattr(sys.modules.get(main.__module__), "__name__", None)
     _check_args(sys.argv[1:], fv, doc, module, renamed or {})
-    _check_config(sys.argv[1:], fv)
+    _check_config_files(sys.argv[1:], fv)
     if flag_values is not None:
         # A private FlagValues: main parses; check the required flags first, all at once.
         def call():

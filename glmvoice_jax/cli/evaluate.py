@@ -8,7 +8,8 @@ Usage:
 Tasks:
   story_cloze  spoken StoryCloze-style likelihood choice between a correct and a wrong ending
                (glmvoice_jax/evals/story_cloze.py, docs/eval.md). ``--items`` defaults to the
-               bundled demo set; s2s / s2t need ``--speech_tokenizer``.
+               bundled
+               demo set; s2s / s2t need ``--speech_tokenizer``.
 
 Prints a table of accuracies; ``--output`` writes the summary as JSON and, unless ``--per_item``
 names another path, the per-item scores next to it as ``<output minus .json>.items.jsonl``.

@@ -84,33 +84,11 @@ def test_eleven_or_more_scripts_are_listed():
     assert len(SCRIPTS) >= 11 and all(n.startswith("glmvoice-") for n in SCRIPTS)
 
 
-_CKPT_IN_OUT = ["--checkpoint", "/nope/ckpt", "--input", "/nope/i", "--output", "/nope/o"]
-# Per script: the required flags, each naming a path that does not exist.
-BAD_PATHS = {
-    "glmvoice-train": ["--config", "/nope/c.py", "--workdir", "/nope/w"],
-    "glmvoice-import": ["--checkpoint", "/nope/hf", "--output", "/nope/o"],
-    "glmvoice-export": ["--checkpoint", "/nope/ckpt", "--output", "/nope/o"],
-    "glmvoice-score": _CKPT_IN_OUT,
-    "glmvoice-decode": _CKPT_IN_OUT,
-    "glmvoice-aot": ["--config", "/nope/c.py", "--topology", "cpu"],
-    "glmvoice-tokenize": _CKPT_IN_OUT,
-    "glmvoice-data-stats": ["--config", "/nope/c.py"],
-    "glmvoice-eval": ["--checkpoint", "/nope/ckpt"],
-    "glmvoice-ablate": ["--config", "/nope/c.py", "--workdir", "/nope/w"],
-    "glmvoice-export-decoder": ["--checkpoint", "/nope/ckpt", "--output", "/nope/o"],
-}
-
-
-def test_every_script_has_a_bad_path_case():
-    assert sorted(BAD_PATHS) == sorted(SCRIPTS), "add the new console script to BAD_PATHS"
-
-
 @pytest.mark.parametrize("name", sorted(SCRIPTS))
-def test_help_no_arguments_renamed_flags_and_bad_path(name):
-    results = _calls(name, ["--help"], [], ["--src=/x"], BAD_PATHS[name])
-    (rc, out), (rc2, out2), (rc3, out3), (rc4, out4) = results
+def test_help_no_arguments_and_renamed_flags(name):
+    (rc, out), (rc2, out2), (rc3, out3) = _calls(name, ["--help"], [], ["--src=/x"])
     assert rc == 0, out
-    assert name in out and "flags:" in out and all(a in out for a in BAD_PATHS[name][::2]), out
+    assert name in out and "flags:" in out and "--" in out
     assert "alsologtostderr" not in out and "Traceback" not in out
 
     assert rc2 != 0 and "Traceback" not in out2, out2
@@ -118,27 +96,6 @@ def test_help_no_arguments_renamed_flags_and_bad_path(name):
 
     assert rc3 != 0 and "Traceback" not in out3
     assert "--src was renamed --checkpoint" in out3, out3
-
-    assert rc4 == 1 and "Traceback" not in out4, out4
-    assert out4.strip().startswith(f"{name}: error:") and "/nope/" in out4, out4
-    assert len(out4.strip().splitlines()) <= 2, out4
-
-
-def test_config_errors_are_one_line():
-    """A bad :ARGS value, an unknown override key (with near names), a bad override value."""
-    config = str(REPO / "configs" / "demo_tiny.py")
-    results = _calls(
-        "glmvoice-data-stats",
-        ["--config", config + ":bogus"],
-        ["--config", config, "--config.input.global_bach_size=2"],
-        ["--config", config, "--config.input.global_batch_size=abc"],
-    )
-    for rc, out in results:
-        assert rc == 1 and "Traceback" not in out, out
-        assert out.startswith("glmvoice-data-stats: error:") and len(out.splitlines()) <= 2, out
-    assert "steps='bogus' must be of type int" in results[0][1]
-    assert "did you mean input.global_batch_size" in results[1][1]
-    assert "global_batch_size=abc" in results[2][1]
 
 
 def test_bad_paths_are_one_line_and_debug_shows_the_traceback(tmp_path):
