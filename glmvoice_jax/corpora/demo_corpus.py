@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from glmvoice_jax import files
 from glmvoice_jax.data import records, token_layout
 
 SOURCES = ("text", "speech", "interleaved")
@@ -176,8 +177,8 @@ def write_demo_corpus(
     params = {"format": _FORMAT, "seed": seed, "docs_per_source": docs_per_source}
     params["num_shards"] = num_shards
     manifest = os.path.join(out_dir, _MANIFEST)
-    files = [shard_path(out_dir, s, i, num_shards) for s in SOURCES for i in range(num_shards)]
-    if os.path.exists(manifest) and all(os.path.exists(f) for f in files):
+    shards = [shard_path(out_dir, s, i, num_shards) for s in SOURCES for i in range(num_shards)]
+    if os.path.exists(manifest) and all(os.path.exists(f) for f in shards):
         with open(manifest) as f:
             if json.load(f) == params:
                 return patterns
@@ -199,8 +200,5 @@ def write_demo_corpus(
                             kind=source,  # the source names are record kinds
                         )
                     )
-    tmp = manifest + records.TMP_SUFFIX
-    with open(tmp, "w") as f:
-        json.dump(params, f)
-    os.replace(tmp, manifest)
+    files.write_json(manifest, params, indent=None)
     return patterns
