@@ -26,7 +26,6 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
-from glmvoice_jax import files
 from glmvoice_jax.data import records, token_layout
 
 SOURCES = ("text", "speech", "interleaved")
@@ -177,8 +176,8 @@ def write_demo_corpus(
     params = {"format": _FORMAT, "seed": seed, "docs_per_source": docs_per_source}
     params["num_shards"] = num_shards
     manifest = os.path.join(out_dir, _MANIFEST)
-    shards = [shard_path(out_dir, s, i, num_shards) for s in SOURCES for i in range(num_shards)]
-    if os.path.exists(manifest) and all(os.path.exists(f) for f in shards):
+    files = [shard_path(out_dir, s, i, num_shards) for s in SOURCES for i in range(num_shards)]
+    if os.path.exists(manifest) and all(os.path.exists(f) for f in files):
         with open(manifest) as f:
             if json.load(f) == params:
                 return patterns
@@ -200,5 +199,8 @@ def write_demo_corpus(
                             kind=source,  # the source names are record kinds
                         )
                     )
-    files.write_json(manifest, params, indent=None)
+    tmp = manifest + records.TMP_SUFFIX
+    with open(tmp, "w") as f:
+        json.dump(params, f)
+    os.replace(tmp, manifest)
     return patterns

@@ -16,8 +16,6 @@ import os
 import shutil
 import subprocess
 
-from glmvoice_jax import files
-
 SAMPLE_RATE = 16000
 TOOLS = ("espeak-ng", "sox")
 INSTALL = "apt-get update && apt-get install -y espeak-ng sox"
@@ -47,22 +45,22 @@ def synthesize(text: str, path: str, voice: str, speed_wpm: int, pitch: int) -> 
       subprocess.CalledProcessError: espeak-ng or sox failed (its stderr is in the exception).
     """
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    raw = f"{path}.{os.getpid()}.raw.wav"
+    raw, part = f"{path}.{os.getpid()}.raw.wav", f"{path}.{os.getpid()}.tmp.wav"
     try:
-        # sox infers the format from the name: the temporary name keeps ".wav".
-        with files.atomic(path, f".{os.getpid()}.tmp.wav") as part:
-            subprocess.run(
-                ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch),
-                 "-w", raw, "--stdin"],
-                input=text.encode("utf-8"),
-                check=True,
-                capture_output=True,
-            )  # fmt: skip
-            subprocess.run(
-                ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", part],
-                check=True,
-                capture_output=True,
-            )
+        subprocess.run(
+            ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch),
+             "-w", raw, "--stdin"],
+            input=text.encode("utf-8"),
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        subprocess.run(
+            ["sox", "-R", "-D", raw, "-r", str(SAMPLE_RATE), "-c", "1", "-b", "16", part],
+            check=True,
+            capture_output=True,
+        )
+        os.replace(part, path)
     finally:
-        if os.path.exists(raw):
-            os.remove(raw)
+        for tmp in (raw, part):
+            if os.path.exists(tmp):
+                os.remove(tmp)

@@ -34,8 +34,6 @@ import shutil
 
 import soundfile
 
-from glmvoice_jax import files
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.corpora import espeak
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
@@ -117,7 +115,6 @@ def make_corpus(
     heldout_every: int = 10,
     num_threads: int = 2,
     sentences_path: str = SENTENCES_PATH,
-    progress: bool = True,
 ) -> dict[str, str]:
     """Synthesises the corpus into ``out_dir`` unless a finished one with these settings is there.
 
@@ -128,7 +125,6 @@ def make_corpus(
       heldout_every: every n-th sentence goes to the held-out split.
       num_threads: parallel espeak-ng / sox processes.
       sentences_path: the sentence file.
-      progress: show a bar of the utterances synthesised (rate, ETA) on stderr.
 
     Returns:
       {"train": path of train.jsonl, "heldout": path of heldout.jsonl}.
@@ -163,15 +159,17 @@ def make_corpus(
         return dict(row, audio=rel, seconds=round(seconds, 3))
 
     with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
-        rows = list(
-            progress_lib.track(
-                pool.map(one, utts), len(utts), "espeak corpus", unit="utt", enabled=progress
-            )
-        )
+        rows = list(pool.map(one, utts))
     counts = {}
     for split in SPLITS:
         chosen = [r for r, u in zip(rows, utts) if u["split"] == split]
         counts[split] = {"utterances": len(chosen), "seconds": sum(r["seconds"] for r in chosen)}
-        files.write_jsonl(manifests[split], chosen)
-    files.write_json(marker, {"settings": settings, "counts": counts}, indent=2)
+        tmp = manifests[split] + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            for r in chosen:
+                f.write(json.dumps(r) + "\n")
+        os.replace(tmp, manifests[split])
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"settings": settings, "counts": counts}, f, indent=2)
+    os.replace(marker + ".tmp", marker)
     return manifests

@@ -30,8 +30,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from glmvoice_jax import files
-
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 BASE_PATH = os.path.join(ASSETS, "grammar_sentences.txt")
 
@@ -132,4 +130,7 @@ def write(path: str, sentences: Sequence[str], *, seed: int, num_kept: int) -> N
         f"# python -m data_pipelines.grammar_sentences --num_sentences {len(sentences)} "
         f"--seed {seed} --out PATH\n"
     )
-    files.write_text(path, header + "".join(s + "\n" for s in sentences))
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        f.write(header)
+        f.writelines(s + "\n" for s in sentences)
+    os.replace(path + ".tmp", path)

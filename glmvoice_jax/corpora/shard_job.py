@@ -180,69 +180,58 @@ def run(
     mine = plan.my_shards()
     kill_after = int(os.environ.get(KILL_ENV, "0"))
     total_items = sum(len(plan.input_range(s)) for s in mine)
-    # Shards finished by an earlier run count as done from the start, so the rate and ETA are
-    # this run's.
-    done_items = sum(len(plan.input_range(s)) for s in mine if os.path.exists(plan.shard_path(s)))
-    bar = progress_lib.bar(
-        total_items, f"[{plan.name}]", "item", initial=done_items, enabled=progress
-    )
+    bar = progress_lib.bar(total_items, f"[{plan.name}]", "item", enabled=progress)
     written_records = 0
     totals = {"written": 0, "skipped": 0, "records": 0, "tokens": 0, "errors": 0}
     reasons: collections.Counter[str] = collections.Counter()
-    with bar:
-        for shard in mine:
-            path = plan.shard_path(shard)
-            if os.path.exists(path):
-                totals["skipped"] += 1
-                continue
-            log = ShardLog()
-            stats = collections.Counter()
-            inputs = plan.input_range(shard)
-            seen = inputs.start  # the bar counts inputs: skipped ones yield nothing
-            with records.ShardWriter(path) as writer:
-                for index, item_id, ex in produce(shard, inputs, log):
-                    if index >= seen:
-                        bar.update(index + 1 - seen)
-                        seen = index + 1
-                    n = len(ex.tokens)
-                    if max_tokens is not None and n > max_tokens:
-                        log.error(
-                            index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}"
-                        )
-                        continue
-                    writer.write(ex)
-                    stats["records"] += 1
-                    stats["tokens"] += n
-                    stats["loss_tokens"] += int(ex.loss_mask.sum())
-                    if layout is not None and layout.num_audio_tokens:
-                        stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
-                    stats[f"kind_{ex.kind}"] += 1
-                    written_records += 1
-                    if kill_after and written_records >= kill_after:
-                        sys.stderr.flush()
-                        os.kill(os.getpid(), signal.SIGKILL)
-                by_reason = collections.Counter(e["reason"] for e in log.errors)
-                shard_stats = {
-                    **stats,
-                    "inputs": len(plan.input_range(shard)),
-                    "errors": len(log.errors),
-                    "errors_by_reason": dict(by_reason),
-                    "extra": dict(log.extra),
-                }
-                # Sidecars first: the shard's final rename (on leaving the block) marks completion.
-                files.write_jsonl(path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
-                files.write_json(path + STATS_SUFFIX, shard_stats, sort_keys=True)
-            bar.update(inputs.stop - seen)
-            totals["written"] += 1
-            totals["records"] += stats["records"]
-            totals["tokens"] += stats["tokens"]
-            totals["errors"] += len(log.errors)
-            reasons.update(by_reason)
-            bar.set_postfix_str(
-                f"shards {totals['written'] + totals['skipped']}/{len(mine)} "
-                f"records {totals['records']:,} errors {totals['errors']:,}",
-                refresh=False,
-            )
+    for shard in mine:
+        path = plan.shard_path(shard)
+        if os.path.exists(path):
+            totals["skipped"] += 1
+            bar.update(len(plan.input_range(shard)))  # finished by an earlier run
+            continue
+        log = ShardLog()
+        stats = collections.Counter()
+        with records.ShardWriter(path) as writer:
+            for index, item_id, ex in produce(shard, plan.input_range(shard), log):
+                bar.update(1)
+                n = len(ex.tokens)
+                if max_tokens is not None and n > max_tokens:
+                    log.error(index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}")
+                    continue
+                writer.write(ex)
+                stats["records"] += 1
+                stats["tokens"] += n
+                stats["loss_tokens"] += int(ex.loss_mask.sum())
+                if layout is not None and layout.num_audio_tokens:
+                    stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
+                stats[f"kind_{ex.kind}"] += 1
+                written_records += 1
+                if kill_after and written_records >= kill_after:
+                    sys.stderr.flush()
+                    os.kill(os.getpid(), signal.SIGKILL)
+            by_reason = collections.Counter(e["reason"] for e in log.errors)
+            shard_stats = {
+                **stats,
+                "inputs": len(plan.input_range(shard)),
+                "errors": len(log.errors),
+                "errors_by_reason": dict(by_reason),
+                "extra": dict(log.extra),
+            }
+            # Sidecars first: the shard's final rename (on leaving the block) marks completion.
+            files.write_jsonl(path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
+            files.write_json(path + STATS_SUFFIX, shard_stats, sort_keys=True)
+        totals["written"] += 1
+        totals["records"] += stats["records"]
+        totals["tokens"] += stats["tokens"]
+        totals["errors"] += len(log.errors)
+        reasons.update(by_reason)
+        bar.set_postfix_str(
+            f"shards {totals['written'] + totals['skipped']}/{len(mine)} "
+            f"records {totals['records']:,} errors {totals['errors']:,}",
+            refresh=False,
+        )
+    bar.close()
     totals["errors_by_reason"] = dict(reasons)
     return totals
 

@@ -22,12 +22,11 @@ Usage (writes the committed demo set):
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import numpy as np
-
-from glmvoice_jax import files
 
 ASSETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "assets")
 CORPUS_FILES = (
@@ -200,5 +199,8 @@ def make_items(num_items: int, seed: int = 0) -> list[dict]:
 
 def write_items(path: str, num_items: int, seed: int = 0) -> str:
     items = make_items(num_items, seed)
-    files.write_jsonl(path, items)
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(item) + "\n" for item in items)
+    os.replace(tmp, path)
     return path

@@ -50,7 +50,6 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from glmvoice_jax import checkpoint, files
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.corpora import espeak, story_cloze_items
 from glmvoice_jax.data import prompts
 from glmvoice_jax.data import token_layout as token_layout_lib
@@ -153,9 +152,7 @@ def synthesis_path(text: str, cache_dir: str, voice: tuple[str, int, int] = ESPE
     return os.path.join(cache_dir, "speech", f"{name}.wav")
 
 
-def _synthesize_missing(
-    texts: Sequence[str], cache_dir: str, progress: bool = False
-) -> dict[str, str]:
+def _synthesize_missing(texts: Sequence[str], cache_dir: str) -> dict[str, str]:
     """Synthesises the texts whose cached audio is missing; returns {text: error} of failures."""
     todo = sorted({t for t in texts if not os.path.exists(synthesis_path(t, cache_dir))})
     if not todo:
@@ -174,10 +171,7 @@ def _synthesize_missing(
         return None
 
     with concurrent.futures.ThreadPoolExecutor(min(4, os.cpu_count() or 1)) as pool:
-        done = progress_lib.track(
-            pool.map(one, todo), len(todo), "synthesise", unit="clip", enabled=progress
-        )
-        errors = dict(zip(todo, done, strict=True))
+        errors = dict(zip(todo, pool.map(one, todo), strict=True))
     return {t: e for t, e in errors.items() if e is not None}
 
 
@@ -277,7 +271,7 @@ def _load_speech_tokenizer(path: str | None, layout: token_layout_lib.TokenLayou
 
 
 def _speech_codes(
-    items: list[Item], modes: tuple[str, ...], cache_dir: str, tok_model, progress: bool = False
+    items: list[Item], modes: tuple[str, ...], cache_dir: str, tok_model
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, tuple[str, str]], dict[str, dict]]:
     """(codes[item id][part], skipped[item id] = (category, detail), audio paths[item id])."""
     parts = PARTS if "s2s" in modes else ("context",)
@@ -286,7 +280,7 @@ def _speech_codes(
         for it in items
     }
     synth_errors = _synthesize_missing(
-        [it.text(p) for it in items for p in parts if p not in it.audio], cache_dir, progress
+        [it.text(p) for it in items for p in parts if p not in it.audio], cache_dir
     )
     skipped: dict[str, tuple[str, str]] = {}
     wavs, where = [], []
@@ -306,9 +300,7 @@ def _speech_codes(
             for p, wav in loaded:
                 wavs.append(wav)
                 where.append((it.id, p))
-    tokens = (
-        speech_tokenizer_lib.tokenize_waveforms(tok_model, wavs, progress=progress) if wavs else []
-    )
+    tokens = speech_tokenizer_lib.tokenize_waveforms(tok_model, wavs) if wavs else []
     codes: dict[str, dict[str, np.ndarray]] = {}
     for (uid, p), t in zip(where, tokens, strict=True):
         codes.setdefault(uid, {})[p] = t
@@ -322,7 +314,6 @@ def _score(
     layout: token_layout_lib.TokenLayout,
     codes: dict[str, dict[str, np.ndarray]],
     encode: Callable | None,
-    progress: bool = False,
 ) -> dict[tuple[str, str, str], dict]:
     """(item id, mode, ending) -> {"logprob", "mean", "tokens"} of the ending's tokens."""
     seqs = {}
@@ -334,7 +325,7 @@ def _score(
                 end = codes[it.id][ending] if mode == "s2s" else encode(" " + it.text(ending))
                 seqs[it.id, mode, ending] = build_sequence(mode, ctx, end, layout, source=source)
     keys = list(seqs)  # all sequences in one call, so the scorer's batches are full
-    lps = scoring.Scorer(lm_checkpoint).score([seqs[k][0] for k in keys], progress=progress)
+    lps = scoring.Scorer(lm_checkpoint).score([seqs[k][0] for k in keys])
     scores = {}
     for k, lp in zip(keys, lps, strict=True):
         _, a, b = seqs[k]
@@ -378,7 +369,6 @@ def evaluate(
     modes: Sequence[str] = MODES,
     max_items: int | None = None,
     per_item_output: str | None = None,
-    progress: bool = True,
 ) -> dict:
     """Runs the StoryCloze-style eval of an LM checkpoint (module docstring).
 
@@ -390,8 +380,6 @@ def evaluate(
       modes: any of "s2s", "s2t", "t2t" (or a comma-separated string).
       max_items: evaluate only the first N items.
       per_item_output: optional JSONL path for one row per item with both endings' scores.
-      progress: show a bar (rate, ETA) for each long step on stderr: speech synthesis, speech
-        tokenization, scoring.
 
     Returns:
       {"<mode>_accuracy": float (sum rule), "<mode>_accuracy_per_token": float (mean rule) per
@@ -414,16 +402,20 @@ def evaluate(
     audio_paths: dict[str, dict] = {}
     if set(modes) & set(SPEECH_MODES):
         tok_model = _load_speech_tokenizer(speech_tokenizer, layout)
-        codes, skipped, audio_paths = _speech_codes(items, modes, cache_dir, tok_model, progress)
+        codes, skipped, audio_paths = _speech_codes(items, modes, cache_dir, tok_model)
     kept = [it for it in items if it.id not in skipped]
     if not kept:
         reasons = sorted({detail for _, detail in skipped.values()})
         raise ValueError(f"none of the {len(items)} items could be evaluated: {reasons[:3]}")
 
-    scores = _score(lm_checkpoint, kept, modes, layout, codes, encode, progress)
+    scores = _score(lm_checkpoint, kept, modes, layout, codes, encode)
     rows = _item_rows(items, modes, scores, skipped, audio_paths)
     if per_item_output:
-        files.write_jsonl(per_item_output, rows)
+        os.makedirs(os.path.dirname(os.path.abspath(per_item_output)), exist_ok=True)
+        tmp = per_item_output + ".tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        os.replace(tmp, per_item_output)
 
     summary: dict = {}
     for mode in modes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import time
 from collections.abc import Callable, Iterable, Sequence
 
@@ -192,19 +193,12 @@ class Scorer:
                 yield t, idx[s : s + rows]
 
     def score(self, seqs: Sequence[np.ndarray], progress: bool = False) -> list[np.ndarray]:
-        """float32 token log-probs ([len - 1]) of each sequence, in input order.
-
-        ``progress`` shows a bar of the tokens scored (rate, ETA) on stderr.
-        """
+        """float32 token log-probs ([len - 1]) of each sequence, in input order."""
         out: list[np.ndarray] = [np.zeros((0,), np.float32) for _ in seqs]
         batches = list(self._batches(seqs))
-        total = sum(len(seqs[i]) for _, idx in batches for i in idx)
+        bar = _progress(sum(len(seqs[i]) for _, idx in batches for i in idx), progress)
         # "highest": true float32 matmuls; the GPU default (TF32) is off by ~1e-3 in log-probs.
-        with (
-            progress_lib.bar(total, "score", "tok", unit_scale=True, enabled=progress) as bar,
-            sharding.activate(self.mesh, self.preset),
-            jax.default_matmul_precision("highest"),
-        ):
+        with sharding.activate(self.mesh, self.preset), jax.default_matmul_precision("highest"):
             for t, idx in batches:
                 rows = -(-len(idx) // self.rows_multiple) * self.rows_multiple
                 tokens = np.zeros((rows, t), np.int32)
@@ -221,8 +215,15 @@ class Scorer:
                 )
                 for r, i in enumerate(idx):
                     out[i] = lp[r, : len(seqs[i]) - 1].astype(np.float32)
-                bar.update(sum(len(seqs[i]) for i in idx))
+                if bar is not None:
+                    bar.update(sum(len(seqs[i]) for i in idx))
+        if bar is not None:
+            bar.close()
         return out
+
+
+def _progress(total: int, enabled: bool):
+    return progress_lib.bar(total, "score", "tok", unit_scale=True) if enabled else None
 
 
 def score_file(
@@ -238,17 +239,14 @@ def score_file(
     start = time.perf_counter()
     lps = scorer.score([r.ids for r in records], progress=progress)
     seconds = time.perf_counter() - start
-    files.write_jsonl(
-        output_path,
-        (
-            {
+    with open(output_path, "w", encoding="utf-8") as f:
+        for r, lp in zip(records, lps, strict=True):
+            row = {
                 "id": r.id,
                 "logprob": float(np.sum(lp, dtype=np.float64)),
                 "token_logprobs": [float(x) for x in lp],
             }
-            for r, lp in zip(records, lps, strict=True)
-        ),
-    )
+            f.write(json.dumps(row) + "\n")
     return {
         "sequences": len(records),
         "tokens": int(sum(len(r.ids) for r in records)),

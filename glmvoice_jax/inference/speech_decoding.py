@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -24,13 +23,11 @@ import jax
 import numpy as np
 import soundfile as sf
 
-from glmvoice_jax import files
 from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder, tokens_to_audio
 from glmvoice_jax.models.speech_decoder.stream import Chunk, emitted_mel, stream_decode
 
 NOISE_MODES = ("random", "zeros")
-PARTIAL = ".partial"  # suffix of a file being written (files.atomic)
 ERRORS_FILE = "errors.jsonl"
 # Tokens per line decoded in one pass (~160 s of speech at 12.5 Hz). The one-pass decoder's
 # memory grows with the square of the length: 5,000 tokens tried to allocate 47 GB. Longer
@@ -198,8 +195,10 @@ class _ErrorLog:
 
 
 def _save_mel(path: str, mel_mt: np.ndarray) -> None:
-    with files.atomic(path, PARTIAL) as tmp, open(tmp, "wb") as f:
+    tmp = path + ".partial"
+    with open(tmp, "wb") as f:
         np.save(f, np.ascontiguousarray(mel_mt, np.float32))
+    os.replace(tmp, path)
 
 
 def _finite(x: np.ndarray, what: str) -> None:
@@ -216,8 +215,9 @@ def _decode_whole(
     mel, wav = tokens_to_audio(model, req.tokens, key=key)  # (M, T), (L,)
     wall = time.perf_counter() - start
     _finite(wav, "audio")
-    with files.atomic(os.path.join(out, f"{req.id}.wav"), PARTIAL) as tmp:
-        sf.write(tmp, wav, model.config.hift.sampling_rate, subtype="FLOAT", format="WAV")
+    tmp = os.path.join(out, f"{req.id}.wav.partial")
+    sf.write(tmp, wav, model.config.hift.sampling_rate, subtype="FLOAT", format="WAV")
+    os.replace(tmp, os.path.join(out, f"{req.id}.wav"))
     if save_mel:
         _save_mel(os.path.join(out, f"{req.id}.mel.npy"), mel)
     return Result(req.line, req.id, int(req.tokens.size), int(wav.size), wall)
@@ -226,16 +226,14 @@ def _decode_whole(
 def _decode_streaming(
     model: SpeechDecoder, req: Request, out: str, key: jax.Array | None, save_mel: bool
 ) -> Result:
+    tmp = os.path.join(out, f"{req.id}.wav.partial")
     mels: list[np.ndarray] = []
     first: list[float] = []
     samples = 0
     start = time.perf_counter()
-    with (
-        files.atomic(os.path.join(out, f"{req.id}.wav"), PARTIAL) as tmp,
-        sf.SoundFile(
-            tmp, "w", model.config.hift.sampling_rate, 1, subtype="FLOAT", format="WAV"
-        ) as wav_file,
-    ):
+    with sf.SoundFile(
+        tmp, "w", model.config.hift.sampling_rate, 1, subtype="FLOAT", format="WAV"
+    ) as wav_file:
 
         def on_chunk(speech: np.ndarray, mel: np.ndarray, chunk: Chunk) -> None:
             nonlocal samples
@@ -249,6 +247,7 @@ def _decode_streaming(
 
         _, chunks = stream_decode(model, req.tokens, key=key, on_chunk=on_chunk)
         wall = time.perf_counter() - start
+    os.replace(tmp, os.path.join(out, f"{req.id}.wav"))
     if save_mel:
         _save_mel(os.path.join(out, f"{req.id}.mel.npy"), np.concatenate(mels).T)
     return Result(req.line, req.id, int(req.tokens.size), samples, wall, first[0], tuple(chunks))
@@ -277,8 +276,7 @@ def decode_file(
       save_mel: also write ``<id>.mel.npy`` [M, T].
       streaming: use the web_demo chunk schedule (25, 50, 100, 150, then 200 tokens) and write
         each chunk's audio as soon as it exists; the mel is then the streamed one.
-      log: where the per-line reports go, e.g. ``print`` to stderr; given, a progress bar (lines,
-        rate, ETA) is shown on stderr too. None: silent.
+      log: progress sink, e.g. ``print``; None → silent.
 
     Returns:
       A ``Report``; ``report.errors`` lists the skipped lines.
@@ -294,40 +292,36 @@ def decode_file(
     os.makedirs(output_dir, exist_ok=True)
     report = Report(output_dir, model.config.hift.sampling_rate, lines=count)
     errors = _ErrorLog(os.path.join(output_dir, ERRORS_FILE))
+    say = log or (lambda _: None)
     pending = sorted(
         [(e.line, e) for e in bad] + [(r.line, r) for r in requests], key=lambda x: x[0]
     )
     bar = progress_lib.bar(count, "decode", "line", enabled=log is not None)
-
-    def say(text: str) -> None:
-        if log is not None:
-            with bar.external_write_mode(file=sys.stderr):  # clears a terminal bar, then redraws
-                log(text)
-
     try:
         for i, (_, item) in enumerate(pending, start=1):
+            bar.update(1)
             prefix = f"[{i}/{count}]"
             if isinstance(item, LineError):
                 report.errors.append(item)
                 errors.add(item)
                 say(f"{prefix} skipped {item.error}")
-                bar.update(1)
                 continue
             key = None if noise == "zeros" else jax.random.fold_in(jax.random.key(seed), item.line)
             decode = _decode_streaming if streaming else _decode_whole
             try:
                 result = decode(model, item, output_dir, key, save_mel)
             except (ValueError, FloatingPointError, RuntimeError, OSError) as e:
-                # files.atomic removed the .partial file; nothing of this line is left behind.
+                for suffix in (".wav.partial", ".mel.npy.partial"):
+                    partial = os.path.join(output_dir, item.id + suffix)
+                    if os.path.exists(partial):
+                        os.remove(partial)
                 err = LineError(item.line, item.id, f"line {item.line} (id {item.id!r}): {e}")
                 report.errors.append(err)
                 errors.add(err)
                 say(f"{prefix} failed {err.error}")
-                bar.update(1)
                 continue
             report.results.append(result)
             say(f"{prefix} {_describe(result, report.sample_rate)}")
-            bar.update(1)
     finally:
         errors.close()
         bar.close()

@@ -26,7 +26,6 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import audio, checkpoint
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.convert.whisper import hf_whisper as convert_whisper
 from glmvoice_jax.models.whisper_vq import HOP_LENGTH, WhisperVQ, WhisperVQConfig
 
@@ -109,7 +108,6 @@ def tokenize_waveforms(
     batch_size: int = 16,
     matmul_precision: str = "highest",
     mesh: Mesh | None = None,
-    progress: bool = False,
 ) -> list[np.ndarray]:
     """Speech tokens of 16 kHz mono waveforms, as the reference ``extract_speech_token``.
 
@@ -121,7 +119,6 @@ def tokenize_waveforms(
         matmuls on TPU/GPU (whose defaults are bf16/tf32 passes), so ids match the reference.
       mesh: a 1-D ("data",) mesh (``local_mesh``) to split every batch over; the model's state
         must be replicated on it (``load_model(path, mesh)``). None runs on the default device.
-      progress: show a bar of the 30 s windows encoded (rate, ETA) on stderr.
 
     Returns:
       One int32 array of token ids per waveform (ceil(n / samples_per_token) ids per 30 s window).
@@ -141,35 +138,32 @@ def tokenize_waveforms(
         rows.extend((i, w, padded) for w in windows)
     order = sorted(range(len(rows)), key=lambda r: rows[r][2])  # similar lengths together
     tokens: dict[int, np.ndarray] = {}
-    with progress_lib.bar(len(order), "tokenize", "window", enabled=progress) as bar:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            longest = max(rows[r][2] for r in chunk)
-            width = min(-(-longest // _BUCKET_SAMPLES) * _BUCKET_SAMPLES, WINDOW_SAMPLES)
-            width = max(width, longest)
-            height = 1 << (len(chunk) - 1).bit_length()  # batch padded to a power of two
-            if mesh is not None:
-                height = -(-height // mesh.size) * mesh.size  # a multiple of the device count
-            wav = np.zeros((height, width), np.float32)
-            lengths = np.full((height,), stride, np.int32)  # dummy rows: any valid length
-            frame_limits = np.zeros((height,), np.int32)
-            for b, r in enumerate(chunk):
-                _, window, padded = rows[r]
-                wav[b, : window.shape[0]] = window
-                lengths[b] = padded
-                # Frame l is valid iff 160 l < n.
-                frame_limits[b] = -(-window.shape[0] // HOP_LENGTH)
-            inputs = (wav, lengths, frame_limits)
-            if mesh is not None:
-                inputs = tuple(
-                    jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))) for x in inputs
-                )
-            with jax.default_matmul_precision(matmul_precision):
-                ids, mask = _encode(model, *inputs, n_mels=cfg.num_mels)
-            ids, mask = np.asarray(jax.device_get(ids)), np.asarray(jax.device_get(mask))
-            for b, r in enumerate(chunk):
-                tokens[r] = ids[b][mask[b]].astype(np.int32)
-            bar.update(len(chunk))
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        longest = max(rows[r][2] for r in chunk)
+        width = min(-(-longest // _BUCKET_SAMPLES) * _BUCKET_SAMPLES, WINDOW_SAMPLES)
+        width = max(width, longest)
+        height = 1 << (len(chunk) - 1).bit_length()  # batch padded to a power of two
+        if mesh is not None:
+            height = -(-height // mesh.size) * mesh.size  # a multiple of the device count
+        wav = np.zeros((height, width), np.float32)
+        lengths = np.full((height,), stride, np.int32)  # dummy rows: any valid length
+        frame_limits = np.zeros((height,), np.int32)
+        for b, r in enumerate(chunk):
+            _, window, padded = rows[r]
+            wav[b, : window.shape[0]] = window
+            lengths[b] = padded
+            frame_limits[b] = -(-window.shape[0] // HOP_LENGTH)  # frame l valid iff 160 l < n
+        inputs = (wav, lengths, frame_limits)
+        if mesh is not None:
+            inputs = tuple(
+                jax.device_put(x, NamedSharding(mesh, PartitionSpec("data"))) for x in inputs
+            )
+        with jax.default_matmul_precision(matmul_precision):
+            ids, mask = _encode(model, *inputs, n_mels=cfg.num_mels)
+        ids, mask = np.asarray(jax.device_get(ids)), np.asarray(jax.device_get(mask))
+        for b, r in enumerate(chunk):
+            tokens[r] = ids[b][mask[b]].astype(np.int32)
     out: list[list[np.ndarray]] = [[] for _ in wavs]
     for r, (i, _, _) in enumerate(rows):  # windows in time order
         out[i].append(tokens[r])

@@ -24,7 +24,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -151,50 +150,44 @@ def tokenize_files(
                 f"has {layout.num_audio_tokens} speech ids; choose a --token_layout that fits"
             )
     total_files = sum(len(inputs[i * files_per_part : (i + 1) * files_per_part]) for i in todo)
-    with progress_lib.bar(total_files, "tokenize", "file", enabled=progress) as bar:
-        for done, i in enumerate(todo, 1):
-            t0 = time.time()
-            chunk = inputs[i * files_per_part : (i + 1) * files_per_part]
-            wavs, ok, errors = [], [], []
-            for uid, path in chunk:
-                wav, reason = load_checked(path, silence_peak)
-                if reason is None:
-                    wavs.append(wav)
-                    ok.append(uid)
-                else:
-                    errors.append({"id": uid, "audio": path, "reason": reason})
-            tokens = (
-                speech_tokenization.tokenize_waveforms(
-                    model, wavs, batch_size=batch_size, mesh=mesh
-                )
-                if wavs
-                else []
-            )
-            files.write_jsonl(part_path(i) + ".errors", errors)
-            if layout is None:
-                files.write_jsonl(
-                    part_path(i), [{"id": u, "tokens": t.tolist()} for u, t in zip(ok, tokens)]
-                )
+    bar = progress_lib.bar(total_files, "tokenize", "file", enabled=progress)
+    for done, i in enumerate(todo, 1):
+        t0 = time.time()
+        chunk = inputs[i * files_per_part : (i + 1) * files_per_part]
+        wavs, ok, errors = [], [], []
+        for uid, path in chunk:
+            wav, reason = load_checked(path, silence_peak)
+            if reason is None:
+                wavs.append(wav)
+                ok.append(uid)
             else:
-                with records.ShardWriter(part_path(i)) as writer:  # atomic by itself
-                    for t in tokens:
-                        ids = np.concatenate([layout.bos_ids, layout.wrap_audio(t)])
-                        writer.write(records.Example(ids, np.ones_like(ids), source_name, "speech"))
-            secs = sum(w.shape[0] for w in wavs) / audio.SAMPLE_RATE
-            dt = time.time() - t0
-            stats["files"] += len(ok)
-            stats["skipped"] += len(errors)
-            stats["audio_secs"] += secs
-            stats["seconds"] += dt
-            bar.update(len(chunk))
-            rate = secs / max(dt, 1e-9)
-            line = (
-                f"part {i} ({done}/{len(todo)}): {len(ok)} files, {len(errors)} skipped, "
-                f"{secs / 3600:.4f} audio-h in {dt:.1f} s = {rate / 3600:.2e} audio-h/s "
-                f"({rate:.1f}x realtime)"
+                errors.append({"id": uid, "audio": path, "reason": reason})
+        tokens = (
+            speech_tokenization.tokenize_waveforms(model, wavs, batch_size=batch_size, mesh=mesh)
+            if wavs
+            else []
+        )
+        files.write_jsonl(part_path(i) + ".errors", errors)
+        if layout is None:
+            files.write_jsonl(
+                part_path(i), [{"id": u, "tokens": t.tolist()} for u, t in zip(ok, tokens)]
             )
-            with bar.external_write_mode(file=sys.stderr):  # clears a terminal bar, then redraws
-                log(line)
+        else:
+            with records.ShardWriter(part_path(i)) as writer:  # atomic by itself
+                for t in tokens:
+                    ids = np.concatenate([layout.bos_ids, layout.wrap_audio(t)])
+                    writer.write(records.Example(ids, np.ones_like(ids), source_name, "speech"))
+        secs = sum(w.shape[0] for w in wavs) / audio.SAMPLE_RATE
+        dt = time.time() - t0
+        stats["files"] += len(ok)
+        stats["skipped"] += len(errors)
+        stats["audio_secs"] += secs
+        stats["seconds"] += dt
+        bar.update(len(chunk))
+        log(f"part {i} ({done}/{len(todo)}): {len(ok)} files, {len(errors)} skipped, "
+            f"{secs / 3600:.4f} audio-h in {dt:.1f} s = {secs / 3600 / max(dt, 1e-9):.2e} "
+            f"audio-h/s ({secs / max(dt, 1e-9):.1f}x realtime)")  # fmt: skip
+    bar.close()
     if nproc > 1:
         multihost_utils.sync_global_devices("glmvoice-tokenize parts")
     if pid == 0:

@@ -28,7 +28,6 @@ import ast
 import json
 import os
 import signal
-import sys
 import time
 import traceback
 from collections.abc import Callable, Sequence
@@ -87,11 +86,16 @@ def apply_overrides(config: mlc.ConfigDict, overrides: Sequence[str], what: str)
         node[leaf] = value
 
 
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def _audio_seconds(manifest: str) -> dict[str, float]:
     """Seconds per manifest id (``seconds``, else ``num_samples / sample_rate``, else the file)."""
     base = os.path.dirname(os.path.abspath(manifest))
     out = {}
-    for row in files.read_jsonl(manifest):
+    for row in _read_jsonl(manifest):
         if "seconds" in row:
             out[str(row["id"])] = float(row["seconds"])
         elif "num_samples" in row and "sample_rate" in row:
@@ -106,7 +110,7 @@ def _last_metrics(workdir: str, keys: Sequence[str]) -> dict[str, float]:
     out: dict[str, float] = {}
     path = os.path.join(workdir, "metrics.jsonl")
     if os.path.exists(path):
-        for row in files.read_jsonl(path):
+        for row in _read_jsonl(path):
             out.update({k: row[k] for k in keys if k in row})
     return out
 
@@ -114,22 +118,7 @@ def _last_metrics(workdir: str, keys: Sequence[str]) -> dict[str, float]:
 class Sweep:
     """Runs a sweep config in ``workdir``; ``run()`` returns the per-cell results."""
 
-    def __init__(
-        self,
-        config: mlc.ConfigDict,
-        workdir: str,
-        log: Callable[[str], None] = print,
-        *,
-        progress: bool = True,
-    ):
-        """A sweep of ``config`` in ``workdir``.
-
-        Args:
-          config: the sweep config (configs/ablation_bitrates.py).
-          workdir: a local (or mounted) directory; the sweep resumes from what it holds.
-          log: where the stage lines go.
-          progress: show the sweep's bar (stages done of cells x stages, rate, ETA) on stderr.
-        """
+    def __init__(self, config: mlc.ConfigDict, workdir: str, log: Callable[[str], None] = print):
         if "://" in workdir:
             raise ValueError(
                 f"--workdir {workdir!r}: the sweep runs the offline corpus jobs, which write local "
@@ -137,15 +126,8 @@ class Sweep:
             )
         self.config = config
         self.workdir = os.path.abspath(workdir)
-        self._log = log
-        self.progress = progress
-        self.bar = progress_lib.bar(enabled=False)  # replaced by the sweep's bar in run()
+        self.log = log
         self.manifests: dict[str, str] = {}
-
-    def log(self, text: str) -> None:
-        """``text`` to the log, clearing and redrawing the bar on a terminal."""
-        with self.bar.external_write_mode(file=sys.stderr):
-            self._log(text)
 
     # -- shared inputs ---------------------------------------------------------------------------
 
@@ -170,7 +152,6 @@ class Sweep:
             max_sentences=c.espeak_max_sentences or None,
             variants_per_sentence=1,
             sentences_path=espeak_corpus.SENTENCE_SETS[c.espeak_sentences],
-            progress=self.progress,
         )
 
     def text_docs(self) -> str:
@@ -202,9 +183,7 @@ class Sweep:
         results = []
         # One bar over cells x stages: its ETA is the sweep's (stages differ in length, so it
         # settles after the first cell).
-        self.bar = progress_lib.bar(
-            len(names) * len(STAGES), "sweep", "stage", initial=done, enabled=self.progress
-        )
+        self.bar = progress_lib.bar(len(names) * len(STAGES), "sweep", "stage", initial=done)
         with self.bar:
             for n, name in enumerate(names, 1):
                 results.append(self.run_cell(name, n, len(names)))
@@ -229,13 +208,13 @@ class Sweep:
             except CellInvalid as e:
                 result.update(status="invalid", error=str(e), failed_stage=stage)
                 self.log(f"[sweep] cell {name}: invalid config, skipped: {e}")
-                self.bar.update(len(STAGES) - k + 1)  # the cell's stages left will not run
                 break
             except Exception as e:  # noqa: BLE001 - a crashed cell is reported, others go on
-                files.write_text(os.path.join(cell_dir, "error.txt"), traceback.format_exc())
+                os.makedirs(cell_dir, exist_ok=True)
+                with open(os.path.join(cell_dir, "error.txt"), "w") as f:
+                    f.write(traceback.format_exc())
                 result.update(status="failed", error=f"{type(e).__name__}: {e}", failed_stage=stage)
                 self.log(f"[sweep] cell {name}: stage {stage} failed: {type(e).__name__}: {e}")
-                self.bar.update(len(STAGES) - k + 1)
                 break
             out["seconds"] = round(time.perf_counter() - s0, 1)
             files.write_json(marker, out, default=float)
@@ -302,9 +281,9 @@ class Sweep:
         for split, manifest in self.manifests.items():
             path = os.path.join(cell_dir, "tokens", f"{split}.jsonl")
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            tokenizing_job.tokenize_files(ckpt, manifest, path, log=lambda s: None, progress=False)
+            tokenizing_job.tokenize_files(ckpt, manifest, path, log=lambda s: None)
             out[f"{split}_tokens"] = path
-        rows = files.read_jsonl(out["heldout_tokens"])
+        rows = _read_jsonl(out["heldout_tokens"])
         counts = np.bincount(np.concatenate([np.asarray(r["tokens"]) for r in rows]), minlength=k)
         p = counts / counts.sum()
         secs = sum(self.seconds["heldout"][r["id"]] for r in rows)
@@ -378,8 +357,8 @@ class Sweep:
         e = self.config.evals
         lm_ckpt = done["lm"]["checkpoint"]
         layout = token_layout.get(done["records"]["layout"])
-        texts = {str(r["id"]): r["text"] for r in files.read_jsonl(self.manifests["heldout"])}
-        rows = files.read_jsonl(done["tokenize"]["heldout_tokens"])[: e.heldout_utterances]
+        texts = {str(r["id"]): r["text"] for r in _read_jsonl(self.manifests["heldout"])}
+        rows = _read_jsonl(done["tokenize"]["heldout_tokens"])[: e.heldout_utterances]
         codes = [np.asarray(r["tokens"], np.int32) for r in rows]
         refs = [texts[str(r["id"])] for r in rows]
         scorer = scoring.Scorer(lm_ckpt, max_tokens_per_batch=4096)
@@ -408,7 +387,6 @@ class Sweep:
             modes=modes,
             max_items=e.story_cloze_max_items or None,
             per_item_output=os.path.join(cell_dir, "story_cloze_items.jsonl"),
-            progress=False,
         )
         out.update({f"story_cloze_{m}": sc[f"{m}_accuracy"] for m in modes})
         out["story_cloze_items"] = sc["items"]

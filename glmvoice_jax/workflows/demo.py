@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import json
 import os
-import sys
+import time
 
 import numpy as np
 
 from glmvoice_jax import config_lib, files
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.corpora import espeak_corpus, tfds_builders
 from glmvoice_jax.evals import asr_metrics
 from glmvoice_jax.inference import tokenizing_job, transcription
@@ -47,12 +46,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TOKENIZER_CONFIG = os.path.join(REPO, "configs", "tokenizer_12hz.py")
 
 
-NUM_STAGES = 6
+def _stage(name: str, n: int, total: int = 6):
+    print(f"[demo {n}/{total}] {name}", flush=True)
+    return time.perf_counter()
 
 
-def _stage(n: int, name: str):
-    """Announces stage ``n`` now and its time when it ends (progress.timed, on stderr)."""
-    return progress_lib.timed(f"[demo {n}/{NUM_STAGES}] {name}")
+def _done(start: float) -> None:
+    print(f"          done in {time.perf_counter() - start:.0f} s", flush=True)
 
 
 def build_tfds(workdir: str, manifests: dict[str, str], num_docs: dict[str, int]) -> dict:
@@ -105,8 +105,10 @@ def t2t_quality(workdir: str, tokenizer: str, manifest: str, tokens: str, n: int
     if os.path.exists(out_path):
         with open(out_path) as f:
             return json.load(f)
-    texts = {str(r["id"]): r["text"] for r in files.read_jsonl(manifest)}
-    rows = files.read_jsonl(tokens)[:n]
+    with open(manifest, encoding="utf-8") as f:
+        texts = {str(r["id"]): r["text"] for r in map(json.loads, filter(str.strip, f))}
+    with open(tokens, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()][:n]
     refs = [texts[str(r["id"])] for r in rows]
     real = [np.asarray(r["tokens"], np.int32) for r in rows]
     # The settings the interleaving job sampled with (demo_sources._train_text_to_token).
@@ -130,36 +132,41 @@ def run(
 ) -> dict:
     """All stages; returns the source -> shard globs of ``W/corpus``."""
     workdir = os.path.abspath(workdir)
-    with _stage(1, "espeak-ng corpus (grammar sentences)"):
-        espeak = espeak_corpus.make_corpus(
-            os.path.join(workdir, "espeak"),
-            max_sentences=max_sentences or None,
-            variants_per_sentence=1,
-            sentences_path=espeak_corpus.SENTENCE_SETS["grammar"],
-        )
-    with _stage(2, "TFDS datasets demo_speech + demo_text (array_record)"):
-        datasets = build_tfds(workdir, espeak, {"text": 600, "interleave": 300})
+    t = _stage("espeak-ng corpus (grammar sentences)", 1)
+    espeak = espeak_corpus.make_corpus(
+        os.path.join(workdir, "espeak"),
+        max_sentences=max_sentences or None,
+        variants_per_sentence=1,
+        sentences_path=espeak_corpus.SENTENCE_SETS["grammar"],
+    )
+    _done(t)
+    t = _stage("TFDS datasets demo_speech + demo_text (array_record)", 2)
+    datasets = build_tfds(workdir, espeak, {"text": 600, "interleave": 300})
     # The speech builder lists every kept utterance next to its split (absolute audio paths).
     manifests = {s: os.path.join(datasets["speech"], f"manifest.{s}.jsonl") for s in espeak}
-    with _stage(3, f"tiny 12.5 Hz speech tokenizer, {tokenizer_steps} steps from scratch"):
-        tokenizer = train_tokenizer(workdir, manifests, tokenizer_steps)
-    with _stage(4, "tokenize the corpus (glmvoice-tokenize job)"):
-        tokens = tokenize(workdir, tokenizer, manifests)
-    with _stage(5, "pretraining records: text, speech_only, asr + tts, interleaved"):
-        patterns = demo_sources.build_demo_sources(
-            os.path.join(workdir, "corpus"),
-            manifest=datasets["speech"],
-            tokens=tokens["train"],
-            text_input=(datasets["text"], "text"),
-            interleaved_input=(datasets["text"], "interleave"),
-            t2t_steps=t2t_steps,
-        )
-    with _stage(6, "text-to-token quality on held-out pairs (tokenizer's ASR head)"):
-        q = t2t_quality(workdir, tokenizer, manifests["heldout"], tokens["heldout"])
-        print(
-            f"{q['utterances']} held-out transcripts: CER of the text-to-token model's tokens "
-            f"{100 * q['t2t_cer']:.1f}% vs the real tokens' {100 * q['real_tokens_cer']:.1f}% "
-            f"(length ratio {q['length_ratio']:.2f})",
-            file=sys.stderr,
-        )
+    _done(t)
+    t = _stage(f"tiny 12.5 Hz speech tokenizer, {tokenizer_steps} steps from scratch", 3)
+    tokenizer = train_tokenizer(workdir, manifests, tokenizer_steps)
+    _done(t)
+    t = _stage("tokenize the corpus (glmvoice-tokenize job)", 4)
+    tokens = tokenize(workdir, tokenizer, manifests)
+    _done(t)
+    t = _stage("pretraining records: text, speech_only, asr + tts, interleaved", 5)
+    patterns = demo_sources.build_demo_sources(
+        os.path.join(workdir, "corpus"),
+        manifest=datasets["speech"],
+        tokens=tokens["train"],
+        text_input=(datasets["text"], "text"),
+        interleaved_input=(datasets["text"], "interleave"),
+        t2t_steps=t2t_steps,
+    )
+    _done(t)
+    t = _stage("text-to-token quality on held-out pairs (tokenizer's ASR head)", 6)
+    q = t2t_quality(workdir, tokenizer, manifests["heldout"], tokens["heldout"])
+    print(
+        f"          {q['utterances']} held-out transcripts: CER of the text-to-token model's "
+        f"tokens {100 * q['t2t_cer']:.1f}% vs the real tokens' {100 * q['real_tokens_cer']:.1f}%"
+        f" (length ratio {q['length_ratio']:.2f})"
+    )
+    _done(t)
     return patterns

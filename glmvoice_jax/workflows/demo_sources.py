@@ -26,6 +26,7 @@ source -> list of shard globs, ready for ``config.input.sources[name].paths``. C
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
@@ -60,16 +61,19 @@ def text_derived_tokens(manifest: str, out_path: str, *, seed: int = 0) -> str:
     """A stand-in speech-tokens file: 2 seeded codes per transcript byte, 5% of them noise."""
     layout = token_layout.get(LAYOUT)
     table = np.random.default_rng([seed, 4242]).integers(layout.num_audio_tokens, size=(256, 2))
-
-    def rows():
-        for line, _, row in files.objects(manifest):
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    tmp = out_path + ".incomplete"
+    with open(manifest, encoding="utf-8") as f, open(tmp, "w", encoding="utf-8") as out:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            row = json.loads(line)
             codes = table[np.frombuffer(row.get("text", "").encode("utf-8"), np.uint8)].ravel()
-            rng = np.random.default_rng([seed, line - 1])  # seeded by the 0-based line index
+            rng = np.random.default_rng([seed, n])
             noise = rng.random(codes.size) < 0.05
             codes[noise] = rng.integers(layout.num_audio_tokens, size=int(noise.sum()))
-            yield {"id": row["id"], "tokens": codes.tolist()}
-
-    files.write_jsonl(out_path, rows())
+            out.write(json.dumps({"id": row["id"], "tokens": codes.tolist()}) + "\n")
+    os.replace(tmp, out_path)
     return out_path
 
 

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
 import numpy as np
 
-from glmvoice_jax import checkpoint, files
-from glmvoice_jax import progress as progress_lib
+from glmvoice_jax import checkpoint
 from glmvoice_jax.convert.decoder import decoder_pt
 from glmvoice_jax.models.speech_decoder.config import DecoderConfig, config_to_dict
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder
@@ -63,9 +63,7 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def import_decoder(
-    src_dir: str | os.PathLike, dst_dir: str | os.PathLike, *, progress: bool = True
-) -> dict:
+def import_decoder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> dict:
     """Converts a glm-4-voice-decoder release directory into an Orbax checkpoint at step 0.
 
     The checkpoint is assembled in a temporary directory next to ``dst_dir`` and renamed into
@@ -74,7 +72,6 @@ def import_decoder(
     Args:
       src_dir: directory with ``config.yaml``, ``flow.pt``, ``hift.pt``.
       dst_dir: checkpoint root to create; must not exist.
-      progress: show the bytes read (bar with rate and ETA) and the write's time on stderr.
 
     Returns:
       The meta written with the weights.
@@ -94,7 +91,11 @@ def import_decoder(
             f"(expected {', '.join(RELEASE_FILES)})"
         )
     config = decoder_pt.load_config(os.path.join(src, "config.yaml"))
-    params = decoder_pt.convert_state_dicts(config, *_read_release(src, progress))
+    params = decoder_pt.convert_state_dicts(
+        config,
+        decoder_pt.load_state_dict(os.path.join(src, "flow.pt")),
+        decoder_pt.load_state_dict(os.path.join(src, "hift.pt")),
+    )
     _check_against_model(config, params)
     meta = {  # as stored: JSON types (tuples become lists)
         "model_class": MODEL_CLASS,
@@ -108,26 +109,15 @@ def import_decoder(
         },
     }
     meta = json.loads(json.dumps(meta))
-    with (
-        progress_lib.timed(f"write {dst}", enabled=progress),
-        files.atomic_dir(dst, "importing") as tmp,
-    ):
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
         checkpoint.write_weights(tmp, _nest(params), meta)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return meta
-
-
-def _read_release(src: str, progress: bool) -> list[dict[str, np.ndarray]]:
-    """The state dicts of ``flow.pt`` and ``hift.pt``, with a bar over their bytes on disk."""
-    paths = [os.path.join(src, f) for f in ("flow.pt", "hift.pt")]
-    sizes = [os.path.getsize(p) for p in paths]
-    desc = f"import {os.path.basename(src)}"
-    out = []
-    with progress_lib.bar(sum(sizes), desc, "B", unit_scale=True, enabled=progress) as bar:
-        for path, size in zip(paths, sizes, strict=True):
-            start = bar.n
-            out.append(decoder_pt.load_state_dict(path, on_read=bar.update))
-            bar.update(max(0, start + size - bar.n))  # the archive's own bytes (pickle, index)
-    return out
 
 
 def _check_against_model(config: DecoderConfig, params: dict[str, np.ndarray]) -> None:

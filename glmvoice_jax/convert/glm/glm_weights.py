@@ -284,9 +284,7 @@ def _put_rows(writer, name, part, stacked_index, r0, rows):
         writer.write(name, rows, stacked_index + (sl, slice(None)))
 
 
-def _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext, done) -> None:
-    """Converts one table entry (every layer's tensor); ``done(bytes)`` after each tensor."""
-    nbytes = math.prod(entry.shape) * st.dtype(entry.name.format(i=0)).itemsize
+def _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext) -> None:
     for i in range(cfg.num_layers) if entry.per_layer else [None]:
         name = entry.name.format(i=i)
         stacked_index = (i,) if entry.per_layer else ()
@@ -324,7 +322,6 @@ def _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext, done) -> No
                 x = x.T
             shape = leaf.shape[1:] if entry.per_layer else leaf.shape
             writer.write(part.leaf, x.reshape(shape), stacked_index)
-        done(nbytes)
 
 
 def import_glm(
@@ -410,22 +407,26 @@ def import_glm(
             },
         },
     )
-    itemsize = np.dtype(jax.numpy.dtype(src_dtype)).itemsize
-    total = sum(_entry_bytes(e, cfg, itemsize) for e in table)
-    name = f"import {os.path.basename(os.path.abspath(src))}"
-    with (
-        progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar,
-        files_lib.atomic_dir(dst, "importing") as tmp,
-    ):
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = None
+    try:
         writer = orbax_stream.ParamsWriter(os.path.join(tmp, "0"), abstract, chunks)
-        try:
+        itemsize = np.dtype(jax.numpy.dtype(src_dtype)).itemsize
+        total = sum(_entry_bytes(e, cfg, itemsize) for e in table)
+        name = f"import {os.path.basename(os.path.abspath(src))}"
+        with progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar:
             for entry in table:
-                _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext, bar.update)
-            writer.finish(meta)
-        except BaseException:
-            writer.abort()
-            raise
+                _import_entry(st, writer, entry, cfg, flat_abs, block_rows, ext)
+                bar.update(_entry_bytes(entry, cfg, itemsize))
+        writer.finish(meta)
         _copy_tokenizer(src, os.path.join(tmp, TOKENIZER_DIR))
+        os.rename(tmp, dst)
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return meta
 
 
@@ -521,18 +522,20 @@ def export_glm(
             )
     table = fmt.rename_table(cfg)
     _, block_rows = chunk_shapes(table, abstract, None, {})
-    total = sum(_entry_bytes(e, cfg, np_dtype.itemsize) for e in table)
-    name = f"export {os.path.basename(dst)}"
-    with (
-        progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar,
-        files_lib.atomic_dir(dst, "exporting") as tmp,
-    ):
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.exporting-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
         writer = safetensors_dir.ShardedWriter(tmp, max_shard_bytes)
-        for n, entry in enumerate(table):
-            _export_entry(reader, writer, entry, cfg, block_rows, np_dtype, bar.update)
-            if n == 0:  # buffers (chatglm inv_freq) after the embedding, as the reference
-                for k, v in fmt.extra_tensors(cfg, dtype).items():
-                    writer.add(k, v)
+        total = sum(_entry_bytes(e, cfg, np_dtype.itemsize) for e in table)
+        name = f"export {os.path.basename(dst)}"
+        with progress_lib.bar(total, name, "B", unit_scale=True, enabled=progress) as bar:
+            for n, entry in enumerate(table):
+                _export_entry(reader, writer, entry, cfg, block_rows, np_dtype)
+                bar.update(_entry_bytes(entry, cfg, np_dtype.itemsize))
+                if n == 0:  # buffers (chatglm inv_freq) after the embedding, as the reference
+                    for k, v in fmt.extra_tensors(cfg, dtype).items():
+                        writer.add(k, v)
         files = writer.close()
         src_hf = source.get("hf_config") or {}
         if source.get("format") == fmt.name:
@@ -560,6 +563,10 @@ def export_glm(
             files.append(f)
         if "tokenizer_config.json" in files and meta.get("token_layout"):
             _add_layout_tokens(os.path.join(tmp, "tokenizer_config.json"), meta["token_layout"])
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return files
 
 
@@ -593,9 +600,7 @@ def _add_layout_tokens(path: str, layout_json: dict) -> None:
     files_lib.write_json(path, tc, indent=2)
 
 
-def _export_entry(reader, writer, entry, cfg, block_rows, dtype, done) -> None:
-    """Writes one table entry (every layer's tensor); ``done(bytes)`` after each tensor."""
-    nbytes = math.prod(entry.shape) * np.dtype(dtype).itemsize
+def _export_entry(reader, writer, entry, cfg, block_rows, dtype) -> None:
     for i in range(cfg.num_layers) if entry.per_layer else [None]:
         name = entry.name.format(i=i)
         stacked_index = (i,) if entry.per_layer else ()
@@ -603,10 +608,9 @@ def _export_entry(reader, writer, entry, cfg, block_rows, dtype, done) -> None:
             part = entry.parts[0]
             blocks = _hf_blocks(reader, part, stacked_index, block_rows[part.leaf], dtype)
             writer.add_blocks(name, entry.shape, dtype, blocks)
-        else:
-            pieces = [_hf_part(reader, entry, p, stacked_index, dtype) for p in entry.parts]
-            writer.add(name, np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0])
-        done(nbytes)
+            continue
+        pieces = [_hf_part(reader, entry, p, stacked_index, dtype) for p in entry.parts]
+        writer.add(name, np.concatenate(pieces, axis=0) if len(pieces) > 1 else pieces[0])
 
 
 # ---------------------------------------------------------------------------------------------

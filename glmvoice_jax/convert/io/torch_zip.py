@@ -23,7 +23,6 @@ import io
 import os
 import pickle
 import zipfile
-from collections.abc import Callable
 from typing import Any
 
 import ml_dtypes
@@ -186,10 +185,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         path: str,
         order: str,
         budget: int,
-        on_read: Callable[[int], object] | None = None,
     ):
         super().__init__(io.BytesIO(data))
-        self._on_read = on_read
         self._archive = archive
         self._prefix = prefix
         self._path = path
@@ -259,8 +256,6 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 )
             self._charge(need, f"storage {member!r}")
             raw = self._read_bounded(member, need)
-            if self._on_read is not None:
-                self._on_read(need)
             arr = np.frombuffer(raw, dtype=dtype)
             self._storages[key] = arr.astype(arr.dtype.newbyteorder("="), copy=False)
         return self._storages[key]
@@ -281,10 +276,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def load_state_dict(
-    path: str | os.PathLike,
-    max_expansion: float = DEFAULT_MAX_EXPANSION,
-    *,
-    on_read: Callable[[int], object] | None = None,
+    path: str | os.PathLike, max_expansion: float = DEFAULT_MAX_EXPANSION
 ) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``'d state dict without torch.
 
@@ -293,8 +285,6 @@ def load_state_dict(
       max_expansion: the bytes the file may declare (storages read plus tensors built) as a
         multiple of its size on disk (plus 1 MiB); a file declaring more is refused before the
         memory is taken.
-      on_read: called with the byte count of each storage once it is read (a progress bar's
-        ``update``).
 
     Returns:
       ``{name: array}`` in file order, each array a fresh C-contiguous copy that honours the
@@ -335,8 +325,7 @@ def load_state_dict(
                 raise ValueError(f"{path}: data.pkl declares {pkl.file_size:,} bytes; refusing it")
             data = archive.read(pickles[0])
             budget = int(max_expansion * os.path.getsize(path)) + _SLACK_BYTES
-            unpickler = _RestrictedUnpickler(data, archive, prefix, path, order, budget, on_read)
-            obj = unpickler.load()
+            obj = _RestrictedUnpickler(data, archive, prefix, path, order, budget).load()
     except zipfile.BadZipFile as e:
         raise ValueError(f"{path} is a corrupt or truncated zip archive: {e}") from e
     except EOFError as e:

@@ -24,7 +24,6 @@ in ``IGNORED_FIELDS`` are an error too. JSON and safetensors are read as data on
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -34,7 +33,6 @@ import numpy as np
 from flax import nnx
 
 from glmvoice_jax import checkpoint
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.models.whisper_vq import WhisperVQ, WhisperVQConfig
@@ -350,23 +348,14 @@ def rename_table(cfg: WhisperVQConfig) -> dict[str, tuple[tuple, str, tuple, tup
 # --- Reading -----------------------------------------------------------------------------------
 
 
-def read_safetensors(src: str | os.PathLike, *, progress: bool = False) -> dict[str, np.ndarray]:
+def read_safetensors(src: str | os.PathLike) -> dict[str, np.ndarray]:
     """All tensors of ``model.safetensors`` or of the shards its index names, as numpy arrays.
 
     Read through ``convert/io/safetensors_dir.SafetensorsDir``, the one safetensors reader (its
     checks: shard names inside the directory, no tensor in two shards, missing shards named).
-    ``progress`` shows a bar (bytes read, rate, ETA) on stderr.
     """
     st = safetensors_dir.SafetensorsDir(os.fspath(src))
-    names = st.keys()
-    sizes = [math.prod(st.shape(n)) * st.dtype(n).itemsize for n in names]
-    desc = f"read {os.path.basename(os.path.abspath(src))}"
-    out = {}
-    with progress_lib.bar(sum(sizes), desc, "B", unit_scale=True, enabled=progress) as bar:
-        for name, size in zip(names, sizes, strict=True):
-            out[name] = st.read(name)
-            bar.update(size)
-    return out
+    return {name: st.read(name) for name in st.keys()}  # noqa: SIM118 (not a Mapping)
 
 
 def _convert(value: np.ndarray, kind: str, ours: tuple) -> np.ndarray:
@@ -418,7 +407,7 @@ def convert_tensors(
 
 
 def load_checkpoint(
-    src: str | os.PathLike, *, param_dtype: str = "float32", progress: bool = False
+    src: str | os.PathLike, *, param_dtype: str = "float32"
 ) -> tuple[WhisperVQConfig, WhisperVQ]:
     """Imports a HF Whisper / GLM-4-Voice tokenizer directory.
 
@@ -426,7 +415,6 @@ def load_checkpoint(
       src: directory with config.json and model.safetensors (or a sharded index).
       param_dtype: dtype of the model's parameters (checkpoint tensors are cast to it; the EMA
         statistics stay float32).
-      progress: show a bar of the bytes read on stderr.
 
     Returns:
       (config, model) with every variable filled from the checkpoint (the VQ step counter is 0).
@@ -439,9 +427,7 @@ def load_checkpoint(
         read_hf_config(src), param_dtype=param_dtype, path=os.path.join(src, "config.json")
     )
     check_preprocessor(src, cfg)
-    tensors = read_safetensors(src, progress=progress)
-    converted = convert_tensors(cfg, tensors, where=os.fspath(src))
-    del tensors
+    converted = convert_tensors(cfg, read_safetensors(src), where=os.fspath(src))
     abs_model = nnx.eval_shape(lambda: WhisperVQ(cfg, rngs=nnx.Rngs(0)))
     graphdef, abs_state = nnx.split(abs_model)
     pure = nnx.to_pure_dict(abs_state)

@@ -36,8 +36,6 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from glmvoice_jax import checkpoint
-from glmvoice_jax import files as files_lib
-from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.convert.whisper import hf_whisper as cw
 from glmvoice_jax.models.whisper_vq import WhisperVQConfig
@@ -68,7 +66,6 @@ def import_whisper(
     add_speech_tokens: int = 0,
     param_dtype: str | None = None,
     seed: int = 0,
-    progress: bool = True,
 ) -> dict:
     """Converts a HF Whisper / GLM-4-Voice tokenizer directory into a checkpoint at ``dst``.
 
@@ -80,7 +77,6 @@ def import_whisper(
       param_dtype: stored parameter dtype; default: the source dtype (config.json torch_dtype).
         The VQ EMA statistics stay float32.
       seed: unused (nothing is initialised at random).
-      progress: show the bytes read (bar with rate and ETA) and the write's time on stderr.
 
     Returns:
       The checkpoint meta that was written.
@@ -104,7 +100,7 @@ def import_whisper(
         )
     cw.config_from_hf(hf, path=os.path.join(src, "config.json"))  # config errors before weights
     src_dtype = _source_dtype(hf, src)
-    cfg, model = cw.load_checkpoint(src, param_dtype=param_dtype or src_dtype, progress=progress)
+    cfg, model = cw.load_checkpoint(src, param_dtype=param_dtype or src_dtype)
     files = [f for f in SOURCE_FILES if os.path.isfile(os.path.join(src, f))]
     text_tok = cw.load_text_tokenizer(src) if "vocab.json" in files else None
     if text_tok is not None and cfg.num_decoder_layers and text_tok.vocab_size > cfg.vocab_size:
@@ -131,13 +127,17 @@ def import_whisper(
     if text_tok is not None:
         extra["text_prefix"] = [text_tok.specials[t] for t in text_tok.prefix]
         extra["text_eos"] = text_tok.specials[cw.WHISPER_EOS]
-    with (
-        progress_lib.timed(f"write {dst}", enabled=progress),
-        files_lib.atomic_dir(dst, "importing") as tmp,
-    ):
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.importing-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        os.makedirs(tmp)
         tok_meta = _write_tokenizer_dir(src, files, text_tok, os.path.join(tmp, TOKENIZER_DIR))
         meta = json.loads(json.dumps(checkpoint.model_meta(cfg, None, tok_meta, extra)))
         checkpoint.write_weights(tmp, params, meta)
+        os.rename(tmp, dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return meta
 
 
@@ -237,5 +237,6 @@ def write_synthetic(
         tensors["model.encoder.ema_weight"] = tensors["model.encoder.codebook.weight"].copy()
     os.makedirs(directory)
     save_file(tensors, os.path.join(directory, "model.safetensors"))
-    files_lib.write_json(os.path.join(directory, "config.json"), hf, indent=2)
+    with open(os.path.join(directory, "config.json"), "w", encoding="utf-8") as f:
+        json.dump(hf, f, indent=2)
     return tensors
