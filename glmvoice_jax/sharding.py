@@ -7,7 +7,8 @@ axis. Conventions follow house_style.md §9 and jax_stack_notes.md §3-4.
 
 Logical names:
   params: embed, mlp, heads, kv_heads, head_dim, vocab, layers, codebook, conv_in, conv_out, norm
-  activations: act_batch, act_len, act_embed, act_heads, act_kv_heads, act_mlp, act_vocab
+  activations: act_batch, act_request, act_len, act_embed, act_heads, act_kv_heads, act_mlp,
+    act_vocab
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ Rules = tuple[tuple[str, str | tuple[str, ...] | None], ...]
 _TABLE: dict[str, dict[str, str | tuple[str, ...] | None]] = {
     #                 fsdp                 fsdp_tp              dp
     "act_batch": {"fsdp": ("data", "fsdp"), "fsdp_tp": ("data", "fsdp"), "dp": ("data", "fsdp")},
+    # Generation (inference/engine.py): requests split over "data" only, so the weights stay
+    # where they are and only activations move (decode reads every weight once per step); the
+    # KV cache still splits its rows over act_batch.
+    "act_request": {"fsdp": "data", "fsdp_tp": "data", "dp": ("data", "fsdp")},
     "act_len": {"fsdp": None, "fsdp_tp": None, "dp": None},
     "act_embed": {"fsdp": None, "fsdp_tp": None, "dp": None},
     "act_heads": {"fsdp": None, "fsdp_tp": "tensor", "dp": None},
