@@ -160,6 +160,9 @@ class EngineConfig:
       max_context: prompt + new tokens allowed per request.
       prefill_chunk: prompt tokens per prefill pass (a power of two).
       steps_per_call: decode steps per device call (1 streams token by token).
+      speech_codes: the speech ids the engine may choose are the first ``speech_codes`` codes of
+        the layout (0: all): a speech tokenizer / decoder with a smaller codebook than the LM's
+        layout (the tiny demo: 256 codes of 512).
     """
 
     dtype: str = "bfloat16"
@@ -170,6 +173,7 @@ class EngineConfig:
     max_context: int = 8192
     prefill_chunk: int = 512
     steps_per_call: int = 16
+    speech_codes: int = 0
 
     def __post_init__(self):
         if self.dtype not in ("bfloat16", "float32"):
@@ -324,6 +328,13 @@ class Engine:
         config: EngineConfig,
     ):
         self.model_cfg = model_cfg
+        if config.speech_codes:
+            if not 0 < config.speech_codes <= layout.num_audio_tokens:
+                raise ValueError(
+                    f"speech_codes ({config.speech_codes}) must lie in [1, "
+                    f"{layout.num_audio_tokens}], the speech ids of token layout {layout.name!r}"
+                )
+            layout = dataclasses.replace(layout, num_audio_tokens=config.speech_codes)
         self.layout = layout
         self.params = params
         self.shardings = shardings

@@ -178,3 +178,36 @@ def load_any(path: str | os.PathLike) -> SpeechDecoder:
     if is_release_dir(path):
         return decoder_pt.load_decoder(path)
     return load_decoder_checkpoint(path)
+
+
+def write_untrained(config: DecoderConfig, dst: str | os.PathLike, seed: int = 0) -> dict:
+    """A decoder checkpoint with random weights: a stand-in, not a vocoder.
+
+    For tiny end-to-end runs (the ``make chat-demo`` round trip) when no trained decoder of the
+    right codebook exists; its audio is noise-like. ``meta["extra"]["source"]`` says so. Values
+    are drawn with numpy (eager NNX initialisation of the decoder takes ~17 s on CPU): weights
+    N(0, 0.05^2), biases 0, norm scales 1.
+
+    Returns:
+      The meta written with the weights.
+    """
+    rng = np.random.default_rng(seed)
+
+    def value(name: str, shape: tuple[int, ...]) -> np.ndarray:
+        leaf = name.rsplit("/", 1)[-1]
+        if leaf == "bias":
+            return np.zeros(shape, np.float32)
+        if leaf == "scale":
+            return np.ones(shape, np.float32)
+        return (0.05 * rng.standard_normal(shape)).astype(np.float32)
+
+    params = {k: value(k, shape) for k, shape in decoder_pt.param_shapes(config).items()}
+    _check_against_model(config, params)
+    meta = {
+        "model_class": MODEL_CLASS,
+        "model": config_to_dict(config),
+        "extra": {"source": {"format": "untrained (random weights)", "seed": int(seed)}},
+    }
+    meta = json.loads(json.dumps(meta))
+    checkpoint.write_weights(os.fspath(dst), _nest(params), meta)
+    return meta
