@@ -70,6 +70,7 @@ setuptools.setup(
             "glmvoice-eval=glmvoice_jax.cli.evaluate:run",
             "glmvoice-ablate=glmvoice_jax.cli.ablate:run",
             "glmvoice-export-decoder=glmvoice_jax.cli.export_decoder:run",
+            "glmvoice-chat=glmvoice_jax.cli.chat:run",
         ],
     },
 )

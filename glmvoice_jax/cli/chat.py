@@ -30,7 +30,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from absl import flags
+from absl import flags, logging
 
 from glmvoice_jax.cli import doors
 
@@ -79,6 +79,8 @@ def main(argv: Sequence[str]) -> dict:
     doors.require(FLAGS, ("checkpoint", "tokenizer_checkpoint", "decoder_checkpoint", "output"))
     if (FLAGS.input is None) == (FLAGS.text is None):
         raise flags.IllegalFlagValueError("give exactly one of --input (a wav) or --text")
+    # Orbax warns on every read-only restore (three checkpoints): noise in a conversation.
+    logging.set_verbosity(logging.ERROR)
     start = time.perf_counter()
     import jax
 
