@@ -78,14 +78,6 @@ def test_seeded_sampling_is_independent_of_batching_and_devices(model):
     assert sharded.stats["spans"] == 12
 
 
-def test_top_p_filter_keeps_the_nucleus():
-    logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]]))
-    out = np.asarray(sampling._filter_top_p(logits, 0.7))
-    assert np.isfinite(out[0, :2]).all() and np.isinf(out[0, 2:]).all()
-    out = np.asarray(sampling._filter_top_p(logits, 0.1))
-    assert np.isfinite(out[0, 0]) and np.isinf(out[0, 1:]).all()
-
-
 def test_bad_config_is_rejected():
     with pytest.raises(ValueError, match="top_p"):
         sampling.SamplingConfig(top_p=0.0)
