@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install system-deps demo ablate-demo test test-e2e lint format bench clean-demo
+.PHONY: install system-deps demo chat-demo ablate-demo test test-e2e lint format bench clean-demo
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,13 @@ system-deps:
 demo: $(STAMP) system-deps
 	$(PY) -m data_pipelines.demo_pipeline --workdir $(WORKDIR)
 	$(VENV)/bin/glmvoice-train --config configs/demo_tiny.py --workdir $(WORKDIR)
+
+# After make demo: one espeak-ng question through the tiny models with glmvoice-chat -> the reply's
+# wav + text + timings in $(WORKDIR)/chat (glmvoice_jax/workflows/chat_demo.py). Without a trained
+# decoder in $(WORKDIR)/decoder (or DECODER=CKPT) the decoder is an untrained tiny one.
+DECODER ?=
+chat-demo: $(STAMP) system-deps
+	$(PY) -m data_pipelines.chat_demo --workdir $(WORKDIR) $(if $(DECODER),--decoder $(DECODER))
 
 # The tokenizer-bitrate study at tiny scale on CPU (not part of make test): report in
 # $(ABLATE_WORKDIR)/report.md; rerunning resumes at the first unfinished stage.
