@@ -6,6 +6,11 @@ subsampling}.py``. Parameter names follow it (``linear_q``, ``pos_bias_u``, ``no
 
 Axes: B batch, N tokens (query), M tokens (key), P = 2N - 1 relative positions, D model width,
 H heads, K head width (D = H·K), F FFN width.
+
+Training (``dropout_key`` given): dropout at the reference's places, all at ``dropout_rate``
+(decoder.md §1.1: 0.1): the embedding after its LayerNorm, after the √D scaling, the position
+table, the attention probabilities, both residual branches and the FFN's inner activation.
+Inference passes no key and runs in eval mode (§14).
 """
 
 from __future__ import annotations
@@ -18,7 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax.models.speech_decoder.layers import is_static, layer_norm, linear, partitioned
+from glmvoice_jax.models.speech_decoder.layers import (
+    dropout,
+    is_static,
+    layer_norm,
+    linear,
+    partitioned,
+)
 
 
 def rel_pos_table(n: Any, d: int) -> np.ndarray | jax.Array:
@@ -58,13 +69,22 @@ class RelPosMHA(nnx.Module):
         self.pos_bias_u = nnx.Param(bias_init(rngs.params(), (heads, self.head_dim)))
         self.pos_bias_v = nnx.Param(bias_init(rngs.params(), (heads, self.head_dim)))
 
-    def __call__(self, x: jax.Array, pos_emb: jax.Array, allowed: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        x: jax.Array,
+        pos_emb: jax.Array,
+        allowed: jax.Array,
+        rate: float = 0.0,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
         """Self-attention.
 
         Args:
           x: (B, N, D).
           pos_emb: (P, D) relative-position table, P = 2N - 1.
           allowed: (B, N, M) bool; False → score -inf and probability 0.
+          rate: dropout rate of the attention probabilities (training).
+          dropout_key: dropout key; None → no dropout.
 
         Returns:
           (B, N, D).
@@ -85,7 +105,7 @@ class RelPosMHA(nnx.Module):
         mask = allowed[:, None, :, :]  # (B, 1, N, M)
         # finfo.min instead of -inf: identical wherever a row has a valid key, NaN-free otherwise.
         scores = jnp.where(mask, scores, jnp.finfo(scores.dtype).min)
-        probs = jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0)
+        probs = dropout(jnp.where(mask, jax.nn.softmax(scores, axis=-1), 0.0), rate, dropout_key)
         out = jnp.einsum("bhnm,bmhk->bnhk", probs, val).reshape(b, n, d)  # (B, N, D)
         return self.linear_out(out)
 
@@ -100,9 +120,19 @@ class EncoderLayer(nnx.Module):
         self.w_1 = linear(dim, ffn_dim, ("embed", "mlp"), rngs=rngs)
         self.w_2 = linear(ffn_dim, dim, ("mlp", "embed"), rngs=rngs)
 
-    def __call__(self, x: jax.Array, pos_emb: jax.Array, allowed: jax.Array) -> jax.Array:
-        x = x + self.self_attn(self.norm_mha(x), pos_emb, allowed)
-        return x + self.w_2(jax.nn.silu(self.w_1(self.norm_ff(x))))
+    def __call__(
+        self,
+        x: jax.Array,
+        pos_emb: jax.Array,
+        allowed: jax.Array,
+        rate: float = 0.0,
+        key: jax.Array | None = None,
+    ) -> jax.Array:
+        keys = [None] * 4 if key is None else list(jax.random.split(key, 4))
+        h = self.self_attn(self.norm_mha(x), pos_emb, allowed, rate, keys[0])
+        x = x + dropout(h, rate, keys[1])
+        h = dropout(jax.nn.silu(self.w_1(self.norm_ff(x))), rate, keys[2])
+        return x + dropout(self.w_2(h), rate, keys[3])
 
 
 class TokenEncoder(nnx.Module):
@@ -117,11 +147,12 @@ class TokenEncoder(nnx.Module):
         num_blocks: int,
         block_size: int,
         *,
+        dropout_rate: float = 0.0,
         rngs: nnx.Rngs,
     ):
         if dim % heads:
             raise ValueError(f"encoder width {dim} must be divisible by its heads ({heads})")
-        self.dim, self.block_size = dim, block_size
+        self.dim, self.block_size, self.dropout_rate = dim, block_size, dropout_rate
         self.embed_linear = linear(input_size, dim, (None, "embed"), rngs=rngs)
         self.embed_norm = layer_norm(dim, rngs=rngs)
         self.layers = nnx.List(
@@ -129,20 +160,28 @@ class TokenEncoder(nnx.Module):
         )
         self.after_norm = layer_norm(dim, rngs=rngs)
 
-    def __call__(self, x: jax.Array, valid: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, valid: jax.Array, dropout_key: jax.Array | None = None
+    ) -> jax.Array:
         """Encodes embedded tokens.
 
         Args:
           x: (B, N, D_in) token embeddings (already zeroed at padding).
           valid: (B, N) bool, False at padding.
+          dropout_key: training only: dropout at ``dropout_rate``; None → eval mode.
 
         Returns:
           (B, N, D).
         """
         n = x.shape[1]
-        x = self.embed_norm(self.embed_linear(x)) * jnp.float32(math.sqrt(self.dim))
-        pos_emb = jnp.asarray(rel_pos_table(n, self.dim))  # (P, D), not scaled
+        rate = self.dropout_rate
+        keys = [None] * (3 + len(self.layers))
+        if dropout_key is not None:
+            keys = list(jax.random.split(dropout_key, len(keys)))
+        x = dropout(self.embed_norm(self.embed_linear(x)), rate, keys[0])
+        x = dropout(x * jnp.float32(math.sqrt(self.dim)), rate, keys[1])
+        pos_emb = dropout(jnp.asarray(rel_pos_table(n, self.dim)), rate, keys[2])  # (P, D)
         allowed = valid[:, None, :] & jnp.asarray(block_causal_mask(n, self.block_size))[None]
-        for layer in self.layers:
-            x = layer(x, pos_emb, allowed)
+        for layer, key in zip(self.layers, keys[3:]):
+            x = layer(x, pos_emb, allowed, rate, key)
         return self.after_norm(x)

@@ -6,6 +6,10 @@ with Matcha-TTS @ dd9105b ``matcha/models/components/{decoder,transformer}.py`` 
 ``res_conv``, ``norm1``, ``to_q``, ``ff_proj`` = ``ff.net.0.proj``, ``ff_out`` = ``ff.net.2``).
 
 Every ``x · mask`` of the reference is kept: padding is not numerically neutral (§13.2).
+Training on padded batches passes ``hard_mask=True``, which makes it neutral: GroupNorm statistics
+over the valid frames only and padded keys excluded from attention (-1e9 instead of the
+reference's additive 0/1 bias). On an unpadded row both give the same result as the reference
+form, which inference keeps (the default).
 
 Axes: B batch, T frames (T2 = ⌈T/2⌉ one level down), C channels, E time-embedding width,
 H heads, K head width, S key frames.
@@ -36,8 +40,13 @@ class Block1D(nnx.Module):
         self.conv = Conv1d(dim, dim_out, 3, padding=1, rngs=rngs)
         self.norm = group_norm(8, dim_out, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-        return mish(self.norm(self.conv(x * mask))) * mask
+    def __call__(self, x: jax.Array, mask: jax.Array, hard_mask: bool = False) -> jax.Array:
+        h = self.conv(x * mask)
+        if hard_mask:  # statistics over the valid frames only
+            h = self.norm(h, mask=jnp.broadcast_to(mask > 0, h.shape))
+        else:
+            h = self.norm(h)
+        return mish(h) * mask
 
 
 class ResnetBlock1D(nnx.Module):
@@ -49,11 +58,13 @@ class ResnetBlock1D(nnx.Module):
         self.block2 = Block1D(dim_out, dim_out, rngs=rngs)
         self.res_conv = Conv1d(dim, dim_out, 1, rngs=rngs)
 
-    def __call__(self, x: jax.Array, mask: jax.Array, temb: jax.Array) -> jax.Array:
+    def __call__(
+        self, x: jax.Array, mask: jax.Array, temb: jax.Array, hard_mask: bool = False
+    ) -> jax.Array:
         """X (B, T, C_in), mask (B, T, 1), temb (B, E) → (B, T, C_out)."""
-        h = self.block1(x, mask)
+        h = self.block1(x, mask, hard_mask)
         h = h + self.mlp(mish(temb))[:, None, :]
-        h = self.block2(h, mask)
+        h = self.block2(h, mask, hard_mask)
         return h + self.res_conv(x * mask)
 
 
@@ -98,8 +109,8 @@ class TransformerBlock(nnx.Module):
 
         Args:
           x: (B, T, C).
-          attn_bias: (B, T, S) float added to the logits. The reference passes the 0/1 mask
-            m mᵀ, which diffusers *adds* (SDPA float mask), so it is a bias, not a hard mask.
+          attn_bias: (B, T, S) or (B, 1, S) float added to the logits. The reference passes the
+            0/1 mask m mᵀ, which diffusers *adds* (SDPA float mask): a bias, not a hard mask.
 
         Returns:
           (B, T, C).
@@ -138,10 +149,15 @@ class UNetStage(nnx.Module):
         )
         self.sample = sample
 
-    def body(self, x: jax.Array, mask: jax.Array, temb: jax.Array) -> jax.Array:
+    def body(
+        self, x: jax.Array, mask: jax.Array, temb: jax.Array, hard_mask: bool = False
+    ) -> jax.Array:
         """Resnet + transformer blocks at this stage's resolution (no resampling)."""
-        x = self.resnet(x, mask, temb)
-        attn_bias = mask * jnp.swapaxes(mask, 1, 2)  # (B, T, 1) x (B, 1, T) → (B, T, T)
+        x = self.resnet(x, mask, temb, hard_mask)
+        if hard_mask:  # padded keys get no weight; a constant shift of valid ones changes nothing
+            attn_bias = jnp.where(jnp.swapaxes(mask, 1, 2) > 0, 0.0, -1e9)  # (B, 1, S)
+        else:
+            attn_bias = mask * jnp.swapaxes(mask, 1, 2)  # (B, T, 1) x (B, 1, T) → (B, T, T)
         for block in self.transformer_blocks:
             x = block(x, attn_bias)
         return x
@@ -201,6 +217,7 @@ class ConditionalUNet1D(nnx.Module):
         t: jax.Array,
         spks: jax.Array,
         cond: jax.Array,
+        hard_mask: bool = False,
     ) -> jax.Array:
         """Velocity field.
 
@@ -211,6 +228,8 @@ class ConditionalUNet1D(nnx.Module):
           t: (B,) flow time.
           spks: (B, M) speaker vector.
           cond: (B, T, M) prompt mel (zeros outside the prompt).
+          hard_mask: padding-neutral masking for padded training batches (module docstring);
+            False = the reference's form (inference, parity).
 
         Returns:
           (B, T, M).
@@ -224,19 +243,19 @@ class ConditionalUNet1D(nnx.Module):
         skips = []
         for stage in self.down_blocks:
             m = masks[-1]
-            x = stage.body(x, m, temb)
+            x = stage.body(x, m, temb, hard_mask)
             skips.append(x)
             x = stage.sample(x * m)
             masks.append(_downsample_mask(m, stage.sample))  # (B, T2, 1)
         masks = masks[:-1]
         for stage in self.mid_blocks:
-            x = stage.body(x, masks[-1], temb)
+            x = stage.body(x, masks[-1], temb, hard_mask)
         for stage in self.up_blocks:
             m = masks.pop()
             skip = skips.pop()
             # Trim the transposed conv's odd-T overshoot before the skip concat.
             x = jnp.concatenate([x[:, : skip.shape[1]], skip], axis=-1)  # (B, T, 2C)
-            x = stage.body(x, m, temb)
+            x = stage.body(x, m, temb, hard_mask)
             x = stage.sample(x * m)
-        x = self.final_block(x, m)
+        x = self.final_block(x, m, hard_mask)
         return self.final_proj(x * m) * mask

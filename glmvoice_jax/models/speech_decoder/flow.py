@@ -26,6 +26,7 @@ from glmvoice_jax.models.speech_decoder.layers import (
     linear,
     mish,
     nearest_resize,
+    nearest_resize_lengths,
     partitioned,
 )
 
@@ -40,11 +41,26 @@ class LengthRegulator(nnx.Module):
         self.norms = nnx.List([group_norm(1, channels, rngs=rngs) for _ in range(num_stages)])
         self.out_conv = Conv1d(channels, channels, 1, rngs=rngs)
 
-    def __call__(self, h: jax.Array, mask: jax.Array) -> jax.Array:
-        """H (B, N, M), mask (B, T, 1) → mu (B, T, M)."""
-        x = nearest_resize(h, mask.shape[1])  # (B, T, M)
+    def __call__(
+        self, h: jax.Array, mask: jax.Array, token_lengths: jax.Array | None = None
+    ) -> jax.Array:
+        """H (B, N, M), mask (B, T, 1) → mu (B, T, M).
+
+        ``token_lengths`` (B,) given (padded training batches): each row is resized from its own
+        token count to its own frame count, and every stage is masked with GroupNorm statistics
+        over the valid frames, so a padded row equals the unpadded computation. None: the
+        reference's unpadded form (inference).
+        """
+        if token_lengths is None:
+            x = nearest_resize(h, mask.shape[1])  # (B, T, M)
+            for conv, norm in zip(self.convs, self.norms):
+                x = mish(norm(conv(x)))
+            return self.out_conv(x) * mask
+        frames = jnp.sum(mask[:, :, 0], axis=1).astype(jnp.int32)  # (B,)
+        x = nearest_resize_lengths(h, token_lengths, frames, mask.shape[1]) * mask  # (B, T, M)
+        valid = jnp.broadcast_to(mask > 0, x.shape)
         for conv, norm in zip(self.convs, self.norms):
-            x = mish(norm(conv(x)))
+            x = mish(norm(conv(x), mask=valid)) * mask
         return self.out_conv(x) * mask
 
 
@@ -63,6 +79,7 @@ def euler_cfg(
     cond: jax.Array,
     n_steps: int,
     cfg_rate: float,
+    hard_mask: bool = False,
 ) -> jax.Array:
     """``ConditionalCFM.solve_euler`` with classifier-free guidance (§7).
 
@@ -80,6 +97,7 @@ def euler_cfg(
       cond: (B, T, M).
       n_steps: Euler steps (10).
       cfg_rate: r (0.7).
+      hard_mask: padding-neutral estimator masks (padded batches of held-out evals).
 
     Returns:
       (B, T, M) the sample at t = 1.
@@ -97,7 +115,7 @@ def euler_cfg(
         x, t, dt = carry
         est = nnx.merge(graphdef, state)
         x2 = jnp.concatenate([x, x], axis=0)
-        v = est(x2, mask2, mu2, jnp.broadcast_to(t, (2 * b,)), spks2, cond2)
+        v = est(x2, mask2, mu2, jnp.broadcast_to(t, (2 * b,)), spks2, cond2, hard_mask)
         v = (jnp.float32(1.0) + r) * v[:b] - r * v[b:]
         x = x + dt * v
         t = t + dt
@@ -129,6 +147,7 @@ class Flow(nnx.Module):
             cfg.encoder_linear_units,
             cfg.encoder_blocks,
             cfg.encoder_block_size,
+            dropout_rate=cfg.encoder_dropout,
             rngs=rngs,
         )
         self.encoder_proj = linear(cfg.encoder_size, m, ("embed", None), rngs=rngs)
@@ -156,6 +175,30 @@ class Flow(nnx.Module):
         h = self.encoder_proj(h)  # (B, N, M)
         mask = jnp.ones((tokens.shape[0], num_frames, 1), jnp.float32)
         return self.length_regulator(h, mask)
+
+    def mu_padded(
+        self,
+        tokens: jax.Array,
+        token_valid: jax.Array,
+        frame_mask: jax.Array,
+        dropout_key: jax.Array | None = None,
+    ) -> jax.Array:
+        """Mu of a padded batch, each row as if alone (training and batched held-out evals).
+
+        Args:
+          tokens: (B, N) ids (any value at padding).
+          token_valid: (B, N) bool, True on the row's tokens (a prefix).
+          frame_mask: (B, T, 1) float 0/1, 1 on the row's frames (a prefix).
+          dropout_key: the encoder's dropout key in training; None → eval mode.
+
+        Returns:
+          (B, T, M), zero at padded frames.
+        """
+        x = self.input_embedding(jnp.maximum(tokens, 0))  # (B, N, D_in)
+        x = x * token_valid[:, :, None].astype(x.dtype)
+        h = self.encoder_proj(self.encoder(x, token_valid, dropout_key))  # (B, N, M)
+        lengths = jnp.sum(token_valid, axis=1).astype(jnp.int32)  # (B,)
+        return self.length_regulator(h, frame_mask, lengths)
 
     def inference(
         self,

@@ -226,6 +226,42 @@ def nearest_resize(x: jax.Array, n_out: Any) -> jax.Array:
     return jnp.take(x, jnp.minimum(idx, n_in - 1), axis=1)
 
 
+def nearest_resize_lengths(
+    x: jax.Array, n_in: jax.Array, n_out: jax.Array, width: int
+) -> jax.Array:
+    """Per-row ``nearest_resize`` of a padded batch: row b maps its n_in[b] valid steps to n_out[b].
+
+    The index rule is ``nearest_indices``' float32 one, per row: min(⌊f32(i) · f32(n_in / n_out)⌋,
+    n_in - 1), so an unpadded row gets exactly the frames of ``nearest_resize``. Frames at or past
+    n_out[b] are gathered too (from the last valid step); callers mask them.
+
+    Args:
+      x: (B, N, C) padded steps.
+      n_in: (B,) int valid steps per row (>= 1).
+      n_out: (B,) int valid output frames per row (>= 1).
+      width: T, the padded output length.
+
+    Returns:
+      (B, T, C).
+    """
+    scale = n_in.astype(jnp.float32) / jnp.maximum(n_out, 1).astype(jnp.float32)  # (B,)
+    idx = jnp.floor(jnp.arange(width, dtype=jnp.float32)[None, :] * scale[:, None])  # (B, T)
+    idx = jnp.minimum(idx.astype(jnp.int32), n_in[:, None].astype(jnp.int32) - 1)
+    return jnp.take_along_axis(x, idx[:, :, None], axis=1)
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout with an explicit key (training); ``key`` None or rate 0 → ``x`` itself.
+
+    The models keep no RNG state, so the parameter trees (and the release converter's tables)
+    are the same in training and inference.
+    """
+    if key is None or rate <= 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 def sinusoidal_embedding(t: jax.Array, dim: int, scale: float = 1000.0) -> jax.Array:
     """Matcha ``SinusoidalPosEmb``: [sin(a) ∥ cos(a)], a_k = s·t·exp(-k ln(1e4) / (dim/2 - 1)).
 
