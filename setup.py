@@ -46,6 +46,10 @@ setuptools.setup(
         "flatbuffers>=24.3",
         # The trainer prints `tensorboard --logdir WORKDIR/tensorboard`: this makes it work.
         "tensorboard>=2.18",
+        # PESQ-WB, STOI, mel-cepstral distortion of decoded speech (evals/reconstruction.py).
+        "pesq>=0.0.4",
+        "pystoi>=0.4.1",
+        "mel-cepstral-distance>=0.0.4",
     ],
     extras_require={
         "test": ["pytest>=9.0", "pytest-timeout>=2.3", "ruff>=0.17.0"],
