@@ -5,11 +5,22 @@ Usage:
         [--items PATH] [--modes s2s,s2t,t2t] [--cache_dir DIR] [--max_items N] \
         [--output OUT.json] [--per_item OUT.items.jsonl]
 
-Tasks:
-  story_cloze  spoken StoryCloze-style likelihood choice between a correct and a wrong ending
-               (glmvoice_jax/evals/story_cloze.py, docs/eval.md). ``--items`` defaults to the
-               bundled
-               demo set; s2s / s2t need ``--speech_tokenizer``.
+    glmvoice-eval --task spoken_qa --checkpoint LM_CKPT --speech_tokenizer TOK_CKPT \
+        [--items QA.jsonl] [--modes s2t,s2s] [--asr_judge TOK_CKPT] [--output OUT.json]
+    glmvoice-eval --task asr --checkpoint LM_CKPT --speech_tokenizer TOK_CKPT \
+        [--items MANIFEST.jsonl | LIBRISPEECH_DIR] [--output OUT.json]
+    glmvoice-eval --task tts --checkpoint LM_CKPT --speech_tokenizer TOK_CKPT \
+        [--items MANIFEST.jsonl | LIBRISPEECH_DIR] [--asr_judge TOK_CKPT] [--output OUT.json]
+
+Tasks (the paper's base-model tables, glm4voice.md §9; docs/eval.md):
+  story_cloze  Table 3: spoken StoryCloze / Topic-StoryCloze likelihood choice between a correct
+               and a wrong ending (glmvoice_jax/evals/story_cloze.py); modes s2s, s2t, t2t.
+  spoken_qa    Table 4: spoken questions answered in text (s2t) or speech (s2s, transcribed by
+               the ASR judge); accuracy by answer matching (glmvoice_jax/evals/lm_tasks.py).
+  asr          Table 5: ASR through the LM with the pre-training prompt; WER / CER.
+  tts          Table 5: TTS through the LM; WER / CER of the judge's transcript.
+``--items`` defaults to each task's bundled tiny set (espeak-ng speech, synthesised into
+``--cache_dir``); the speech tasks need ``--speech_tokenizer``.
 
 Prints a table of accuracies; ``--output`` writes the summary as JSON and, unless ``--per_item``
 names another path, the per-item scores next to it as ``<output minus .json>.items.jsonl``.
@@ -24,9 +35,10 @@ from collections.abc import Sequence
 from absl import flags
 
 from glmvoice_jax.cli import doors
-from glmvoice_jax.evals import story_cloze
+from glmvoice_jax.evals import lm_tasks, story_cloze
+from glmvoice_jax.inference import engine
 
-TASKS = ("story_cloze",)
+TASKS = ("story_cloze", "spoken_qa", "asr", "tts")
 DEFAULT_CACHE = os.path.join(
     os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"),
     "glmvoice_jax",
@@ -42,9 +54,36 @@ flags.DEFINE_string(
     "speech_tokenizer", None, "Speech tokenizer checkpoint (s2s / s2t modes).", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "items", story_cloze.DEMO_ITEMS, "Items JSONL (docs/eval.md).", flag_values=FLAGS
+    "items",
+    None,
+    "Items JSONL or LibriSpeech folder (default: the task's tiny set).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_list("modes", list(story_cloze.MODES), "Modes: s2s, s2t, t2t.", flag_values=FLAGS)
+flags.DEFINE_list(
+    "modes",
+    None,
+    "story_cloze: s2s, s2t, t2t; spoken_qa: s2t, s2s (default: all).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "asr_judge",
+    None,
+    "Tokenizer checkpoint whose ASR head transcribes speech answers (default: --speech_tokenizer).",
+    flag_values=FLAGS,
+)
+flags.DEFINE_integer(
+    "max_new_tokens", None, "Generation limit (default: per task).", flag_values=FLAGS
+)
+flags.DEFINE_enum(
+    "dtype",
+    "float32",
+    ["float32", "bfloat16"],
+    "LM dtype of the generation tasks.",
+    flag_values=FLAGS,
+)
+flags.DEFINE_string(
+    "axis_rules", "fsdp", "Sharding preset of the generation tasks.", flag_values=FLAGS
+)
 flags.DEFINE_string("cache_dir", DEFAULT_CACHE, "Cache of synthesised speech.", flag_values=FLAGS)
 flags.DEFINE_integer("max_items", None, "Evaluate only the first N items.", flag_values=FLAGS)
 flags.DEFINE_string("output", None, "Summary JSON.", flag_values=FLAGS)
@@ -68,6 +107,33 @@ def format_table(result: dict, items_path: str) -> str:
     return "\n".join(lines)
 
 
+def _generation_task(per_item: str | None) -> dict:
+    """spoken_qa / asr / tts (glmvoice_jax/evals/lm_tasks.py) with the command line's settings."""
+    config = engine.EngineConfig(dtype=FLAGS.dtype, axis_rules=FLAGS.axis_rules, max_context=4096)
+    common = dict(
+        speech_tokenizer=FLAGS.speech_tokenizer,
+        max_items=FLAGS.max_items,
+        config=config,
+        per_item_output=per_item,
+    )
+    if FLAGS.max_new_tokens is not None and FLAGS.task != "tts":
+        common["max_new_tokens"] = FLAGS.max_new_tokens
+    if FLAGS.task == "spoken_qa":
+        items = FLAGS.items or lm_tasks.DEMO_QA_ITEMS
+        modes = FLAGS.modes or list(lm_tasks.QA_MODES)
+        result = lm_tasks.spoken_qa(
+            FLAGS.checkpoint, items, cache_dir=FLAGS.cache_dir, modes=modes,
+            asr_judge=FLAGS.asr_judge, **common,
+        )  # fmt: skip
+    elif FLAGS.task == "asr":
+        items = FLAGS.items or lm_tasks.DEMO_UTTERANCES
+        result = lm_tasks.asr(FLAGS.checkpoint, items, cache_dir=FLAGS.cache_dir, **common)
+    else:
+        items = FLAGS.items or lm_tasks.DEMO_UTTERANCES
+        result = lm_tasks.tts(FLAGS.checkpoint, items, asr_judge=FLAGS.asr_judge, **common)
+    return dict(result, items_path=items)
+
+
 def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and runs the task. Errors propagate as exceptions."""
     FLAGS.unparse_flags()
@@ -78,19 +144,24 @@ def main(argv: Sequence[str]) -> dict:
     per_item = FLAGS.per_item
     if per_item is None and FLAGS.output:
         per_item = os.path.splitext(FLAGS.output)[0] + ".items.jsonl"
-    result = story_cloze.evaluate(
-        FLAGS.checkpoint,
-        FLAGS.items,
-        speech_tokenizer=FLAGS.speech_tokenizer,
-        cache_dir=FLAGS.cache_dir,
-        modes=FLAGS.modes,
-        max_items=FLAGS.max_items,
-        per_item_output=per_item,
-    )
-    result = dict(result, task=FLAGS.task, items_path=FLAGS.items)
+    if FLAGS.task == "story_cloze":
+        items = FLAGS.items or story_cloze.DEMO_ITEMS
+        result = story_cloze.evaluate(
+            FLAGS.checkpoint,
+            items,
+            speech_tokenizer=FLAGS.speech_tokenizer,
+            cache_dir=FLAGS.cache_dir,
+            modes=FLAGS.modes or list(story_cloze.MODES),
+            max_items=FLAGS.max_items,
+            per_item_output=per_item,
+        )
+        result = dict(result, task=FLAGS.task, items_path=items)
+        print(format_table(result, items))
+    else:
+        result = _generation_task(per_item)
+        print(lm_tasks.table_line(result))
     if per_item:
         result["per_item"] = per_item
-    print(format_table(result, FLAGS.items))
     if FLAGS.output:
         os.makedirs(os.path.dirname(os.path.abspath(FLAGS.output)), exist_ok=True)
         with open(FLAGS.output, "w", encoding="utf-8") as f:

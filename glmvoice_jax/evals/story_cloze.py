@@ -152,7 +152,7 @@ def synthesis_path(text: str, cache_dir: str, voice: tuple[str, int, int] = ESPE
     return os.path.join(cache_dir, "speech", f"{name}.wav")
 
 
-def _synthesize_missing(texts: Sequence[str], cache_dir: str) -> dict[str, str]:
+def synthesize_missing(texts: Sequence[str], cache_dir: str) -> dict[str, str]:
     """Synthesises the texts whose cached audio is missing; returns {text: error} of failures."""
     todo = sorted({t for t in texts if not os.path.exists(synthesis_path(t, cache_dir))})
     if not todo:
@@ -279,7 +279,7 @@ def _speech_codes(
         it.id: {p: it.audio.get(p) or synthesis_path(it.text(p), cache_dir) for p in parts}
         for it in items
     }
-    synth_errors = _synthesize_missing(
+    synth_errors = synthesize_missing(
         [it.text(p) for it in items for p in parts if p not in it.audio], cache_dir
     )
     skipped: dict[str, tuple[str, str]] = {}

@@ -66,7 +66,8 @@ class ChatModels:
         return self.engine.layout
 
 
-def _text_codec(lm: str, layout) -> tuple[Callable, Callable]:
+def text_codec(lm: str, layout) -> tuple[Callable, Callable]:
+    """(encode, decode) of the LM's text: its recorded tokenizer, or UTF-8 bytes (demo layout)."""
     tok = checkpoint.text_tokenizer(lm)
     if tok is not None:
         return (lambda s: tok.encode(s, add_prefix=False)), tok.decode
@@ -132,7 +133,7 @@ def load(
         )
     config = dataclasses.replace(config, speech_codes=tok_codes)
     eng = engine_lib.Engine.from_checkpoint(lm, config, devices=devices)
-    encode, decode = _text_codec(lm, eng.layout)
+    encode, decode = text_codec(lm, eng.layout)
     return ChatModels(
         engine=eng,
         template=ChatTemplate.for_layout(eng.layout, encode, template),
