@@ -92,7 +92,11 @@ def model_config(config: mlc.ConfigDict, meta: dict | None = None) -> glm.GLMCon
     """
     variant = config.model.variant
     if variant == INIT_FROM:
-        base = checkpoint.model_config_from_meta(meta or _init_meta(config, "model.variant"))
+        base = checkpoint.model_config_from_meta(
+            meta or _init_meta(config, "model.variant"),
+            expect=glm.GLMConfig,
+            what=f"init_from checkpoint {config.init_from}",
+        )
         overrides = {k: config.model[k] for k in MODEL_FIELDS if config.model.get(k) is not None}
         return dataclasses.replace(base, **overrides)
     if variant not in glm.VARIANTS:

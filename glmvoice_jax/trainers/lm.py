@@ -295,19 +295,18 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     )
     meta = checkpoint.model_meta(model_cfg, layout, extra={"config": config.to_dict()})
     try:  # a user error below must close the manager (its threads) before the exit
-        start_step = ckpt.latest_step()
         data_state = None
         with sharding.activate(mesh, preset):
-            if start_step is not None:
-                params, train_state, _ = ckpt.restore(
-                    start_step,
-                    abstract_params=checkpoint.abstract_like(shapes.abs_params, param_sh),
-                    abstract_train=checkpoint.abstract_like(shapes.abs_train, train_sh),
-                    data_iter=None,  # read below from every process' file: elastic resume
-                )
-                data_state = input_pipeline.read_row_states(
-                    ckpt.directory / str(start_step) / "data"
-                )
+            # The newest intact step (damaged ones are named and kept aside); None when fresh.
+            resumed = ckpt.restore_latest(
+                abstract_params=checkpoint.abstract_like(shapes.abs_params, param_sh),
+                abstract_train=checkpoint.abstract_like(shapes.abs_train, train_sh),
+                data_iter=None,  # read from every process' file: elastic resume
+                meta=meta,
+                read_extra=lambda step_dir: input_pipeline.read_row_states(step_dir / "data"),
+            )
+            if resumed is not None:
+                start_step, params, train_state, _, data_state = resumed
                 logging.info("resumed from %s at step %d", ckpt.directory, start_step)
                 if is_main:
                     print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
@@ -426,7 +425,9 @@ def _train_shardings(abs_train, abs_params, param_sh, replicated):
 def _load_init_params(path: str, model_cfg: glm.GLMConfig, abs_params, param_sh):
     """Weights-only init from a checkpoint (fresh optimizer); shapes must match the model."""
     meta = checkpoint.read_meta(path)
-    src = checkpoint.model_config_from_meta(meta)
+    src = checkpoint.model_config_from_meta(
+        meta, expect=type(model_cfg), what=f"init_from checkpoint {path}"
+    )
     arch = (
         "vocab_size",
         "embed_dim",

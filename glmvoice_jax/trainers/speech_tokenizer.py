@@ -361,15 +361,16 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             "config": config.to_dict(),
         },
     )
-    start_step = ckpt.latest_step()
     with sharding.activate(mesh, preset):
-        if start_step is not None:
-            params, train_state, _ = ckpt.restore(
-                start_step,
-                abstract_params=checkpoint.abstract_like(abs_params, param_sh),
-                abstract_train=checkpoint.abstract_like(abs_train, train_sh),
-                data_iter=data_iter,
-            )
+        # The newest intact step (damaged ones are named and kept aside); None when fresh.
+        resumed = ckpt.restore_latest(
+            abstract_params=checkpoint.abstract_like(abs_params, param_sh),
+            abstract_train=checkpoint.abstract_like(abs_train, train_sh),
+            data_iter=data_iter,
+            meta=meta,
+        )
+        if resumed is not None:
+            start_step, params, train_state, _, _ = resumed
             print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
         else:
             start_step = 0

@@ -207,6 +207,10 @@ class ParamsWriter:
             "custom_metadata": {},
         }
         (self.step_dir / "_CHECKPOINT_METADATA").write_text(json.dumps(step_meta))
+        # Orbax's commit marker, last: a copy of the step that stops early has none.
+        (self.step_dir / "commit_success.txt").write_text(
+            f"Checkpoint commit was successful to {self.step_dir}"
+        )
 
 
 class ParamsReader:
