@@ -201,6 +201,7 @@ def plot_losses(workdir: str, out_png: str) -> str | None:
     if not path.exists():
         return None
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if "loss" in r]  # evaluation rows (eval/...) have their own keys
     if not rows:
         return None
     import matplotlib  # lazy: matplotlib costs ~1 s to import; only the plot needs it
@@ -211,7 +212,7 @@ def plot_losses(workdir: str, out_png: str) -> str | None:
     fig, ax = plt.subplots(figsize=(7, 4))
     steps = [r["step"] for r in rows]
     for key in ("loss", "text_loss", "speech_loss"):
-        ax.plot(steps, [r[key] for r in rows], label=key)
+        ax.plot(steps, [r.get(key, float("nan")) for r in rows], label=key)
     ax.set_xlabel("step")
     ax.set_ylabel("cross-entropy (nats/token)")
     name = epath.Path(workdir).name if is_remote(workdir) else os.path.abspath(workdir)

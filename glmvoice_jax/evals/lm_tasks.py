@@ -144,6 +144,24 @@ def answer_matches(response: str, answers: Sequence[str]) -> bool:
 
 
 @dataclasses.dataclass
+class LiveLM:
+    """A GLM whose parameters are already on a mesh: what the trainer evaluates during training.
+
+    The engine and the scorer hold the trainer's parameter arrays themselves (no second copy);
+    ``encode`` / ``decode`` are the LM's text codec.
+    """
+
+    engine: engine.Engine
+    scorer: object
+    encode: object
+    decode: object
+
+    @property
+    def layout(self) -> token_layout_lib.TokenLayout:
+        return self.engine.layout
+
+
+@dataclasses.dataclass
 class _Models:
     engine: engine.Engine
     layout: token_layout_lib.TokenLayout
@@ -155,17 +173,20 @@ class _Models:
 
 
 def _load(
-    lm: str,
+    lm: str | LiveLM,
     speech_tokenizer: str | None,
     judge: str | None,
     config: engine.EngineConfig,
     need_tokenizer: bool,
     need_judge: bool,
 ) -> _Models:
-    meta = checkpoint.read_meta(lm)
-    if "token_layout" not in meta:
-        raise ValueError(f"checkpoint {lm} records no token layout; re-import it (glmvoice-import)")
-    layout = token_layout_lib.TokenLayout.from_json(meta["token_layout"])
+    if isinstance(lm, LiveLM):
+        layout = lm.layout
+    else:
+        meta = checkpoint.read_meta(lm)
+        if "token_layout" not in meta:
+            raise ValueError(f"checkpoint {lm} records no token layout; re-import it")
+        layout = token_layout_lib.TokenLayout.from_json(meta["token_layout"])
     tok_model, codes = None, 0
     if need_tokenizer or need_judge:
         if speech_tokenizer is None:
@@ -183,8 +204,11 @@ def _load(
             f"ASR judge {judge} reads {judge_model.cfg.codebook_size} codes but speech tokenizer "
             f"{speech_tokenizer} writes {codes}; the judge must share the tokenizer's codebook"
         )
-    eng = engine.Engine.from_checkpoint(lm, dataclasses.replace(config, speech_codes=codes))
-    encode, decode = chat.text_codec(lm, eng.layout)
+    if isinstance(lm, LiveLM):
+        eng, encode, decode = lm.engine.with_speech_codes(codes), lm.encode, lm.decode
+    else:
+        eng = engine.Engine.from_checkpoint(lm, dataclasses.replace(config, speech_codes=codes))
+        encode, decode = chat.text_codec(lm, eng.layout)
     template = chat_template.ChatTemplate.for_layout(eng.layout, encode)
     return _Models(eng, eng.layout, encode, decode, template, tok_model, judge_model)
 
@@ -231,7 +255,7 @@ def _finish(rows, skipped, summary: dict, per_item_output: str | None, start: fl
 
 
 def spoken_qa(
-    lm: str,
+    lm: str | LiveLM,
     items_path: str = DEMO_QA_ITEMS,
     *,
     speech_tokenizer: str,
@@ -312,7 +336,7 @@ def spoken_qa(
 
 
 def asr(
-    lm: str,
+    lm: str | LiveLM,
     items_path: str = DEMO_UTTERANCES,
     *,
     speech_tokenizer: str,
@@ -353,7 +377,7 @@ def asr(
 
 
 def tts(
-    lm: str,
+    lm: str | LiveLM,
     items_path: str = DEMO_UTTERANCES,
     *,
     speech_tokenizer: str,

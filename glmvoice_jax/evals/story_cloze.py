@@ -308,7 +308,7 @@ def _speech_codes(
 
 
 def _score(
-    lm_checkpoint: str,
+    lm_checkpoint,
     items: list[Item],
     modes: tuple[str, ...],
     layout: token_layout_lib.TokenLayout,
@@ -325,7 +325,9 @@ def _score(
                 end = codes[it.id][ending] if mode == "s2s" else encode(" " + it.text(ending))
                 seqs[it.id, mode, ending] = build_sequence(mode, ctx, end, layout, source=source)
     keys = list(seqs)  # all sequences in one call, so the scorer's batches are full
-    lps = scoring.Scorer(lm_checkpoint).score([seqs[k][0] for k in keys])
+    scorer = lm_checkpoint.scorer if hasattr(lm_checkpoint, "scorer") else None
+    scorer = scorer or scoring.Scorer(lm_checkpoint)
+    lps = scorer.score([seqs[k][0] for k in keys])
     scores = {}
     for k, lp in zip(keys, lps, strict=True):
         _, a, b = seqs[k]
@@ -373,7 +375,8 @@ def evaluate(
     """Runs the StoryCloze-style eval of an LM checkpoint (module docstring).
 
     Args:
-      lm_checkpoint: GLM checkpoint (manager root or step directory) with a token layout.
+      lm_checkpoint: GLM checkpoint (manager root or step directory) with a token layout, or a
+        live model (``lm_tasks.LiveLM``: the trainer's parameters, evaluation during training).
       items_path: items JSONL (docs/eval.md); ``DEMO_ITEMS`` is the bundled demo set.
       speech_tokenizer: speech-tokenizer checkpoint (HF directory or Orbax), needed by s2s / s2t.
       cache_dir: where synthesised audio is kept (``cache_dir/speech/``).
@@ -395,8 +398,11 @@ def evaluate(
     start_time = time.perf_counter()
     modes = _check_modes(modes)
     items = read_items(items_path, max_items)
-    layout = _layout_of(lm_checkpoint)
-    encode = text_encoder(lm_checkpoint, layout) if set(modes) - {"s2s"} else None
+    if hasattr(lm_checkpoint, "scorer"):  # a live model (evals/lm_tasks.LiveLM, training)
+        layout, encode = lm_checkpoint.layout, lm_checkpoint.encode
+    else:
+        layout = _layout_of(lm_checkpoint)
+        encode = text_encoder(lm_checkpoint, layout) if set(modes) - {"s2s"} else None
     codes: dict[str, dict[str, np.ndarray]] = {}
     skipped: dict[str, tuple[str, str]] = {}
     audio_paths: dict[str, dict] = {}

@@ -66,9 +66,9 @@ class ChatModels:
         return self.engine.layout
 
 
-def text_codec(lm: str, layout) -> tuple[Callable, Callable]:
+def text_codec(lm: str | None, layout) -> tuple[Callable, Callable]:
     """(encode, decode) of the LM's text: its recorded tokenizer, or UTF-8 bytes (demo layout)."""
-    tok = checkpoint.text_tokenizer(lm)
+    tok = checkpoint.text_tokenizer(lm) if lm else None
     if tok is not None:
         return (lambda s: tok.encode(s, add_prefix=False)), tok.decode
     if layout.text_is_utf8_bytes:

@@ -328,6 +328,8 @@ class Engine:
         config: EngineConfig,
     ):
         self.model_cfg = model_cfg
+        self._full_layout = layout
+        self._variants: dict[int, Engine] = {}
         if config.speech_codes:
             if not 0 < config.speech_codes <= layout.num_audio_tokens:
                 raise ValueError(
@@ -414,6 +416,20 @@ class Engine:
         params = jax.device_put(pure, shardings)
         params, shardings = quantization.quantize(params, shardings, config.quantize)
         return cls(model_cfg, layout, params, shardings, mesh, config)
+
+    def with_speech_codes(self, codes: int) -> Engine:
+        """This engine's parameters (not copied) choosing among the first ``codes`` speech ids."""
+        if codes == self.config.speech_codes:
+            return self
+        if codes not in self._variants:  # kept: each variant compiles its own steps once
+            config = dataclasses.replace(self.config, speech_codes=codes)
+            full = self._full_layout
+            self._variants[codes] = Engine(
+                self.model_cfg, full, self.params, self.shardings, self.mesh, config
+            )
+        variant = self._variants[codes]
+        variant.params = self.params  # the current arrays (the trainer swaps them in)
+        return variant
 
     # -- compiled steps ------------------------------------------------------------------------
 

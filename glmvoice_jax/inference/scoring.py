@@ -176,6 +176,31 @@ class Scorer:
         self.params = checkpoint.restore_params(ckpt, checkpoint.abstract_like(abstract, shardings))
         self._batch_sharding = sharding.batch_sharding(self.mesh, self.preset)
 
+    @classmethod
+    def live(cls, cfg: glm.GLMConfig, params, shardings, mesh, preset: str) -> Scorer:
+        """Scores with parameters already on a mesh (the trainer's, during training): no copy.
+
+        ``params`` / ``shardings`` are ``nnx.to_pure_dict`` trees placed by ``preset``'s rules.
+        """
+        self = cls.__new__(cls)
+        self.meta = {}
+        self.cfg = dataclasses.replace(cfg, dtype="float32", remat_policy="none")
+        self.mesh, self.preset = mesh, preset
+        self.rows_multiple = sharding.data_parallel_size(mesh, preset)
+        self.max_tokens_per_batch = 16384
+        self._batch_sharding = sharding.batch_sharding(mesh, preset)
+        graphdef, _, _ = sharding.param_shardings(
+            lambda: glm.GLMDecoder(self.cfg, rngs=nnx.Rngs(0)), mesh, preset
+        )
+        batch = self._batch_sharding
+
+        def fn(p, tokens, segment_ids):
+            return _token_logprobs(nnx.merge(graphdef, p), tokens, segment_ids)
+
+        self._fn = jax.jit(fn, in_shardings=(shardings, batch, batch), out_shardings=batch)
+        self.params = params
+        return self
+
     @property
     def vocab_size(self) -> int:
         return self.cfg.vocab_size

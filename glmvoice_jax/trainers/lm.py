@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import json
 import os
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
 from glmvoice_jax.data import input as input_pipeline
 from glmvoice_jax.models import glm
-from glmvoice_jax.trainers import loop
+from glmvoice_jax.trainers import loop, train_evals
 
 
 def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.ConfigDict):
@@ -373,6 +374,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     flops_per_step = model_cfg.flops_per_token(seq_len) * gbs * seq_len
     tokens_per_step = gbs * seq_len
     run = loop.Loop(config, mesh, ckpt, start_step, workdir=logs, postfix=_postfix, desc="train")
+    evals = train_evals.TrainEvals(
+        train_evals.parse(config.get("evals")), model_cfg, layout, mesh, preset, param_sh,
+        workdir, text_checkpoint=config.init_from or None,
+    )  # fmt: skip
     batch = first_batch
     with sharding.activate(mesh, preset):
         while run.running:
@@ -395,6 +400,14 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                     scalars["mfu"] = flops_per_step / dt / jax.device_count() / peak
                 run.log(scalars)
             run.checkpoint(params=params, train=train_state, data_iter=data_iter, meta=meta)
+            if evals.due(run.step):  # on the live params; a failing task logs and is skipped
+                start = time.perf_counter()
+                scores = evals.run(run.step, params)
+                run.writer.write(run.step, scores)  # metrics.jsonl + TensorBoard
+                if is_main and scores:
+                    line = "  ".join(f"{k} {v:.4g}" for k, v in sorted(scores.items()))
+                    run.bar.write(f"step {run.step}/{run.total}  {line}")
+                run.exclude(time.perf_counter() - start)
     run.close()
     step, last = run.step, run.last
     if is_main:

@@ -258,3 +258,21 @@ def test_init_from_an_imported_hf_checkpoint(tmp_path):
     assert out["step"] == 2 and np.isfinite(out["loss"])
     meta = checkpoint.read_meta(str(tmp_path / "run" / "checkpoints"))
     assert meta["model"]["vocab_size"] == 640 and meta["token_layout"]["name"] == "imported"
+
+
+def test_evals_run_during_training(corpus, tmp_path):
+    """config.evals: scores logged at their cadence on the live params; a broken task is skipped."""
+    wd = str(tmp_path / "run")
+    config = _config(corpus, total_steps=4)
+    config.evals = [
+        {"task": "story_cloze", "every_steps": 2, "modes": "t2t", "max_items": 2},
+        {"task": "spoken_qa", "every_steps": 4, "items": str(tmp_path / "missing.jsonl"),
+         "speech_tokenizer": str(tmp_path / "no_tokenizer")},
+    ]  # fmt: skip
+    out = lm.train(config, wd)
+    assert out["step"] == 4 and np.isfinite(out["loss"])
+    rows = [json.loads(x) for x in _lines(os.path.join(wd, "metrics.jsonl"))]
+    evals = [r for r in rows if "eval/story_cloze/t2t_accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    assert not any(k.startswith("eval/spoken_qa/") for r in rows for k in r)
+    assert "eval/story_cloze/t2t_accuracy" in _tb_scalars(os.path.join(wd, "tensorboard"))
