@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging as pylogging
+import logging
 import os
 import re
 import sys
@@ -41,7 +41,6 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -252,7 +251,6 @@ class Checkpointer:
                     f"checkpoint step {step} in {self.directory} is damaged ({why}): kept as "
                     f"{dst.name}, resuming from step {resumed}"
                 )
-                logging.warning("%s", line)
                 print(line, flush=True)
         if jax.process_count() > 1:
             multihost_utils.sync_global_devices("checkpoint_set_aside_damaged")
@@ -343,10 +341,10 @@ def _json_problem(f: epath.Path) -> bool:
     return False
 
 
-class _LateReadErrors(pylogging.Filter):
+class _LateReadErrors(logging.Filter):
     """Drops asyncio's "Task exception was never retrieved" for a failed TensorStore read."""
 
-    def filter(self, record: pylogging.LogRecord) -> bool:
+    def filter(self, record: logging.LogRecord) -> bool:
         text = str(record.msg)
         return not ("exception was never retrieved" in text and "tensorstore" in text)
 
@@ -361,7 +359,7 @@ def _quiet_late_callbacks() -> None:
     """
     if getattr(sys.unraisablehook, "_glmvoice_quiet", False):
         return
-    pylogging.getLogger("asyncio").addFilter(_LateReadErrors())
+    logging.getLogger("asyncio").addFilter(_LateReadErrors())
     previous = sys.unraisablehook
 
     def hook(u):

@@ -47,6 +47,12 @@ flags.DEFINE_enum(
     flag_values=FLAGS,
 )
 flags.DEFINE_integer("seed", 0, "Seed of the new-row initialisation.", flag_values=FLAGS)
+flags.DEFINE_bool(
+    "allow_nonfinite",
+    False,
+    "Import tensors that hold NaN or inf (refused by default, naming the tensor and file).",
+    flag_values=FLAGS,
+)
 
 Importer = Callable[..., dict]
 
@@ -119,13 +125,14 @@ def main(argv: Sequence[str]) -> dict:
     FLAGS.unparse_flags()
     FLAGS(list(argv))
     doors.require(FLAGS, ("checkpoint", "output"))
-    meta = import_checkpoint(
-        FLAGS.checkpoint,
-        FLAGS.output,
-        add_speech_tokens=FLAGS.add_speech_tokens,
-        param_dtype=FLAGS.dtype,
-        seed=FLAGS.seed,
-    )
+    with safetensors_dir.allow_nonfinite(FLAGS.allow_nonfinite):
+        meta = import_checkpoint(
+            FLAGS.checkpoint,
+            FLAGS.output,
+            add_speech_tokens=FLAGS.add_speech_tokens,
+            param_dtype=FLAGS.dtype,
+            seed=FLAGS.seed,
+        )
     m = meta["model"]
     if meta["model_class"] == "GLMConfig":
         print(

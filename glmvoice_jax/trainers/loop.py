@@ -71,6 +71,25 @@ def check_finite(prev: tuple[int, Any] | None, mode: str) -> int:
     return 1
 
 
+def warn_no_targets(step: int, fetched: list[Mapping[str, Any]]) -> bool:
+    """Warns (one line) when no step of a logged interval counted a loss target; True if so.
+
+    Such an interval reads loss 0 and grad_norm 0: no training, which would look like
+    convergence (a source whose loss mask went all 0, e.g. a broken ASR/TTS masking job).
+    Steps without a ``tokens_counted`` metric (other trainers) are not judged.
+    """
+    counts = [f["tokens_counted"] for f in fetched if "tokens_counted" in f]
+    if not counts or len(counts) != len(fetched) or float(np.sum(counts)) != 0:
+        return False
+    logging.warning(
+        "step %d: the %d batch(es) since the last log hold no loss targets (loss_mask 0 "
+        "everywhere): loss and grad_norm 0 mean nothing was trained; check the sources' loss masks",
+        step,
+        len(counts),
+    )
+    return True
+
+
 class StopFlag:
     """SIGTERM / SIGINT -> save at the current step, then leave the loop (exit 0)."""
 
@@ -206,6 +225,7 @@ class Loop:
         self.skipped += check_finite(self._prev, self.config.metrics.on_nonfinite)
         self._prev = None
         fetched = jax.device_get(self._pending)
+        warn_no_targets(self.step, fetched)
         now = time.time()
         dt = (now - self._t_log) / max(self._steps_since_log, 1)
         # Steps timed in this interval: 0 when it holds only the first (compiling, warm-up) step,

@@ -27,6 +27,7 @@ import numpy as np
 
 from glmvoice_jax import checkpoint
 from glmvoice_jax.convert.decoder import decoder_pt
+from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.models.speech_decoder.config import DecoderConfig, config_to_dict
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder
 
@@ -91,11 +92,14 @@ def import_decoder(src_dir: str | os.PathLike, dst_dir: str | os.PathLike) -> di
             f"(expected {', '.join(RELEASE_FILES)})"
         )
     config = decoder_pt.load_config(os.path.join(src, "config.yaml"))
-    params = decoder_pt.convert_state_dicts(
-        config,
-        decoder_pt.load_state_dict(os.path.join(src, "flow.pt")),
-        decoder_pt.load_state_dict(os.path.join(src, "hift.pt")),
-    )
+    states = []
+    for name in ("flow.pt", "hift.pt"):
+        path = os.path.join(src, name)
+        state = decoder_pt.load_state_dict(path)
+        for key, value in state.items():  # NaN / inf refused by name (unless allowed)
+            safetensors_dir.refuse_nonfinite(key, np.asarray(value), path)
+        states.append(state)
+    params = decoder_pt.convert_state_dicts(config, *states)
     _check_against_model(config, params)
     meta = {  # as stored: JSON types (tuples become lists)
         "model_class": MODEL_CLASS,

@@ -7,10 +7,17 @@ importers hold one tensor at a time. Writing streams too: ``ShardedWriter`` appe
 current shard file as they come and starts a new shard at ``max_shard_bytes``.
 
 Files are parsed as data only (JSON headers, raw little-endian bytes); nothing is evaluated.
+Every file's header is checked before the library reads it (:func:`check_file`): a header length
+past the end of the file or over the library's limit, data offsets past the end of the data,
+a byte range that does not fit its dtype and shape, and ranges that overlap are refused naming
+the file (and the tensor). Read tensors that hold NaN or inf are refused naming the tensor, the
+file and the count (:func:`refuse_nonfinite`), unless an import allows them
+(:func:`allow_nonfinite`, ``glmvoice-import --allow_nonfinite``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +27,7 @@ from collections.abc import Iterable, Iterator, Mapping
 
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, so safetensors can return it)
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from glmvoice_jax import errors
 
@@ -45,6 +52,128 @@ ST_DTYPES: dict[str, np.dtype] = {
 _NP_TO_ST = {v: k for k, v in ST_DTYPES.items()}
 # config.json torch_dtype -> numpy dtype name.
 TORCH_DTYPES = {"float32": "float32", "bfloat16": "bfloat16", "float16": "float16"}
+
+
+# Bytes per element of every safetensors dtype tag (for the header check; F8/F4 included).
+_TAG_BYTES = {
+    "F64": 8, "I64": 8, "U64": 8, "F32": 4, "I32": 4, "U32": 4, "F16": 2, "BF16": 2, "I16": 2,
+    "U16": 2, "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "F8_E8M0": 1,
+}  # fmt: skip
+MAX_HEADER_BYTES = 100_000_000  # the safetensors library's own limit
+
+
+def check_file(path: str) -> None:
+    """Refuses a file whose header the library would reject, naming the file and the tensor.
+
+    Reads only the 8-byte length and the JSON header: a length past the end of the file or over
+    :data:`MAX_HEADER_BYTES`, a header that is not a JSON object of tensors, a tensor whose
+    ``data_offsets`` run past the end of the data or do not hold dtype x shape bytes, and two
+    tensors whose byte ranges overlap.
+    """
+    size = os.path.getsize(path)
+    if size < 8:
+        raise errors.UserError(f"{path} is not a safetensors file: {size} bytes, no header")
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        if n > MAX_HEADER_BYTES:
+            raise errors.UserError(
+                f"{path}: safetensors header length {n:,} bytes exceeds the "
+                f"{MAX_HEADER_BYTES:,}-byte limit; the file is corrupt or not safetensors"
+            )
+        if n > size - 8:
+            raise errors.UserError(
+                f"{path}: safetensors header length {n:,} bytes runs past the end of the file "
+                f"({size:,} bytes); the file is truncated or not safetensors"
+            )
+        raw = f.read(n)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise errors.UserError(f"{path}: safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise errors.UserError(f"{path}: safetensors header is not a JSON object")
+    data = size - 8 - n
+    ranges = []
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        where = f"tensor {name} in {path}"
+        try:
+            tag, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+            ok = all(isinstance(v, int) and v >= 0 for v in (*shape, begin, end))
+        except (TypeError, KeyError, ValueError):
+            ok = False
+        if not ok:
+            raise errors.UserError(
+                f"{where}: header entry {json.dumps(entry)[:120]} is not "
+                '{"dtype", "shape": [non-negative ints], "data_offsets": [begin, end]}'
+            )
+        if end < begin or end > data:
+            raise errors.UserError(
+                f"{where}: data_offsets [{begin:,}, {end:,}] run past the end of the data "
+                f"({data:,} bytes after the header); the file is truncated or corrupt"
+            )
+        if tag in _TAG_BYTES and end - begin != math.prod(shape) * _TAG_BYTES[tag]:
+            raise errors.UserError(
+                f"{where}: data_offsets [{begin:,}, {end:,}] hold {end - begin:,} bytes, but "
+                f"{tag} of shape {list(shape)} needs {math.prod(shape) * _TAG_BYTES[tag]:,}"
+            )
+        ranges.append((begin, end, name))
+    ranges.sort()
+    for (b0, e0, a), (b1, e1, b) in zip(ranges, ranges[1:]):
+        if b1 < e0:
+            raise errors.UserError(
+                f"{path}: tensors {a} (bytes [{b0:,}, {e0:,})) and {b} (bytes [{b1:,}, {e1:,})) "
+                "overlap; the file is corrupt"
+            )
+
+
+@contextlib.contextmanager
+def _named(path: str):
+    """The library's remaining errors as one UserError naming the file."""
+    try:
+        yield
+    except SafetensorError as e:
+        raise errors.UserError(f"{path}: not a valid safetensors file ({e})") from e
+
+
+_ALLOW_NONFINITE: list[bool] = [False]
+
+
+@contextlib.contextmanager
+def allow_nonfinite(allow: bool = True):
+    """Within: :func:`refuse_nonfinite` lets NaN / inf values through (an explicit import flag)."""
+    before = _ALLOW_NONFINITE[0]
+    _ALLOW_NONFINITE[0] = allow
+    try:
+        yield
+    finally:
+        _ALLOW_NONFINITE[0] = before
+
+
+def refuse_nonfinite(name: str, array: np.ndarray, path: str) -> None:
+    """UserError naming the tensor, file and count when a float ``array`` holds NaN or inf.
+
+    Checked in blocks of 16M values (a bfloat16 block is widened to float32 one at a time).
+    """
+    floating = np.issubdtype(array.dtype, np.floating) or array.dtype == ml_dtypes.bfloat16
+    if _ALLOW_NONFINITE[0] or not floating or array.size == 0:
+        return
+    flat = array.reshape(-1)
+    nan = inf = 0
+    for b0 in range(0, flat.size, 1 << 24):
+        block = flat[b0 : b0 + (1 << 24)]
+        if block.dtype == ml_dtypes.bfloat16:
+            block = block.astype(np.float32)
+        bad = ~np.isfinite(block)
+        if bad.any():
+            n = int(np.isnan(block).sum())
+            nan, inf = nan + n, inf + int(bad.sum()) - n
+    if nan or inf:
+        raise errors.UserError(
+            f"tensor {name} in {path} holds {nan:,} NaN and {inf:,} inf of {flat.size:,} "
+            "values; the weights are corrupt (pass --allow_nonfinite to import them anyway)"
+        )
 
 
 def st_dtype(dtype: np.dtype) -> str:
@@ -108,7 +237,9 @@ class SafetensorsDir:
         # runs: a handle kept open would keep every page read so far resident in this process.
         self._info: dict[str, tuple[str, tuple[int, ...], str]] = {}
         for fname in files:
-            with safe_open(os.path.join(directory, fname), framework="numpy") as handle:
+            path = os.path.join(directory, fname)
+            check_file(path)
+            with _named(path), safe_open(path, framework="numpy") as handle:
                 for key in handle.keys():  # noqa: SIM118 (safe_open is not a Mapping)
                     if key in self._info:
                         raise ValueError(
@@ -143,12 +274,19 @@ class SafetensorsDir:
         return ST_DTYPES[tag]
 
     def read(self, name: str, rows: tuple[int, int] | None = None) -> np.ndarray:
-        """The tensor, or only rows [start, end) of its first axis (read from disk lazily)."""
+        """The tensor, or only rows [start, end) of its first axis (read from disk lazily).
+
+        Raises:
+          UserError: the values hold NaN or inf (:func:`refuse_nonfinite`), naming tensor and file.
+        """
         dtype = self.dtype(name)
-        with safe_open(self.file_of(name), framework="numpy") as handle:
+        path = self.file_of(name)
+        with _named(path), safe_open(path, framework="numpy") as handle:
             sl = handle.get_slice(name)
             out = sl[:] if rows is None else sl[rows[0] : rows[1]]
-            return np.array(out, dtype=dtype, copy=True)  # owns its memory, not the mapping
+            out = np.array(out, dtype=dtype, copy=True)  # owns its memory, not the mapping
+        refuse_nonfinite(name, out, path)
+        return out
 
     def check(self, name: str, shape: tuple[int, ...], dtype: np.dtype | None) -> None:
         """Raises a clear error unless tensor ``name`` exists with this shape (and dtype)."""
