@@ -82,9 +82,75 @@ class Item:
     wrong: str
     audio: dict[str, str]
     kind: str | None = None
+    whole: bool = False  # release layout without a shared context: each file is a whole story
 
     def text(self, part: str) -> str:
         return getattr(self, part)
+
+    def speech_parts(self, modes: Sequence[str]) -> tuple[str, ...]:
+        if self.whole:
+            return ENDINGS
+        return PARTS if "s2s" in modes else ("context",)
+
+
+# The SpokenStoryCloze release layout (sSC / tSC; as slp-rl's own evaluation code reads it): a
+# folder of IDX_correct.wav + IDX_incorrect.wav, each a whole spoken story; its cross-modal
+# variant adds IDX_mutual.wav (the shared context) and IDX_{mutual,correct,incorrect}.txt.
+RELEASE_SUFFIXES = {"mutual": "context", "correct": "correct", "incorrect": "wrong"}
+
+
+def read_release(folder: str, max_items: int | None = None) -> list[Item]:
+    """Items of a SpokenStoryCloze release folder (its sub-folders too), sorted by index.
+
+    With ``IDX_mutual.wav`` an item has a context and two endings (every mode; the text modes
+    need the .txt transcripts). Without it, each file is a whole story and the item is scored as
+    TWIST does: the log-likelihood of each whole spoken story (mode s2s only).
+
+    Raises:
+      ValueError: a folder without ``*_correct.wav``, or a story without its ``_incorrect.wav``.
+    """
+    found = sorted(
+        os.path.join(d, f)
+        for d, _, names in os.walk(folder)
+        for f in names
+        if f.endswith("_correct.wav")
+    )
+    if not found:
+        raise ValueError(
+            f"{folder} holds no IDX_correct.wav files (the SpokenStoryCloze release layout); "
+            "see docs/eval.md for the layouts glmvoice-eval reads"
+        )
+
+    def index(path: str):
+        stem = os.path.basename(path)[: -len("_correct.wav")]
+        return (0, int(stem), path) if stem.isdigit() else (1, 0, path)
+
+    items = []
+    for path in sorted(found, key=index):
+        base = path[: -len("_correct.wav")]
+        audio, text = {}, {}
+        for suffix, part in RELEASE_SUFFIXES.items():
+            if os.path.exists(f"{base}_{suffix}.wav"):
+                audio[part] = f"{base}_{suffix}.wav"
+            if os.path.exists(f"{base}_{suffix}.txt"):
+                with open(f"{base}_{suffix}.txt", encoding="utf-8", errors="replace") as f:
+                    text[part] = f.read().strip()
+        if "wrong" not in audio:
+            raise ValueError(f"{path} has no {os.path.basename(base)}_incorrect.wav beside it")
+        uid = os.path.relpath(base, folder)
+        items.append(
+            Item(
+                uid,
+                text.get("context", ""),
+                text.get("correct", ""),
+                text.get("wrong", ""),
+                audio,
+                whole="context" not in audio,
+            )
+        )
+        if max_items is not None and len(items) >= max_items:
+            break
+    return items
 
 
 def read_items(path: str, max_items: int | None = None) -> list[Item]:
@@ -274,19 +340,22 @@ def _speech_codes(
     items: list[Item], modes: tuple[str, ...], cache_dir: str, tok_model
 ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, tuple[str, str]], dict[str, dict]]:
     """(codes[item id][part], skipped[item id] = (category, detail), audio paths[item id])."""
-    parts = PARTS if "s2s" in modes else ("context",)
     paths = {
-        it.id: {p: it.audio.get(p) or synthesis_path(it.text(p), cache_dir) for p in parts}
+        it.id: {
+            p: it.audio.get(p) or synthesis_path(it.text(p), cache_dir)
+            for p in it.speech_parts(modes)
+        }
         for it in items
     }
     synth_errors = synthesize_missing(
-        [it.text(p) for it in items for p in parts if p not in it.audio], cache_dir
+        [it.text(p) for it in items for p in it.speech_parts(modes) if p not in it.audio],
+        cache_dir,
     )
     skipped: dict[str, tuple[str, str]] = {}
     wavs, where = [], []
     for it in items:
         loaded = []
-        for p in parts:
+        for p in it.speech_parts(modes):
             if p not in it.audio and it.text(p) in synth_errors:
                 skipped[it.id] = ("synthesis_failed", f"{p}: {synth_errors[it.text(p)]}")
                 break
@@ -304,6 +373,9 @@ def _speech_codes(
     codes: dict[str, dict[str, np.ndarray]] = {}
     for (uid, p), t in zip(where, tokens, strict=True):
         codes.setdefault(uid, {})[p] = t
+    for it in items:  # a whole story is scored from its first token: an empty context
+        if it.whole and it.id in codes:
+            codes[it.id]["context"] = np.zeros((0,), np.int32)
     return codes, skipped, paths
 
 
@@ -397,7 +469,21 @@ def evaluate(
     """
     start_time = time.perf_counter()
     modes = _check_modes(modes)
-    items = read_items(items_path, max_items)
+    if os.path.isdir(items_path):
+        items = read_release(items_path, max_items)
+        text_modes = [m for m in modes if m != "s2s"]
+        if any(it.whole for it in items) and text_modes:
+            raise ValueError(
+                f"{items_path} holds whole spoken stories (no IDX_mutual.wav): only mode s2s "
+                f"applies, not {text_modes}; pass --modes s2s"
+            )
+        if text_modes and not all(it.context and it.correct and it.wrong for it in items):
+            raise ValueError(
+                f"modes {text_modes} need the IDX_*.txt transcripts beside every story in "
+                f"{items_path}; pass --modes s2s"
+            )
+    else:
+        items = read_items(items_path, max_items)
     if hasattr(lm_checkpoint, "scorer"):  # a live model (evals/lm_tasks.LiveLM, training)
         layout, encode = lm_checkpoint.layout, lm_checkpoint.encode
     else:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from glmvoice_jax import audio
-from glmvoice_jax.corpora import story_cloze_items
+from glmvoice_jax.corpora import espeak, story_cloze_items
 from glmvoice_jax.data import token_layout
 from glmvoice_jax.evals import story_cloze
 from glmvoice_jax.inference import scoring, speech_tokenization
@@ -230,3 +230,40 @@ def test_demo_items_are_valid_and_use_the_corpus_words():
         words = f"{it.context} {it.correct} {it.wrong}".lower().replace(".", "").split()
         assert set(words) <= vocab
         assert len(it.correct.split()) == len(it.wrong.split())  # minimal pairs
+
+
+@NEEDS_ESPEAK
+def test_release_layouts_are_read_and_scored(lm, tmp_path):
+    """SpokenStoryCloze release folders: whole stories (s2s as TWIST) and the cross-modal set."""
+
+    whole, cross = tmp_path / "sSC", tmp_path / "cm" / "part0"
+    whole.mkdir()
+    cross.mkdir(parents=True)
+    for i, it in enumerate(DEMO[:2]):
+        for suffix, ending in (("correct", it["correct"]), ("incorrect", it["wrong"])):
+            espeak.synthesize(f"{it['context']} {ending}", str(whole / f"{i}_{suffix}.wav"),
+                              *story_cloze.ESPEAK_VOICE)  # fmt: skip
+        for suffix, text in (("mutual", it["context"]), ("correct", it["correct"]),
+                             ("incorrect", it["wrong"])):  # fmt: skip
+            espeak.synthesize(text, str(cross / f"{i}_{suffix}.wav"), *story_cloze.ESPEAK_VOICE)
+            (cross / f"{i}_{suffix}.txt").write_text(text + "\n")
+    items = story_cloze.read_release(str(whole))
+    assert [it.id for it in items] == ["0", "1"] and all(it.whole for it in items)
+    res = story_cloze.evaluate(
+        lm, str(whole), speech_tokenizer=WHISPER_VQ, cache_dir=str(tmp_path), modes=["s2s"]
+    )
+    assert res["items"] == 2 and 0 <= res["s2s_accuracy"] <= 1
+    with pytest.raises(ValueError, match="only mode s2s applies"):
+        story_cloze.evaluate(
+            lm, str(whole), speech_tokenizer=WHISPER_VQ, cache_dir=str(tmp_path), modes=["s2t"]
+        )
+    items = story_cloze.read_release(str(tmp_path / "cm"))
+    assert [it.id for it in items] == ["part0/0", "part0/1"] and not items[0].whole
+    assert items[0].correct == DEMO[0]["correct"] and set(items[0].audio) == set(story_cloze.PARTS)
+    res = story_cloze.evaluate(
+        lm, str(tmp_path / "cm"), speech_tokenizer=WHISPER_VQ, cache_dir=str(tmp_path),
+        modes=["s2s", "s2t"],
+    )  # fmt: skip
+    assert res["items"] == 2 and res["skipped"] == 0
+    with pytest.raises(ValueError, match="no IDX_correct.wav"):
+        story_cloze.read_release(str(tmp_path / "cache_empty_dir_that_does_not_exist"))
