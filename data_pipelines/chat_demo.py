@@ -36,7 +36,7 @@ def main(argv: list[str]) -> None:
         if os.path.isfile(old):
             os.remove(old)
     print(f"question ({chat_demo.QUESTION!r}): {inputs['input']}")
-    print(f"decoder: {inputs['decoder_checkpoint']}")
+    print(f"decoder: {inputs['speech_decoder']}")
     args = [f"--{k}={v}" for k, v in inputs.items()]
     subprocess.run(
         [sys.executable, "-m", "glmvoice_jax.cli.chat", *args, "--max_new_tokens=200",

@@ -1,7 +1,7 @@
 r"""glmvoice-chat: ask a GLM-4-Voice-style model a spoken (or written) question, hear the answer.
 
 Usage:
-    glmvoice-chat --checkpoint LM --tokenizer_checkpoint TOK --decoder_checkpoint DEC \
+    glmvoice-chat --checkpoint LM --speech_tokenizer TOK --speech_decoder DEC \
         --input question.wav --output DIR
     glmvoice-chat ... --text "What is the capital of France?" --output DIR   # next turn
 
@@ -37,10 +37,10 @@ from glmvoice_jax.cli import doors
 FLAGS = flags.FlagValues()
 flags.DEFINE_string("checkpoint", None, "GLM checkpoint (with a token layout).", flag_values=FLAGS)
 flags.DEFINE_string(
-    "tokenizer_checkpoint", None, "Speech-tokenizer checkpoint or release dir.", flag_values=FLAGS
+    "speech_tokenizer", None, "Speech-tokenizer checkpoint or release dir.", flag_values=FLAGS
 )
 flags.DEFINE_string(
-    "decoder_checkpoint", None, "Speech-decoder checkpoint or release dir.", flag_values=FLAGS
+    "speech_decoder", None, "Speech-decoder checkpoint or release dir.", flag_values=FLAGS
 )
 flags.DEFINE_string("input", None, "The spoken question (wav, flac, ...).", flag_values=FLAGS)
 flags.DEFINE_string("text", None, "A written question instead of --input.", flag_values=FLAGS)
@@ -76,7 +76,7 @@ def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and runs one turn; returns its record."""
     FLAGS.unparse_flags()
     FLAGS(list(argv))
-    doors.require(FLAGS, ("checkpoint", "tokenizer_checkpoint", "decoder_checkpoint", "output"))
+    doors.require(FLAGS, ("checkpoint", "speech_tokenizer", "speech_decoder", "output"))
     if (FLAGS.input is None) == (FLAGS.text is None):
         raise flags.IllegalFlagValueError("give exactly one of --input (a wav) or --text")
     # Orbax warns on every read-only restore (three checkpoints): noise in a conversation.
@@ -98,8 +98,8 @@ def main(argv: Sequence[str]) -> dict:
     )
     models = chat.load(
         FLAGS.checkpoint,
-        FLAGS.tokenizer_checkpoint,
-        FLAGS.decoder_checkpoint,
+        FLAGS.speech_tokenizer,
+        FLAGS.speech_decoder,
         config,
         template=FLAGS.template,
     )

@@ -34,6 +34,8 @@ RENAMED = {
     "json": "output",
     "param_dtype": "dtype",
     "sweep": "config",
+    "tokenizer_checkpoint": "speech_tokenizer",
+    "decoder_checkpoint": "speech_decoder",
 }
 # Exceptions that report a user's mistake: shown as one or two lines, exit 1.
 USER_ERRORS = (

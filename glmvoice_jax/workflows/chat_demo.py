@@ -65,8 +65,8 @@ def prepare(workdir: str, decoder: str | None = None) -> dict[str, str]:
             decoder_checkpoint.write_untrained(dataclasses.replace(tiny, flow=flow), decoder)
     return {
         "checkpoint": lm,
-        "tokenizer_checkpoint": tokenizer,
-        "decoder_checkpoint": decoder,
+        "speech_tokenizer": tokenizer,
+        "speech_decoder": decoder,
         "input": question,
         "output": out,
     }

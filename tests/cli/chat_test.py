@@ -30,8 +30,8 @@ def decoder(tmp_path_factory):
 
 def _args(lm, decoder, out, *more):
     return [
-        "glmvoice-chat", "--checkpoint", lm, "--tokenizer_checkpoint", TOKENIZER,
-        "--decoder_checkpoint", decoder, "--output", str(out), "--max_new_tokens", "30",
+        "glmvoice-chat", "--checkpoint", lm, "--speech_tokenizer", TOKENIZER,
+        "--speech_decoder", decoder, "--output", str(out), "--max_new_tokens", "30",
         "--max_context", "512", "--dtype", "float32", *more,
     ]  # fmt: skip
 
