@@ -14,6 +14,14 @@ Topologies: ``v5p-128`` (TensorCore count, as Cloud TPU names slices), ``v6e-256
 ``v4-32``, ..., an explicit ``v5p:4x4x4``, or ``NxNAME`` for N slices joined by DCN
 (``2xv6e-256``). ``--topology cpu`` compiles for this machine's devices instead, and
 ``--benchmark_steps N`` then also runs N steps on random inputs and reports the step time.
+
+``--serve`` compiles the generation engine's decode step of the config's model instead
+(trainers/preflight_serving.py): ``--dtype bfloat16`` or ``--quantize int8`` weights, a KV cache
+of ``--batch`` requests (0: the largest batch that fits, searched) x ``--context`` slots; printed:
+memory per chip against HBM and the decode rate implied at ``--bandwidth_fraction`` of the chip's
+HBM bandwidth (docs/aot.md, "Serving")::
+
+    glmvoice-aot --config configs/glm4_voice_9b_pretrain.py --topology v5e-8 --serve --quantize int8
 """
 
 from __future__ import annotations
@@ -32,6 +40,16 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file [:args]."
 _TOPOLOGY = flags.DEFINE_string("topology", None, "e.g. v5p-128, v6e-256, 2xv6e-256, cpu.")
 _MFU = flags.DEFINE_float("mfu", 0.45, "Model FLOPs utilisation for the implied step time.")
 _OUTPUT = flags.DEFINE_string("output", None, "Also write the report as JSON here.")
+_SERVE = flags.DEFINE_bool(
+    "serve", False, "Compile the generation engine's decode step instead of the train step."
+)
+_DTYPE = flags.DEFINE_enum("dtype", "bfloat16", ["bfloat16", "float32"], "--serve: weights dtype.")
+_QUANTIZE = flags.DEFINE_enum("quantize", "none", ["none", "int8"], "--serve: weight quantisation.")
+_CONTEXT = flags.DEFINE_integer("context", 8192, "--serve: KV-cache slots per request.")
+_BATCH = flags.DEFINE_integer("batch", 0, "--serve: requests per step (0: the largest that fits).")
+_BW = flags.DEFINE_float(
+    "bandwidth_fraction", 0.7, "--serve: fraction of HBM bandwidth for the implied decode rate."
+)
 _BENCH = flags.DEFINE_integer(
     "benchmark_steps", 0, "--topology cpu only: run this many timed steps after one warm-up."
 )
@@ -40,10 +58,19 @@ _BENCH = flags.DEFINE_integer(
 def main(argv) -> None:
     del argv
     # Imported here, not at the top: run() sets JAX's environment first (jax reads it on import).
-    from glmvoice_jax.trainers import preflight
+    from glmvoice_jax.trainers import preflight, preflight_serving
 
-    report_ = preflight.report(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _BENCH.value)
-    print(preflight.format_report(report_), flush=True)
+    if _SERVE.value:
+        if _TOPOLOGY.value == "cpu":
+            doors.fail("--serve compiles for a TPU topology (e.g. --topology v5e-8), not cpu")
+        report_ = preflight_serving.report(
+            _CONFIG.value, _TOPOLOGY.value, dtype=_DTYPE.value, quantize=_QUANTIZE.value,
+            context=_CONTEXT.value, batch=_BATCH.value, bandwidth_fraction=_BW.value,
+        )  # fmt: skip
+        print(preflight_serving.format_report(report_), flush=True)
+    else:
+        report_ = preflight.report(_CONFIG.value, _TOPOLOGY.value, _MFU.value, _BENCH.value)
+        print(preflight.format_report(report_), flush=True)
     if _OUTPUT.value:
         with open(_OUTPUT.value, "w") as f:
             json.dump(report_, f, indent=2)

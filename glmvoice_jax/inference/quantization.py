@@ -88,17 +88,7 @@ def quantize(params: Any, shardings: Any, mode: str) -> tuple[Any, Any]:
         raise ValueError(f"quantize must be one of {MODES}, not {mode!r}")
     if mode == "none":
         return params, shardings
-
-    def leaf_sharding(key_path, sharding, w):
-        axes = QUANTIZED_AXES.get(_path(key_path))
-        if axes is None:
-            return sharding
-        spec = list(sharding.spec) + [None] * (w.ndim - len(sharding.spec))
-        for a in axes:
-            spec[a] = None
-        return QuantizedArray(sharding, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
-
-    out_shardings = jax.tree_util.tree_map_with_path(leaf_sharding, shardings, params)
+    out_shardings = quantized_shardings(params, shardings)
 
     def run(tree):
         def leaf(key_path, w):
@@ -108,6 +98,39 @@ def quantize(params: Any, shardings: Any, mode: str) -> tuple[Any, Any]:
         return jax.tree_util.tree_map_with_path(leaf, tree)
 
     return jax.jit(run, out_shardings=out_shardings, donate_argnums=0)(params), out_shardings
+
+
+def quantized_shardings(params: Any, shardings: Any) -> Any:
+    """The shardings of ``quantize``'s output: values as the weight, scales unsharded where reduced.
+
+    ``params`` may be abstract (shapes only): the AOT pre-flight uses it without any weights.
+    """
+
+    def leaf_sharding(key_path, sharding, w):
+        axes = QUANTIZED_AXES.get(_path(key_path))
+        if axes is None:
+            return sharding
+        spec = list(sharding.spec) + [None] * (len(w.shape) - len(sharding.spec))
+        for a in axes:
+            spec[a] = None
+        return QuantizedArray(sharding, NamedSharding(sharding.mesh, PartitionSpec(*spec)))
+
+    return jax.tree_util.tree_map_with_path(leaf_sharding, shardings, params)
+
+
+def abstract_quantized(params: Any) -> Any:
+    """Shapes and dtypes of ``quantize(params, ..., "int8")`` without computing it."""
+
+    def leaf(key_path, w):
+        axes = QUANTIZED_AXES.get(_path(key_path))
+        if axes is None:
+            return w
+        scale = tuple(1 if i in axes else n for i, n in enumerate(w.shape))
+        return QuantizedArray(
+            jax.ShapeDtypeStruct(w.shape, jnp.int8), jax.ShapeDtypeStruct(scale, jnp.float32)
+        )
+
+    return jax.tree_util.tree_map_with_path(leaf, params)
 
 
 def dequantize(tree: Any, dtype) -> Any:
