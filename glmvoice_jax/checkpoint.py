@@ -18,8 +18,10 @@ step dir.
 
 Damaged steps (issue 17). A step can still be incomplete on disk: a copy interrupted half-way
 (an empty or partial step directory, no commit marker), a params file lost or truncated later.
-:func:`step_problem` finds these from the files alone; :meth:`Checkpointer.restore_latest` also
-catches what only a read finds (a truncated data file). A resume then falls back to the newest
+:func:`step_problem` finds these from the files alone (a truncated or missing data file through
+the OCDBT B-tree, which records every value's file, offset and length, without reading the
+data); :meth:`Checkpointer.restore_latest` also catches what only a read finds (bytes corrupted
+in place). A resume then falls back to the newest
 intact step, printing one line per damaged step, which is kept, renamed ``<step>.damaged``
 (never deleted), so that the run can save that step again. No intact step left is one clear
 error. A step whose model differs from the config (another model class, other shapes) is not
@@ -41,6 +43,7 @@ import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import tensorstore as ts
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -280,9 +283,10 @@ _TREE_ITEMS = ("params", "train")  # StandardSave items: _METADATA + an OCDBT ma
 def step_problem(step_dir: epath.Path, items: Sequence[str] = ("params", "meta")) -> str | None:
     """Why ``step_dir`` is not a complete checkpoint with ``items``, from its files; None if it is.
 
-    Catches an interrupted copy (empty directory, no commit marker, an item missing or empty)
-    and a metadata file that is missing or truncated. A truncated data file is only found by a
-    read (:meth:`Checkpointer.restore_latest` catches it).
+    Catches an interrupted copy (empty directory, no commit marker, an item missing or empty),
+    a metadata file that is missing or truncated, and a data file of a tree item that is missing
+    or shorter than its B-tree says (:func:`_ocdbt_problem`, no data read). Bytes corrupted in
+    place are only found by a read (:meth:`Checkpointer.restore_latest` catches that).
     """
     step_dir = epath.Path(step_dir)
     try:
@@ -306,6 +310,9 @@ def step_problem(step_dir: epath.Path, items: Sequence[str] = ("params", "meta")
                         return f"{item}/{need} is missing"
                 if _json_problem(d / "_METADATA"):
                     return f"{item}/_METADATA is not valid JSON (truncated?)"
+                problem = _ocdbt_problem(d)
+                if problem:
+                    return f"{item}/{problem}"
             elif item == "meta":
                 if "metadata" not in inside:
                     return "meta/metadata is missing"
@@ -331,6 +338,74 @@ def _old_orbax_commit(step_dir: epath.Path, names: set[str]) -> bool:
         return bool(f.exists() and json.loads(f.read_text()).get("commit_timestamp_nsecs"))
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _ocdbt_problem(item_dir: epath.Path) -> str | None:
+    """A truncated or missing file of an OCDBT item, found from its B-tree without reading data.
+
+    Walks the manifest's newest version: every B-tree node and every stored value names a file,
+    an offset and a length; a file shorter than offset + length (or absent) is the problem.
+    Items on other than local or gs:// paths are not checked (None).
+    """
+    text = str(item_dir)
+    if text.startswith("gs://"):
+        bucket, _, path = text[len("gs://") :].partition("/")
+        spec = {"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}
+    elif "://" in text:
+        return None
+    else:
+        spec = {"driver": "file", "path": text.rstrip("/") + "/"}
+    try:
+        kv = ts.KvStore.open(spec).result()
+        manifest = ts.ocdbt.dump(kv).result()
+    except Exception as e:  # noqa: BLE001 - any failure to decode is damage
+        return f"manifest.ocdbt could not be read ({_short(e)})"
+    versions = manifest.get("versions") or []
+    if not versions:
+        return None
+    sizes: dict[str, int | None] = {}  # file (relative to the item) -> its size, None: absent
+    todo = [versions[-1].get("root", {}).get("location", "")]
+    seen = set()
+    while todo:
+        ref = todo.pop()
+        if not ref or ref in seen:
+            continue
+        seen.add(ref)
+        kind, prefix, rel, offset, length = _split_ref(ref)
+        name = prefix + rel
+        if name not in sizes:
+            f = item_dir / name
+            sizes[name] = f.stat().length if f.exists() else None
+        if sizes[name] is None:
+            return f"{name} is missing"
+        end = int(offset) + int(length)
+        if sizes[name] < end:
+            return f"{name} is truncated ({sizes[name]:,} of at least {end:,} bytes)"
+        if kind == "btreenode":
+            try:
+                node = ts.ocdbt.dump(kv, ref).result()
+            except Exception as e:  # noqa: BLE001 - a node that does not decode is damage
+                return f"{name} could not be read ({_short(e)})"
+            todo.extend(_refs(node.get("entries", [])))
+    return None
+
+
+def _refs(tree: Any) -> list[str]:
+    """Every "btreenode:..." / "value:..." location string in a dumped node (any nesting)."""
+    if isinstance(tree, str):
+        return [tree] if tree.startswith(("btreenode:", "value:")) else []
+    if isinstance(tree, Mapping):
+        tree = list(tree.values())
+    if isinstance(tree, list):
+        return [r for x in tree for r in _refs(x)]
+    return []
+
+
+def _split_ref(ref: str) -> tuple[str, str, str, str, str]:
+    """'value:ocdbt.process_0/:d/abc:0:15211' -> (kind, prefix, path, offset, length)."""
+    head, offset, length = ref.rsplit(":", 2)
+    kind, prefix, rel = head.split(":", 2)
+    return kind, prefix, rel, offset, length
 
 
 def _json_problem(f: epath.Path) -> bool:
