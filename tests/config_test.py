@@ -21,6 +21,11 @@ def test_every_config_loads_and_validates(path):
         for cell in config.cells.values():
             config_lib.validate(config_lib.load_config_file(ablation.resolve(cell.tokenizer)))
         return
+    if config.trainer == "speech_decoder":  # validated by its trainer (config_lib knows 2)
+        from glmvoice_jax.trainers import speech_decoder
+
+        speech_decoder.validate(config)
+        return
     config_lib.validate(config)
     if config.trainer != "lm":
         return

@@ -71,11 +71,11 @@ def main(argv) -> None:
         heartbeat_timeout_s=_HEARTBEAT_TIMEOUT.value,
         shutdown_timeout_s=_SHUTDOWN_TIMEOUT.value,
     )
-    from glmvoice_jax.trainers import lm, speech_tokenizer
+    from glmvoice_jax.trainers import lm, speech_decoder, speech_tokenizer
 
     config = _CONFIG.value
     # One CLI for every trainer, dispatched on config.trainer through an explicit table.
-    trainers = {"lm": lm, "speech_tokenizer": speech_tokenizer}
+    trainers = {"lm": lm, "speech_tokenizer": speech_tokenizer, "speech_decoder": speech_decoder}
     if config.trainer not in trainers:
         raise errors.UserError(f"config.trainer {config.trainer!r}; known: {sorted(trainers)}")
     trainer = trainers[config.trainer]

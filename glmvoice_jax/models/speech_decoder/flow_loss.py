@@ -51,7 +51,8 @@ def cfm_loss(
       train: encoder dropout on (False: held-out losses, the same draws otherwise).
 
     Returns:
-      (loss, {"frames": Σmask, "prompt_frac": prompted frames / frames, "cfg_dropped": rows}).
+      (loss, {"frames": Σmask, "row_sq_err": (B,) squared error summed per row,
+      "prompt_frac": prompted frames / frames, "cfg_dropped": rows}).
     """
     cfg = flow.cfg
     b, t_len, m = mel.shape
@@ -83,9 +84,11 @@ def cfm_loss(
 
     pred = flow.estimator(y, mask, mu, t, spks, cond, hard_mask=True)  # (B, T, M)
     total = jnp.sum(frames)
-    loss = jnp.sum(jnp.square(pred - u) * mask) / jnp.maximum(total * m, 1.0)
+    row_sq_err = jnp.sum(jnp.square(pred - u) * mask, axis=(1, 2))  # (B,)
+    loss = jnp.sum(row_sq_err) / jnp.maximum(total * m, 1.0)
     aux = {
         "frames": total,
+        "row_sq_err": row_sq_err,
         "prompt_frac": jnp.sum(plen) / jnp.maximum(total, 1.0),
         "cfg_dropped": jnp.sum(1.0 - keep),
     }
