@@ -447,11 +447,27 @@ def _quiet_late_callbacks() -> None:
     sys.unraisablehook = hook
 
 
-def _short(e: BaseException, limit: int = 240) -> str:
-    """One short line from a (TensorStore / Orbax) error: its last two clauses, no spec dump."""
-    text = " ".join(str(e).split(" [tensorstore_spec")[0].split())
-    parts = [p for p in re.split(r": (?=[A-Z\"'])", text) if p]
-    text = ": ".join(parts[-2:]) if len(parts) > 2 else text
+def _short(e: BaseException, limit: int = 300) -> str:
+    """One short line from a (TensorStore / Orbax) error: its innermost cause, no spec dump.
+
+    Status codes and 'Error opening "..." driver' clauses are dropped; of the rest, the first
+    (which names the array and file) and the last (what went wrong) are kept.
+    """
+    for _ in range(5):  # Orbax wraps the TensorStore error ("See full TensorStore details")
+        inner = e.__cause__ or e.__context__
+        if inner is None or not str(inner):
+            break
+        e = inner
+    text = str(e).split(" [tensorstore_spec")[0].split(" See full TensorStore details")[0]
+    text = " ".join(text.split())
+    parts = [
+        p
+        for p in re.split(r": (?=[A-Z\"'])", text)
+        if p
+        and not re.fullmatch(r"[A-Z_]+", p)
+        and not re.fullmatch(r'Error opening ".*" driver', p)
+    ]
+    text = ": ".join(parts if len(parts) <= 2 else [parts[0], parts[-1]]) or text
     text = f"{type(e).__name__}: {text}"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -96,6 +96,20 @@ def _remove(pattern):
     return damage
 
 
+def _overwrite(pattern):
+    """Bytes corrupted in place (same length): only a read finds it."""
+
+    def damage(step):
+        files = glob.glob(os.path.join(step, pattern))
+        assert files, pattern
+        for f in files:
+            n = os.path.getsize(f)
+            with open(f, "wb") as fh:
+                fh.write(b"\xff" * n)
+
+    return damage
+
+
 DAMAGE = {
     # name: (damage(step_dir), regex of the reason in the printed line)
     "empty step dir": (_empty, r"empty directory"),
@@ -116,6 +130,11 @@ DAMAGE = {
         r"params/manifest\.ocdbt could not be read \(ValueError: .*Encoded length \(7\)",
     ),
     "train value file truncated": (_truncate("train/ocdbt.process_0/d/*"), r"train/ocdbt.* is tr"),
+    "params values overwritten": (
+        _overwrite("params/ocdbt.process_0/d/*"),
+        r'could not be read: ValueError: Error reading "embed/0\.0" in OCDBT database at local '
+        r'file ".*/4/params/": Unknown frame descriptor',
+    ),
 }
 
 
