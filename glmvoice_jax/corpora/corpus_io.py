@@ -92,6 +92,11 @@ class LineCorpus:
     def __len__(self) -> int:
         return self._len
 
+    def where(self, index: int) -> str:
+        """``path:line`` (1-based) of input item ``index``, for error details."""
+        f = int(np.searchsorted(self._starts, index, side="right")) - 1
+        return f"{self.files[f]}:{index - self._starts[f] + 1}"
+
     def _lines(self, r: range) -> Iterator[tuple[int, str, bytes]]:
         index = r.start
         while index < r.stop:

@@ -12,6 +12,10 @@ Project defaults of glm4voice.md §12 #14 and #15 (the paper publishes none of t
   interleaved  [gMASK]<sop> {text | <|begin_of_audio|> {speech} <|end_of_audio|>}* <|endoftext|>
                                                                                everything
 
+Stage-2 SFT replies (glm4voice.md §8) are "streaming thoughts": ``streaming_reply`` below owns
+their token order (the 13 : 26 alignment rule); the dialogue records around them follow the chat
+template of inference/chat_template.py (corpora/dialogue_records.py builds them).
+
 The text-to-token model (glm4voice.md §12 #12) is trained on the ``tts`` template and sampled from
 its prefix ``tts_prompt``: [gMASK]<sop> {text} <|begin_of_audio|>. Evaluation of the base model
 (glm4voice.md §9.3) uses the same ASR / TTS templates.
@@ -114,3 +118,52 @@ def interleaved(
             raise ValueError(f"{what}: kind {kind!r} must be 'text' or 'speech'")
     parts.append((np.asarray([layout.eos_id]), 1))
     return _example(parts, source, "interleaved")
+
+
+STREAM_BLOCKS = (13, 26)  # text tokens : speech tokens per block of a streaming reply (§8)
+
+
+def streaming_reply(
+    text_ids, codes, layout: TokenLayout, *, blocks: tuple[int, int] = STREAM_BLOCKS, what: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """An assistant reply in the "streaming thoughts" order: (ids [L] int32, is_speech [L] bool).
+
+    The alignment rule (the one place it is written down): blocks alternate, text first, with
+    ``blocks = (n_t, n_s)`` = (13, 26):
+
+        text[0:13] speech[0:26] text[13:26] speech[26:52] ...
+
+    * the text runs out first (the normal case, 1 : 2 keeps text ahead of speech): the last text
+      block may be short, and all the remaining speech follows back to back (the release's
+      web_demo.py; the engine's ``interleave`` modality, inference/token_choice.py, generates
+      exactly this: a speech id in a text slot ends the text);
+    * the speech runs out first: the remaining text follows back to back. The engine's
+      ``interleave`` modality cannot generate that (speech slots take speech only), so the
+      dialogue job counts such replies (``text_outlasts_speech`` in its stats).
+
+    Speech ids are bare inside a reply (no <|begin_of_audio|> / <|end_of_audio|>), as the
+    release's chat model emits them. Text ids are without [gMASK]<sop>.
+
+    Raises:
+      ValueError: empty text or speech, ids outside the layout's ranges, bad block sizes.
+    """
+    n_t, n_s = blocks
+    if n_t < 1 or n_s < 1:
+        raise ValueError(f"{what}: blocks must be two positive sizes, got {blocks}")
+    text = _text_ids(text_ids, layout, what)
+    speech = layout.codes_to_ids(_codes(codes, what))
+    ids: list[np.ndarray] = []
+    flags: list[np.ndarray] = []
+    t = s = 0
+    while t < len(text) or s < len(speech):
+        if t < len(text):
+            part = text[t : t + n_t if s < len(speech) else len(text)]
+            ids.append(part)
+            flags.append(np.zeros(len(part), bool))
+            t += len(part)
+        if s < len(speech):
+            part = speech[s : s + n_s if t < len(text) else len(speech)]
+            ids.append(part)
+            flags.append(np.ones(len(part), bool))
+            s += len(part)
+    return np.concatenate(ids).astype(np.int32), np.concatenate(flags)

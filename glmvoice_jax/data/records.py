@@ -35,7 +35,9 @@ from array_record.python import array_record_module
 
 MAGIC = b"GVR\x00"
 VERSION = 1
-KINDS = ("text", "speech", "asr", "tts", "interleaved")
+# Append only: a record stores the index. The sft_* kinds are the two copies of one dialogue
+# (corpora/dialogue_records.py): loss on the reply's speech / on its text.
+KINDS = ("text", "speech", "asr", "tts", "interleaved", "sft_speech", "sft_text")
 
 _HEADER = struct.Struct("<4sBBHI")  # magic, version, kind, n_source, n_tokens
 _TOKENS_DTYPE = np.dtype("<i4")

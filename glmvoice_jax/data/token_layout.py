@@ -146,8 +146,10 @@ class TokenLayout:
 
     @property
     def text_is_utf8_bytes(self) -> bool:
-        """The demo layouts (``demo``, ``demo<K>``): text ids 0..255 are UTF-8 bytes."""
-        return self.name == "demo" or (self.name.startswith("demo") and self.name[4:].isdigit())
+        """The demo layouts (``demo``, ``demo_chat``, ``demo<K>``): text ids 0..255 are bytes."""
+        return self.name in ("demo", "demo_chat") or (
+            self.name.startswith("demo") and self.name[4:].isdigit()
+        )
 
     def to_json(self) -> dict:
         d = dataclasses.asdict(self)
@@ -176,6 +178,14 @@ _DEMO_SPECIALS = (
     ("<|end_of_audio|>", 260),
 )
 
+# ``demo`` plus GLM-4's role tokens, for the chat template of stage-2 SFT (glm4voice.md §8) on the
+# tiny model: the same ids as ``demo`` everywhere else, so a ``demo`` checkpoint fine-tunes on it.
+_DEMO_CHAT_SPECIALS = _DEMO_SPECIALS + (
+    ("<|system|>", 261),
+    ("<|user|>", 262),
+    ("<|assistant|>", 263),
+)
+
 LAYOUTS: dict[str, TokenLayout] = {
     "glm4": TokenLayout(
         name="glm4",
@@ -197,6 +207,14 @@ LAYOUTS: dict[str, TokenLayout] = {
         name="demo",
         text_vocab_size=256,
         specials=_DEMO_SPECIALS,
+        audio_offset=512,
+        num_audio_tokens=512,
+        vocab_size=1024,
+    ),
+    "demo_chat": TokenLayout(
+        name="demo_chat",
+        text_vocab_size=256,
+        specials=_DEMO_CHAT_SPECIALS,
         audio_offset=512,
         num_audio_tokens=512,
         vocab_size=1024,
