@@ -21,16 +21,18 @@ Damaged steps (issue 17). A step can still be incomplete on disk: a copy interru
 :func:`step_problem` finds these from the files alone (a truncated or missing data file through
 the OCDBT B-tree, which records every value's file, offset and length, without reading the
 data); :meth:`Checkpointer.restore_latest` also catches what only a read finds (bytes corrupted
-in place). A resume then falls back to the newest
-intact step, printing one line per damaged step, which is kept, renamed ``<step>.damaged``
-(never deleted), so that the run can save that step again. No intact step left is one clear
-error. A step whose model differs from the config (another model class, other shapes) is not
-damage: the resume stops with one line naming both.
+in place). A resume then falls back to the newest intact step, printing one line per damaged
+step, which is kept, renamed ``<step>.damaged`` (never deleted), so that the run can save that
+step again. No intact step left is one clear error. A read that fails for a reason outside the
+step (UNAVAILABLE, PERMISSION_DENIED, ...: the network or credentials) is raised, never taken
+for damage. A step whose model differs from the config (another model class, other shapes) is
+not damage either: the resume stops with one line naming both.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import logging
 import os
@@ -219,9 +221,13 @@ class Checkpointer:
                     out = (step, params, train, saved, extra)
                 except (errors.UserError, MemoryError):
                     raise
-                except Exception as e:  # noqa: BLE001 - any read failure is damage here
+                except Exception as e:  # noqa: BLE001 - a failed read is damage, unless transient
+                    if _transient(e):
+                        raise
                     problem = f"could not be read: {_short(e)}"
                     _quiet_late_callbacks()
+            if problem is not None and problem.startswith("could not be read"):
+                gc.collect()  # the failed read's leftovers report now, into the quiet hook
             if jax.process_count() > 1:  # every process takes the same step
                 ok = multihost_utils.process_allgather(np.int32(out is not None))
                 if out is not None and not bool(np.min(ok)):
@@ -345,16 +351,12 @@ def _ocdbt_problem(item_dir: epath.Path) -> str | None:
 
     Walks the manifest's newest version: every B-tree node and every stored value names a file,
     an offset and a length; a file shorter than offset + length (or absent) is the problem.
-    Items on other than local or gs:// paths are not checked (None).
+    Only local items are checked (None for gs:// and other URLs).
     """
     text = str(item_dir)
-    if text.startswith("gs://"):
-        bucket, _, path = text[len("gs://") :].partition("/")
-        spec = {"driver": "gcs", "bucket": bucket, "path": path.rstrip("/") + "/"}
-    elif "://" in text:
+    if "://" in text:  # remote: a failed open may be the network, not damage; the restore judges
         return None
-    else:
-        spec = {"driver": "file", "path": text.rstrip("/") + "/"}
+    spec = {"driver": "file", "path": text.rstrip("/") + "/"}
     try:
         kv = ts.KvStore.open(spec).result()
         manifest = ts.ocdbt.dump(kv).result()
@@ -428,9 +430,11 @@ def _quiet_late_callbacks() -> None:
     """Drops the late reports of a failed restore's other reads (installed once per process).
 
     When one TensorStore read fails, Orbax's event loop closes while the step's other reads are
-    in flight: their completion callbacks hit the closed loop (Python prints an "Exception
-    ignored" traceback) and their failed tasks are logged by asyncio when collected, at any
-    later moment. The damaged step is already named in one line; only these reports are dropped.
+    in flight: their completion callbacks hit the closed loop, their coroutines are closed
+    mid-read (Python prints an "Exception ignored" traceback for each) and their failed tasks
+    are logged by asyncio when collected, at any later moment. The damaged step is already named
+    in one line; only these reports are dropped. The caller collects garbage right after, so
+    most of them come and go while the hook is in place.
     """
     if getattr(sys.unraisablehook, "_glmvoice_quiet", False):
         return
@@ -441,10 +445,23 @@ def _quiet_late_callbacks() -> None:
         exc = u.exc_value
         if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
             return
+        code = getattr(u.object, "cr_code", None)  # an Orbax read coroutine closed mid-read
+        if code is not None and f"{os.sep}orbax{os.sep}" in code.co_filename:
+            return
         previous(u)
 
     hook._glmvoice_quiet = True
     sys.unraisablehook = hook
+
+
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "PERMISSION_DENIED", "UNAUTHENTICATED")
+
+
+def _transient(e: BaseException) -> bool:
+    """A storage error that says nothing about the step (network, credentials): not damage."""
+    chain = [e, e.__cause__, e.__context__]
+    text = " ".join(str(x) for x in chain if x is not None)
+    return isinstance(e, (ConnectionError, TimeoutError)) or any(t in text for t in _TRANSIENT)
 
 
 def _short(e: BaseException, limit: int = 300) -> str:
