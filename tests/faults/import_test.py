@@ -180,3 +180,23 @@ def test_interval_without_loss_targets_warns(caplog):
     assert not loop.warn_no_targets(12, [{"tokens_counted": np.float32(0)}, {"tokens_counted": 3}])
     assert not loop.warn_no_targets(12, [{"loss": 0.0}])  # a trainer without the count
     assert not caplog.records
+
+
+@pytest.mark.e2e
+def test_cli_import_of_a_corrupt_safetensors_file_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    src = tmp_path / "src"
+    src.mkdir()
+    shutil.copy(FIXTURES / "glm_chatglm" / "config.json", src / "config.json")
+    _raw(src / "model.safetensors", {"a": _f32([4], 0), "b": _f32([4], 8)}, b"\0" * 24)
+    cmd = [sys.executable, "-c", "from glmvoice_jax.cli.import_checkpoint import run; run()"]
+    cmd += [f"--checkpoint={src}", f"--output={tmp_path / 'ck'}"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "GLMVOICE_DEBUG": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    errs = [ln for ln in proc.stderr.splitlines() if ": error: " in ln]
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert len(errs) == 1 and f"{src / 'model.safetensors'}: tensors a " in errs[0], proc.stderr
+    assert "overlap" in errs[0] and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "ck").exists()
