@@ -7,7 +7,11 @@ Ref: THUDM modeling_chatglm.py (GLM-4 remote code, glm4voice.md §4.2 [MC]) and 
     (GPT-J style), base 10000 * rope_ratio; positions restart per packed document;
   * RMSNorm with float32 statistics, the normalised value cast back before the weight multiply;
   * SwiGLU with [gate | up] halves, no biases outside QKV; untied output head;
-  * attention softmax in float32 (see attention.py).
+  * attention softmax in float32 (see attention.py);
+  * optional hidden dropout (chatglm ``hidden_dropout``; stage-2 SFT uses 0.5, glm4voice.md §8)
+    on each block's attention and MLP outputs before the residual add, only when
+    ``hidden_states`` gets a ``dropout_key`` (the train step); eval, scoring and ``decode`` never
+    drop. With ``dropout = 0`` (the default) the key is ignored and the graph is unchanged.
 
 Parameter names follow glm4voice.md §4.6 (embed.embedding, layers.attn.q.kernel, ...). Layers are
 always stored stacked with a leading ``layers`` axis; ``scan_layers`` only chooses between
@@ -95,6 +99,7 @@ class GLMConfig:
         ``check_remat_policy``).
       attention_impl: "xla" or "chunked" (attention.py).
       attention_chunk: query block of the chunked attention.
+      dropout: hidden dropout rate in [0, 1) (module docstring); 0 = off.
     """
 
     vocab_size: int
@@ -115,8 +120,11 @@ class GLMConfig:
     remat_policy: str = "full"
     attention_impl: str = "xla"
     attention_chunk: int = 512
+    dropout: float = 0.0
 
     def __post_init__(self):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
         if self.num_heads % self.num_kv_heads:
             raise ValueError(
                 f"num_heads ({self.num_heads}) must be a multiple of num_kv_heads "
@@ -352,17 +360,37 @@ class GLMMLP(nnx.Module):
         return (jax.nn.silu(a) * b) @ self.down.kernel[...].astype(dt)
 
 
+def hidden_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout of x [B, T, D]: zero with probability ``rate``, scale the rest.
+
+    The mask is drawn under the activations' sharding: with ``jax_threefry_partitionable`` (on by
+    default since jax 0.5) each device generates only its own slice of the bits, so no
+    full-size key or mask is materialised on one device.
+    """
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)  # (B, T, D)
+    keep = sharding.constrain(keep, ACT)
+    return jnp.where(keep, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
 class GLMBlock(nnx.Module):
     def __init__(self, cfg: GLMConfig, *, rngs: nnx.Rngs):
         pd = jnp.dtype(cfg.param_dtype)
+        self.dropout = cfg.dropout
         self.attn_norm = RMSNorm(cfg.embed_dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
         self.attn = GLMAttention(cfg, rngs=rngs)
         self.mlp_norm = RMSNorm(cfg.embed_dim, cfg.norm_eps, param_dtype=pd, rngs=rngs)
         self.mlp = GLMMLP(cfg, rngs=rngs)
 
-    def __call__(self, x, segment_ids, cos, sin):
-        x = x + self.attn(self.attn_norm(x), segment_ids, cos, sin)
-        x = x + self.mlp(self.mlp_norm(x))
+    def __call__(self, x, segment_ids, cos, sin, key=None):
+        """key: this layer's dropout key (None: no dropout)."""
+        h = self.attn(self.attn_norm(x), segment_ids, cos, sin)
+        if key is not None:
+            h = hidden_dropout(h, self.dropout, jax.random.fold_in(key, 0))
+        x = x + h
+        h = self.mlp(self.mlp_norm(x))
+        if key is not None:
+            h = hidden_dropout(h, self.dropout, jax.random.fold_in(key, 1))
+        x = x + h
         return sharding.constrain(x, ACT)
 
     def decode(self, x, cos, sin, k_cache, v_cache, index):
@@ -405,11 +433,15 @@ class GLMDecoder(nnx.Module):
         tokens: jax.Array,
         segment_ids: jax.Array | None = None,
         positions: jax.Array | None = None,
+        *,
+        dropout_key: jax.Array | None = None,
     ) -> jax.Array:
         """[B, T] ids -> [B, T, D] final-normed hidden states (compute dtype).
 
         segment_ids: [B, T] (0 = padding; default: one document per row).
         positions: [B, T] per-document positions (default: 0..T-1).
+        dropout_key: a typed PRNG key (training only): hidden dropout at ``cfg.dropout``, layer
+            l's key ``fold_in(dropout_key, l)``. None, or ``cfg.dropout == 0``: no dropout.
         """
         cfg = self.cfg
         b, t = tokens.shape
@@ -422,6 +454,12 @@ class GLMDecoder(nnx.Module):
         x = sharding.constrain(x, ACT)
         cos, sin = rotary_tables(positions, cfg)
         policy = REMAT_POLICIES[cfg.remat_policy]
+
+        if dropout_key is not None and cfg.dropout > 0:
+            keys = jax.vmap(lambda i: jax.random.fold_in(dropout_key, i))(
+                jnp.arange(cfg.num_layers)
+            )  # (L,) one key per layer; remat recomputes the same masks
+            return self.final_norm(self._blocks_with_dropout(x, segment_ids, cos, sin, keys))
 
         def body(x, block):
             return block(x, segment_ids, cos, sin)
@@ -442,6 +480,30 @@ class GLMDecoder(nnx.Module):
                 block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
                 x = body(x, block)
         return self.final_norm(x)
+
+    def _blocks_with_dropout(self, x, segment_ids, cos, sin, keys):
+        """The layer stack of ``hidden_states`` with layer l's dropout key keys[l]."""
+        cfg = self.cfg
+
+        def body(x, block, key):
+            return block(x, segment_ids, cos, sin, key)
+
+        if cfg.remat_policy != "none":
+            policy = REMAT_POLICIES[cfg.remat_policy]
+            body = nnx.remat(body, policy=policy, prevent_cse=not cfg.scan_layers)
+        if cfg.scan_layers:
+            run = nnx.scan(
+                body,
+                in_axes=(nnx.Carry, 0, 0),
+                out_axes=nnx.Carry,
+                transform_metadata={nnx.PARTITION_NAME: "layers"},
+            )
+            return run(x, self.layers, keys)
+        graphdef, state = nnx.split(self.layers)
+        for i in range(cfg.num_layers):
+            block = nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], state))
+            x = body(x, block, keys[i])
+        return x
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, V] float32 logits (untied head)."""

@@ -40,9 +40,11 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
     skip_nonfinite = config.metrics.on_nonfinite == "skip"
     lr_fn = optim.schedule(config.schedule, config.total_steps)
 
-    def loss_sums(params, mb):
+    def loss_sums(params, mb, key):
         model = nnx.merge(graphdef, params)
-        hidden = model.hidden_states(mb["tokens"], mb["segment_ids"], mb["positions"])
+        hidden = model.hidden_states(
+            mb["tokens"], mb["segment_ids"], mb["positions"], dropout_key=key
+        )
         targets, weights = losses.shift_targets(mb["tokens"], mb["segment_ids"], mb["loss_mask"])
         sums = losses.chunked_xent_sums(
             hidden,
@@ -57,8 +59,13 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
     grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
 
     def step_fn(params, train, batch):
+        # Hidden dropout (model_cfg.dropout > 0): key fold_in(key(seed), step), then the
+        # microbatch index; None keeps the dropout-free graph.
+        key = None
+        if model_cfg.dropout > 0:
+            key = jax.random.fold_in(jax.random.wrap_key_data(train["rng"]), train["step"])
         if accum == 1:
-            (_, sums), grads = grad_fn(params, batch)
+            (_, sums), grads = grad_fn(params, batch, key)
         else:
             # Microbatch a takes rows {i : i % accum == a}, so each keeps the batch sharding.
             def split(x):
@@ -67,15 +74,18 @@ def make_train_step(graphdef, tx, model_cfg: glm.GLMConfig, layout, config: mlc.
 
             mbs = jax.tree.map(split, batch)  # (A, B / A, T)
 
-            def body(carry, mb):
+            def body(carry, xs):
                 g_acc, s_acc = carry
-                (_, sums), g = grad_fn(params, mb)
+                a, mb = xs
+                (_, sums), g = grad_fn(
+                    params, mb, None if key is None else jax.random.fold_in(key, a)
+                )
                 g_acc = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_acc, g)
                 return (g_acc, jax.tree.map(jnp.add, s_acc, sums)), None
 
             zeros_g = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             zeros_s = {k: jnp.zeros((), jnp.float32) for k in losses.SUM_KEYS}
-            (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), mbs)
+            (grads, sums), _ = jax.lax.scan(body, (zeros_g, zeros_s), (jnp.arange(accum), mbs))
         count = jnp.maximum(sums["count"], 1.0)
         grads = jax.tree.map(lambda g, p: (g / count).astype(p.dtype), grads, params)
         grad_norm = optax.tree.norm(grads)

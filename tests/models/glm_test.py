@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from glmvoice_jax import sharding
 from glmvoice_jax.models import attention, glm
 
 SMALL = dataclasses.replace(
@@ -171,3 +172,64 @@ def test_offload_policy_needs_pinned_host_memory():
         glm.check_remat_policy("offload", [_DeviceWithoutHostMemory()])
     with pytest.raises(ValueError, match="unknown remat_policy"):
         glm.check_remat_policy("offload_everything", jax.devices())
+
+
+def test_hidden_dropout_is_off_without_a_key_and_reproducible_with_one():
+    tokens = jax.random.randint(jax.random.key(3), (2, 24), 0, 200)
+    plain = _model(SMALL)
+    drop = _copy(plain, dataclasses.replace(SMALL, dropout=0.5))
+    ref = plain.hidden_states(tokens)
+    # No key (eval, scoring, generation) or rate 0: exactly the dropout-free model.
+    np.testing.assert_array_equal(drop.hidden_states(tokens), ref)
+    np.testing.assert_array_equal(plain.hidden_states(tokens, dropout_key=jax.random.key(0)), ref)
+    cache = drop.init_cache(2, 24)
+    logits, _ = drop.decode(tokens, cache, jnp.zeros((2,), jnp.int32))
+    np.testing.assert_allclose(logits, plain(tokens), atol=1e-5, rtol=1e-5)
+    # With a key: active, a function of the key only, and the same scanned or unrolled.
+    a = drop.hidden_states(tokens, dropout_key=jax.random.key(7))
+    assert not np.allclose(a, ref, atol=1e-3)
+    np.testing.assert_array_equal(a, drop.hidden_states(tokens, dropout_key=jax.random.key(7)))
+    assert not np.allclose(a, drop.hidden_states(tokens, dropout_key=jax.random.key(8)), atol=1e-3)
+    unrolled = _copy(plain, dataclasses.replace(SMALL, dropout=0.5, scan_layers=False))
+    np.testing.assert_allclose(
+        unrolled.hidden_states(tokens, dropout_key=jax.random.key(7)), a, atol=1e-5, rtol=1e-5
+    )
+
+
+def test_hidden_dropout_rate_scale_and_remat():
+    x = jnp.ones((4, 64, 128))
+    y = glm.hidden_dropout(x, 0.5, jax.random.key(0))
+    assert abs(float(jnp.mean(y == 0)) - 0.5) < 0.02
+    assert set(np.unique(np.asarray(y)).tolist()) == {0.0, 2.0}
+    # Remat recomputes the same masks: gradients equal those without remat.
+    tokens = jax.random.randint(jax.random.key(2), (2, 32), 0, 200)
+    ref = _model(dataclasses.replace(SMALL, dropout=0.3, remat_policy="none"))
+
+    @nnx.jit
+    def grads(m):
+        key = jax.random.key(5)
+        return nnx.grad(lambda m: jnp.mean(m.hidden_states(tokens, dropout_key=key) ** 2))(m)
+
+    expected = jax.tree.leaves(grads(ref))
+    model = _copy(ref, dataclasses.replace(SMALL, dropout=0.3, remat_policy="full"))
+    for a, b in zip(expected, jax.tree.leaves(grads(model)), strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_hidden_dropout_is_the_same_on_a_sharded_mesh():
+    cfg = dataclasses.replace(SMALL, dropout=0.5)
+    tokens = np.asarray(jax.random.randint(jax.random.key(4), (8, 32), 0, 200))
+    single = _model(cfg)
+    want = single.hidden_states(tokens, dropout_key=jax.random.key(9))
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    with sharding.activate(mesh, "fsdp"):
+        model = _copy(single, cfg)
+
+        @nnx.jit
+        def run(m, tokens, key):
+            return m.hidden_states(tokens, dropout_key=key)
+
+        got = run(model, jax.device_put(tokens, sharding.batch_sharding(mesh, "fsdp")),
+                  jax.random.key(9))  # fmt: skip
+    assert len(got.sharding.device_set) == 8
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
