@@ -54,6 +54,10 @@ class SpeechStream:
         if not block_sizes or min(block_sizes) < 1:
             raise ValueError(f"block_sizes must be positive, got {tuple(block_sizes)}")
         self.model = model
+        # Read here, once: the worker's nnx.jit calls update the module in place, so its
+        # attributes may be briefly absent to another thread (push runs on the caller's).
+        self._vocab_size = model.config.flow.vocab_size
+        self._n_mels = model.config.flow.output_size
         self.on_audio = on_audio
         self._sizes = itertools.chain(block_sizes, itertools.repeat(block_sizes[-1]))
         self._size = next(self._sizes)
@@ -70,7 +74,7 @@ class SpeechStream:
 
     def push(self, codes: Sequence[int] | np.ndarray) -> None:
         """Queues new speech codes (codebook indices)."""
-        codes = check_tokens(np.asarray(codes, np.int64), self.model.config.flow.vocab_size)
+        codes = check_tokens(np.asarray(codes, np.int64), self._vocab_size)
         self._queue.put(codes)
 
     def finish(self) -> None:
@@ -98,7 +102,7 @@ class SpeechStream:
 
     def _call(self, block: list[int], finalize: bool) -> None:
         start = time.perf_counter()
-        n_mels = self.model.config.flow.output_size
+        n_mels = self._n_mels
         feats = np.concatenate(self._feats) if self._feats else np.zeros((0, n_mels), np.float32)
         speech, mel = self._state(
             np.asarray(block, np.int32), np.asarray(self._codes, np.int32), feats, finalize
