@@ -6,12 +6,19 @@ Usage:
 
 Writes safetensors (a single ``model.safetensors``, or 5 GB shards plus
 ``model.safetensors.index.json``), a ``config.json`` the reference code loads (chatglm: THUDM's
-modeling_chatglm.py remote code; transformers: ``GlmForCausalLM``) and the tokenizer files the
-checkpoint carries. A checkpoint imported from HF exports back to identical tensors.
+modeling_chatglm.py remote code; transformers: ``GlmForCausalLM``) with pad/eos/bos ids (and the
+chat stop ids) from the checkpoint's token layout, a ``generation_config.json``, and the text
+tokenizer: the files the checkpoint carries, or for the demo's UTF-8 byte layouts a
+``tokenizer.json`` that ``AutoTokenizer`` loads (convert/glm/hf_tokens.py says where no
+transformers equivalent exists). A checkpoint imported from HF exports back to identical tensors.
+
+Example (the ``make demo`` model into transformers):
+    glmvoice-export --checkpoint runs/demo/checkpoints --output runs/demo/hf --format transformers
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 
 from absl import flags
@@ -56,6 +63,12 @@ def main(argv: Sequence[str]) -> list[str]:
         max_shard_bytes=FLAGS.max_shard_bytes,
     )
     print(f"exported {FLAGS.checkpoint} -> {FLAGS.output} ({FLAGS.format}): {', '.join(files)}")
+    if not {"tokenizer.json", "tokenizer.model"} & set(files):
+        print(
+            f"note: {FLAGS.checkpoint} records no text tokenizer with a transformers equivalent "
+            "(convert/glm/hf_tokens.py); clients of the export pass token ids",
+            file=sys.stderr,
+        )
     return files
 
 

@@ -67,7 +67,6 @@ _TEMPLATE = {
     "rmsnorm": True,
     "seq_length": 8192,
     "tie_word_embeddings": False,
-    "transformers_version": "4.46.3",
     "use_cache": True,
 }
 

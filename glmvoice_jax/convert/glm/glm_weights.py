@@ -32,7 +32,7 @@ from flax import nnx
 from glmvoice_jax import checkpoint, errors, sharding
 from glmvoice_jax import files as files_lib
 from glmvoice_jax import progress as progress_lib
-from glmvoice_jax.convert.glm import speech_vocab
+from glmvoice_jax.convert.glm import hf_tokens, speech_vocab
 from glmvoice_jax.convert.io import orbax_stream, safetensors_dir
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.data import token_layout as token_layout_lib
@@ -537,25 +537,19 @@ def export_glm(
                     for k, v in fmt.extra_tensors(cfg, dtype).items():
                         writer.add(k, v)
         files = writer.close()
-        src_hf = source.get("hf_config") or {}
-        if source.get("format") == fmt.name:
-            base = src_hf
-        else:  # another layout: carry over only the token ids
-            base = {
-                k: src_hf[k]
-                for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                if k in src_hf
-            }
-        files_lib.write_json(
-            os.path.join(tmp, safetensors_dir.CONFIG_FILE),
-            fmt.hf_config(cfg, dtype, base),
-            indent=2,
+        layout = (
+            token_layout_lib.TokenLayout.from_json(meta["token_layout"])
+            if meta.get("token_layout")
+            else None
         )
+        config = _export_config(fmt, cfg, dtype, source, layout)
+        files_lib.write_json(os.path.join(tmp, safetensors_dir.CONFIG_FILE), config, indent=2)
         files.append(safetensors_dir.CONFIG_FILE)
-        if source.get("generation_config"):
-            files_lib.write_json(
-                os.path.join(tmp, GENERATION_CONFIG), source["generation_config"], indent=2
-            )
+        generation = source.get("generation_config")
+        if not generation:  # trained here: the stop / pad ids for generate(), from the layout
+            generation = {k: config[k] for k in _ID_FIELDS if k in config}
+        if generation:
+            files_lib.write_json(os.path.join(tmp, GENERATION_CONFIG), generation, indent=2)
             files.append(GENERATION_CONFIG)
         tok_dir = os.path.join(str(root), TOKENIZER_DIR)
         for f in (meta.get("tokenizer") or {}).get("files", []):
@@ -563,11 +557,53 @@ def export_glm(
             files.append(f)
         if "tokenizer_config.json" in files and meta.get("token_layout"):
             _add_layout_tokens(os.path.join(tmp, "tokenizer_config.json"), meta["token_layout"])
+        if not meta.get("tokenizer") and layout is not None and layout.text_is_utf8_bytes:
+            for f, obj in hf_tokens.byte_tokenizer_files(layout).items():
+                files_lib.write_json(os.path.join(tmp, f), obj, indent=2)
+                files.append(f)
         os.rename(tmp, dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return files
+
+
+_ID_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def _export_config(
+    fmt: Format,
+    cfg: glm.GLMConfig,
+    dtype: str,
+    source: Mapping,
+    layout: token_layout_lib.TokenLayout | None,
+) -> dict:
+    """config.json of an export.
+
+    Back to the layout it was imported from: the source's config with the math fields set (token
+    ids the source lacks or that fall outside the vocabulary come from the layout). Otherwise
+    (trained here, or another layout): the format's template, the token ids from the layout
+    (hf_tokens.token_ids; the source's where the layout has no such special), and the dtype under
+    both keys: ``dtype`` (transformers >= 4.56, which prefers it when both are present) and
+    ``torch_dtype`` (what transformers 4.46 reads; newer versions still accept it). No
+    ``transformers_version``: the file is not written by transformers.
+    """
+    src_hf = dict(source.get("hf_config") or {})
+    ids = hf_tokens.token_ids(layout) if layout is not None else {}
+    if source.get("format") == fmt.name:
+        base = src_hf
+        for k, v in ids.items():
+            if not hf_tokens.ids_fit(base.get(k), cfg.vocab_size):
+                base[k] = v
+        config = fmt.hf_config(cfg, dtype, base)
+        if "dtype" in config:
+            config["dtype"] = dtype
+        return config
+    base = {k: src_hf[k] for k in _ID_FIELDS if k in src_hf}
+    base.update(ids)
+    config = fmt.hf_config(cfg, dtype, base)
+    config["dtype"] = dtype
+    return config
 
 
 def _add_layout_tokens(path: str, layout_json: dict) -> None:

@@ -35,7 +35,6 @@ _TEMPLATE = {
     "initializer_range": 0.02,
     "max_position_embeddings": 8192,
     "tie_word_embeddings": False,
-    "transformers_version": "4.46.3",
     "use_cache": True,
 }
 
