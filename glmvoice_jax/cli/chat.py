@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 from absl import flags, logging
 
+from glmvoice_jax import errors
 from glmvoice_jax.cli import doors
 
 FLAGS = flags.FlagValues()
@@ -72,6 +73,55 @@ flags.DEFINE_enum(
 )  # fmt: skip
 
 
+# Longest --max_context (GLM-4's longest, 128K tokens). The engine allocates the KV cache for the
+# whole context at start: 2 x layers x KV heads x head dim x context values (GLM-4-Voice-9B in
+# bfloat16: 40 KiB per token, 5 GiB at 128K); a larger value is refused before anything loads.
+MAX_CONTEXT = 131072
+
+
+def _check_context(ckpt: str, context: int, dtype: str) -> None:
+    if 1 <= context <= MAX_CONTEXT:
+        return
+    size = ""
+    try:
+        from glmvoice_jax import checkpoint
+
+        cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt))
+        per_token = (
+            2 * cfg.num_layers * cfg.num_kv_heads * cfg.head_dim * (4 - 2 * (dtype != "float32"))
+        )
+        size = f" (its KV cache alone would take {per_token * max(context, 0) / 2**30:.1f} GiB)"
+    except Exception:  # noqa: BLE001 - the size is only a hint; the checkpoint is checked later
+        pass
+    raise flags.IllegalFlagValueError(
+        f"--max_context {context} must lie in [1, {MAX_CONTEXT}]{size}; the default 8192 holds "
+        "several minutes of conversation"
+    )
+
+
+def _check_duration(path: str, samples_per_token: int, room: int) -> None:
+    """Refuses from the header, before decoding, audio longer than the context leaves room for."""
+    import soundfile
+
+    from glmvoice_jax import audio
+
+    try:
+        info = soundfile.info(path)
+    except Exception:  # noqa: BLE001 - not a soundfile format: read_speech decodes and checks
+        return
+    if info.samplerate <= 0:
+        return
+    seconds = info.frames / info.samplerate
+    n_tokens = -(-int(seconds * audio.SAMPLE_RATE) // samples_per_token)
+    if n_tokens > room:
+        rate = audio.SAMPLE_RATE / samples_per_token
+        raise errors.UserError(
+            f"audio file {path!r} lasts {seconds:.1f} s = {n_tokens} speech tokens at {rate:g} "
+            f"Hz, but the context leaves room for {max(room, 0)} tokens ({max(room, 0) / rate:.1f} "
+            "s); trim the file, lower --max_new_tokens or start a new session"
+        )
+
+
 def main(argv: Sequence[str]) -> dict:
     """Parses ``argv`` (program name first) and runs one turn; returns its record."""
     FLAGS.unparse_flags()
@@ -79,6 +129,7 @@ def main(argv: Sequence[str]) -> dict:
     doors.require(FLAGS, ("checkpoint", "speech_tokenizer", "speech_decoder", "output"))
     if (FLAGS.input is None) == (FLAGS.text is None):
         raise flags.IllegalFlagValueError("give exactly one of --input (a wav) or --text")
+    _check_context(FLAGS.checkpoint, FLAGS.max_context, FLAGS.dtype)
     # Orbax warns on every read-only restore (three checkpoints): noise in a conversation.
     logging.set_verbosity(logging.ERROR)
     start = time.perf_counter()
@@ -116,6 +167,7 @@ def main(argv: Sequence[str]) -> dict:
     turn_start = time.perf_counter()
     if FLAGS.input is not None:
         room = chat.speech_room(models, history, FLAGS.max_new_tokens, FLAGS.system)
+        _check_duration(FLAGS.input, models.tokenizer.config.samples_per_token, room)
         user = UserTurn(speech=chat.read_speech(FLAGS.input, models, room))
         record = {"audio": os.path.abspath(FLAGS.input)}
     else:

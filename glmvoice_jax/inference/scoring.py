@@ -34,6 +34,13 @@ from glmvoice_jax.models import glm
 
 MIN_BUCKET = 16
 LOGITS_BLOCK = 256  # positions per vocab-projection block
+# Longest sequence scored (GLM-4's longest context, 128K tokens). Past it the activations of one
+# row alone take GBs; longer input is refused naming its line before the checkpoint is loaded.
+MAX_TOKENS = 131072
+# attention_impl "xla" materialises one row's scores: heads x T^2 float32 (T = the bucket). Above
+# this a sequence is refused with the hint to pass --attention_impl=chunked (O(T) memory): 32 heads
+# at T = 16384 would take 32 GiB.
+XLA_ATTENTION_BYTES = 8 << 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,15 +53,33 @@ def bucket_length(n: int) -> int:
     return max(MIN_BUCKET, 1 << max(0, n - 1).bit_length())
 
 
+def max_tokens(cfg: glm.GLMConfig) -> tuple[int, str]:
+    """(longest sequence ``cfg`` scores, why): MAX_TOKENS, or the xla attention bound."""
+    if cfg.attention_impl == "xla":
+        t = 1 << 30
+        while t > MIN_BUCKET and cfg.num_heads * t * t * 4 > XLA_ATTENTION_BYTES:
+            t //= 2
+        if t < MAX_TOKENS:
+            return t, (
+                f"with attention_impl 'xla' ({cfg.num_heads} heads x T^2 float32 scores past "
+                f"{XLA_ATTENTION_BYTES >> 30} GiB); pass --attention_impl=chunked (up to "
+                f"{MAX_TOKENS} tokens) or split the sequence"
+            )
+    return MAX_TOKENS, "(memory); split the sequence"
+
+
 def read_inputs(
     path: str,
     vocab_size: int,
     tokenizer: Callable[[], text_tokenizer.TextTokenizer | None] | None = None,
+    *,
+    limit: tuple[int, str] | None = None,
 ) -> list[Record]:
     """Parses IN.jsonl: lines ``{"id"?, "ids": [int, ...]}`` or ``{"id"?, "text": str}``.
 
     A missing id becomes the 1-based line number. Blank lines are skipped. ``tokenizer`` returns
-    the tokenizer for "text" lines; it is called at the first such line only.
+    the tokenizer for "text" lines; it is called at the first such line only. ``limit``: (the
+    most tokens a sequence may have, what to do about it), e.g. ``max_tokens(cfg)``.
 
     Raises:
       ValueError: naming ``path:line`` and what is wrong (JSON, fields, ids outside the vocab).
@@ -83,6 +108,11 @@ def read_inputs(
                 raise ValueError(f'{where}: "ids" must be a list of integers')
         if not ids:
             raise ValueError(f"{where}: the sequence is empty; it needs at least one id")
+        if limit is not None and len(ids) > limit[0]:
+            raise ValueError(
+                f"{where}: the sequence has {len(ids)} tokens, over the {limit[0]} glmvoice-score "
+                f"takes {limit[1]}"
+            )
         bad = [i for i in ids if not 0 <= i < vocab_size]
         if bad:
             raise ValueError(
@@ -259,8 +289,16 @@ def score_file(
     Raises:
       ValueError: bad input, naming the line (nothing is written then).
     """
+    cfg = checkpoint.model_config_from_meta(checkpoint.read_meta(ckpt))
+    if not isinstance(cfg, glm.GLMConfig):
+        Scorer(ckpt, **scorer_kwargs)  # raises: not a GLM decoder
+    impl = scorer_kwargs.get("attention_impl") or cfg.attention_impl
+    limit = max_tokens(dataclasses.replace(cfg, attention_impl=impl))
+    # The input is checked before the weights are loaded (minutes for a 9B checkpoint).
+    records = read_inputs(
+        input_path, cfg.vocab_size, lambda: checkpoint.text_tokenizer(ckpt), limit=limit
+    )
     scorer = Scorer(ckpt, **scorer_kwargs)
-    records = read_inputs(input_path, scorer.vocab_size, lambda: checkpoint.text_tokenizer(ckpt))
     start = time.perf_counter()
     lps = scorer.score([r.ids for r in records], progress=progress)
     seconds = time.perf_counter() - start

@@ -8,8 +8,9 @@ parts i with i % P == p, each on its local devices (``speech_tokenization.local_
 of
 30 s windows, bucketed by length, is split over them). A part is written to a temporary name and
 renamed when complete, so a rerun skips finished parts and redoes only the rest (resumable).
-Unreadable, empty, NaN/Inf or silent audio is skipped and listed with the reason in an errors
-file. Outputs:
+Unreadable, empty, NaN/Inf, silent or too long (``MAX_AUDIO_SECONDS``) audio is skipped and
+listed with the reason in an errors file; a part holds at most ``GROUP_SECONDS`` of decoded audio
+at once. Outputs:
 
 * ``jsonl``: parts under ``OUT.parts/``; when all exist, process 0 joins them into OUT
   (``{"id", "tokens"}`` lines, inputs order) and OUT.errors.jsonl (``{"id", "audio", "reason"}``).
@@ -29,6 +30,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+import soundfile
 from jax.experimental import multihost_utils
 
 from glmvoice_jax import audio, files
@@ -38,6 +40,14 @@ from glmvoice_jax.inference import speech_tokenization
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".opus", ".m4a", ".aiff", ".aif")
 FORMATS = ("jsonl", "array_record")
+# Longest file tokenized (4 h: 0.9 GB of 16 kHz float32 once decoded, more while resampling). A
+# longer one is skipped and listed before it is decoded (from its header where soundfile reads
+# it): a 10 h recording would take several GB at once. Split it (e.g. sox IN OUT trim 0 3600 :
+# newfile : restart).
+MAX_AUDIO_SECONDS = 4 * 3600
+# Decoded audio held at once within a part (2 h): a part's files are tokenized in groups of at
+# most this much, so host memory does not grow with --files_per_part x file length.
+GROUP_SECONDS = 2 * 3600
 
 
 def list_inputs(path: str) -> list[tuple[str, str]]:
@@ -75,12 +85,31 @@ def list_inputs(path: str) -> list[tuple[str, str]]:
     return out
 
 
+def _too_long(seconds: float) -> str:
+    return (
+        f"too long: {seconds / 3600:.2f} h of audio, over the {MAX_AUDIO_SECONDS / 3600:g} h a "
+        "file may last (memory); split it (e.g. sox IN OUT trim 0 3600 : newfile : restart)"
+    )
+
+
 def load_checked(path: str, silence_peak: float) -> tuple[np.ndarray | None, str | None]:
     """(16 kHz waveform, None), or (None, reason) for audio that cannot be tokenized."""
+    try:
+        info = soundfile.info(path)
+    except Exception:  # noqa: BLE001 - not readable by soundfile: load_audio tries librosa
+        info = None
+    if (
+        info is not None
+        and info.samplerate > 0
+        and info.frames / info.samplerate > MAX_AUDIO_SECONDS
+    ):
+        return None, _too_long(info.frames / info.samplerate)
     try:
         wav = audio.load_audio(path)
     except ValueError as e:
         return None, str(e)
+    if wav.size > MAX_AUDIO_SECONDS * audio.SAMPLE_RATE:
+        return None, _too_long(wav.size / audio.SAMPLE_RATE)
     peak = float(np.max(np.abs(wav)))
     if peak < silence_peak:
         return None, f"silent: peak amplitude {peak:.2e} < --silence_peak {silence_peak:g}"
@@ -154,19 +183,20 @@ def tokenize_files(
     for done, i in enumerate(todo, 1):
         t0 = time.time()
         chunk = inputs[i * files_per_part : (i + 1) * files_per_part]
-        wavs, ok, errors = [], [], []
+        wavs, ok, errors, tokens = [], [], [], []
+        secs = 0.0
+
         for uid, path in chunk:
             wav, reason = load_checked(path, silence_peak)
             if reason is None:
+                if sum(w.shape[0] for w in wavs) + wav.shape[0] > GROUP_SECONDS * audio.SAMPLE_RATE:
+                    tokens += _tokenize_group(model, wavs, batch_size, mesh)
                 wavs.append(wav)
                 ok.append(uid)
+                secs += wav.shape[0] / audio.SAMPLE_RATE
             else:
                 errors.append({"id": uid, "audio": path, "reason": reason})
-        tokens = (
-            speech_tokenization.tokenize_waveforms(model, wavs, batch_size=batch_size, mesh=mesh)
-            if wavs
-            else []
-        )
+        tokens += _tokenize_group(model, wavs, batch_size, mesh)
         files.write_jsonl(part_path(i) + ".errors", errors)
         if layout is None:
             files.write_jsonl(
@@ -177,7 +207,6 @@ def tokenize_files(
                 for t in tokens:
                     ids = np.concatenate([layout.bos_ids, layout.wrap_audio(t)])
                     writer.write(records.Example(ids, np.ones_like(ids), source_name, "speech"))
-        secs = sum(w.shape[0] for w in wavs) / audio.SAMPLE_RATE
         dt = time.time() - t0
         stats["files"] += len(ok)
         stats["skipped"] += len(errors)
@@ -193,6 +222,15 @@ def tokenize_files(
     if pid == 0:
         _finish(output, output_format, [part_path(i) for i in range(num_parts)], errors_out)
     return stats
+
+
+def _tokenize_group(model, wavs: list[np.ndarray], batch_size: int, mesh) -> list[np.ndarray]:
+    """Tokens of the waveforms held in memory; empties ``wavs`` so their memory can go."""
+    if not wavs:
+        return []
+    out = speech_tokenization.tokenize_waveforms(model, wavs, batch_size=batch_size, mesh=mesh)
+    wavs.clear()
+    return out
 
 
 def _finish(output: str, output_format: str, parts: list[str], errors_out: str) -> None:
