@@ -31,7 +31,9 @@ def check_tools(purpose: str) -> None:
         )
 
 
-def synthesize(text: str, path: str, voice: str, speed_wpm: int, pitch: int) -> None:
+def synthesize(
+    text: str, path: str, voice: str, speed_wpm: int, pitch: int, word_gap: int = 0
+) -> None:
     """Speaks ``text`` into a 16 kHz mono PCM_16 wav at ``path`` (written atomically).
 
     Args:
@@ -40,6 +42,7 @@ def synthesize(text: str, path: str, voice: str, speed_wpm: int, pitch: int) -> 
       voice: an espeak-ng voice (+ variant) name, e.g. "en-us" or "en-gb-x-rp+f2".
       speed_wpm: words per minute.
       pitch: 0..99.
+      word_gap: extra pause between words, in units of 10 ms (espeak-ng -g); 0 = none.
 
     Raises:
       subprocess.CalledProcessError: espeak-ng or sox failed (its stderr is in the exception).
@@ -49,7 +52,7 @@ def synthesize(text: str, path: str, voice: str, speed_wpm: int, pitch: int) -> 
     try:
         subprocess.run(
             ["espeak-ng", "-v", voice, "-s", str(speed_wpm), "-p", str(pitch),
-             "-w", raw, "--stdin"],
+             *(["-g", str(word_gap)] if word_gap else []), "-w", raw, "--stdin"],
             input=text.encode("utf-8"),
             check=True,
             capture_output=True,
