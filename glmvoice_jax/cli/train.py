@@ -128,7 +128,13 @@ def _precheck(argv: list[str]) -> None:
 
 
 def _stop_during_startup(signum, frame) -> None:
-    """SIGTERM / SIGINT before the step loop takes them over: nothing to save, exit 0."""
+    """SIGTERM / SIGINT before the step loop takes them over: nothing to save, exit 0.
+
+    The process ends here with os._exit: a SystemExit raised from a signal handler is swallowed
+    when the signal lands inside a callback (JAX's XLA gc callback, a __del__): Python prints
+    "Exception ignored in ..." with a traceback and the run goes on, compiles and trains
+    (seen in the issue 17 case table). Before the first step there is nothing to save.
+    """
     del frame
     name = signal.Signals(signum).name
     print(
@@ -137,7 +143,8 @@ def _stop_during_startup(signum, frame) -> None:
         file=sys.stderr,
         flush=True,
     )
-    raise SystemExit(0)
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def run() -> None:
