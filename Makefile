@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/demo
 export JAX_PLATFORMS ?= cpu
 
-.PHONY: install system-deps demo chat-demo ablate-demo test test-e2e lint format bench clean-demo
+.PHONY: install system-deps demo chat-demo sft-demo ablate-demo test test-e2e lint format bench clean-demo
 
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,13 @@ demo: $(STAMP) system-deps
 DECODER ?=
 chat-demo: $(STAMP) system-deps
 	$(PY) -m data_pipelines.chat_demo --workdir $(WORKDIR) $(if $(DECODER),--decoder $(DECODER))
+
+# After make demo: stage-2 SFT ("streaming thoughts", 13 text : 26 speech) of the tiny GLM on
+# synthetic spoken dialogues; well-formed answers and answer-text CER before and after, in
+# $(SFT_WORKDIR)/report.json (glmvoice_jax/workflows/sft_demo.py, docs/sft.md).
+SFT_WORKDIR ?= runs/sft_demo
+sft-demo: $(STAMP) system-deps
+	$(PY) -m data_pipelines.sft_demo --demo $(WORKDIR) --out $(SFT_WORKDIR)
 
 # The tokenizer-bitrate study at tiny scale on CPU (not part of make test): report in
 # $(ABLATE_WORKDIR)/report.md; rerunning resumes at the first unfinished stage.
