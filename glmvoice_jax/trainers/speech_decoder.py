@@ -24,14 +24,28 @@ corpus level (another frame rate), are refused naming the values; unreadable, si
 audio is skipped and counted (``errors.jsonl`` in the workdir).
 
 Train state (as lm.py): ``params`` = the Flow's Params (``nnx.to_pure_dict``), ``train`` = {opt,
-step, rng}. The checkpoint holds the flow only; its meta names the DecoderConfig of the preset
-with this flow and ``extra.params = "flow"``.
+step, rng}. The checkpoint holds the flow only; its meta names the whole DecoderConfig (this flow,
+the vocoder of ``config.vocoder``) with ``extra.params = "flow"`` and ``extra.vocoder_from``, so
+``decoder_checkpoint.load_any`` (glmvoice-decode, glmvoice-chat) loads it as a decoder. At the end
+the trainer also writes ``WORKDIR/decoder``: flow + vocoder in one self-contained checkpoint.
+
+Vocoder (``config.vocoder``; docs/decoder_training.md): "griffin_lim" = the parameter-free
+Griffin-Lim inversion of mel.py (tiny CPU runs: no release HiFT can be downloaded); "hift" = the
+HiFT of a decoder checkpoint or release directory (``vocoder_from``, default ``init_from``),
+unchanged by training (HiFT maps mel → wav whatever the tokenizer).
+
+``init_from``: a decoder checkpoint (``glmvoice-import`` of a release directory,
+``WORKDIR/decoder``, a trainer checkpoint) or a release directory; the flow starts from its flow.
+Its vocabulary and token rate must be the config's (refused in one line naming both) unless
+``init_new_tokenizer``: then the token embedding starts afresh for the config's vocabulary and
+the rest comes from it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from typing import Any
 
@@ -45,7 +59,8 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, optim, sharding
-from glmvoice_jax.models.speech_decoder import VARIANTS, FlowConfig
+from glmvoice_jax.convert.decoder import decoder_checkpoint
+from glmvoice_jax.models.speech_decoder import VARIANTS, DecoderConfig, FlowConfig
 from glmvoice_jax.models.speech_decoder import mel as mel_lib
 from glmvoice_jax.models.speech_decoder.flow import Flow
 from glmvoice_jax.models.speech_decoder.flow_loss import cfm_loss, sample
@@ -57,7 +72,11 @@ MIN_TOKENS = 2  # shorter utterances are skipped (counted in errors.jsonl)
 BATCH_KEYS = ("tokens", "token_valid", "mel", "frame_mask")
 # Mel -> wav for listening and reconstruction scores: Griffin-Lim (mel.griffin_lim) at tiny scale,
 # where no release HiFT can be downloaded; a HiFT checkpoint is the full-scale path (issue 19).
-VOCODERS = ("griffin_lim",)
+VOCODERS = ("griffin_lim", "hift")
+EMBEDDING = "input_embedding/embedding"  # the flow's token table: (vocab_size, input_size)
+# FlowConfig fields that do not change parameter shapes (an init_from may differ in them).
+_NON_SHAPE_FIELDS = ("vocab_size", "input_frame_rate", "encoder_dropout", "inference_cfg_rate",
+                     "training_cfg_rate", "sigma_min", "n_timesteps")  # fmt: skip
 
 
 def flow_config(config: mlc.ConfigDict) -> FlowConfig:
@@ -88,8 +107,19 @@ def validate(config: mlc.ConfigDict) -> FlowConfig:
         raise ValueError(f"metrics.on_nonfinite must be 'raise' or 'skip', got {config.metrics}")
     if config.input.max_tokens < MIN_TOKENS:
         raise ValueError(f"input.max_tokens must be >= {MIN_TOKENS}, got {config.input.max_tokens}")
+    if config.input.truncate_seconds < 0:
+        raise ValueError(
+            f"input.truncate_seconds must be >= 0 (0: whole utterances; the new-voice recipe "
+            f"uses 0.8), got {config.input.truncate_seconds}"
+        )
     if config.vocoder not in VOCODERS:
         raise ValueError(f"vocoder {config.vocoder!r} is not one of {VOCODERS}")
+    if config.vocoder == "hift" and not (config.vocoder_from or config.init_from):
+        raise ValueError(
+            "vocoder 'hift' needs a HiFT to reuse: set --config.vocoder_from (or init_from) to a "
+            "decoder checkpoint (glmvoice-import of glm-4-voice-decoder) or a release directory, "
+            "or use vocoder='griffin_lim'"
+        )
     sharding.rules(config.axis_rules)  # raises with the known presets
     return flow_config(config)
 
@@ -181,6 +211,29 @@ def make_batch(utts: list[Utterance], idx: np.ndarray, cfg: FlowConfig, max_toke
     return out
 
 
+def truncated(
+    utts: list[Utterance], idx: np.ndarray, cfg: FlowConfig, block_tokens: int, key: list[int]
+) -> list[Utterance]:
+    """The rows ``idx``, each cut to its first n·b seconds (b = ``block_tokens`` tokens).
+
+    The paper's new-voice recipe (glm4voice.md, decoder fine-tuning on one speaker with truncated
+    samples, b = 0.8 s = 10 tokens at 12.5 Hz): n ~ U{1..⌊N/b⌋} per row, drawn from ``key``
+    (seed, step) so a resumed run cuts alike; an utterance shorter than b stays whole.
+    ``block_tokens`` 0 keeps every row whole.
+    """
+    rows = [utts[i] for i in idx]
+    if block_tokens <= 0:
+        return rows
+    rng = np.random.default_rng(key)
+    out = []
+    for u in rows:
+        blocks = max(1, u.tokens.size // block_tokens)
+        n = min(u.tokens.size, block_tokens * int(rng.integers(1, blocks + 1)))
+        t = frames_from_tokens(n, cfg.input_frame_rate)
+        out.append(Utterance(u.id, u.tokens[:n], u.mel[:t]))
+    return out
+
+
 def batch_indices(step: int, num: int, batch_size: int, seed: int) -> np.ndarray:
     """The rows of step ``step``: a function of (seed, step) only, so resume replays them."""
     rng = np.random.default_rng([seed, step])
@@ -264,6 +317,59 @@ def dry_run(config: mlc.ConfigDict) -> dict:
     return {"parameters": n}
 
 
+def decoder_config(config: mlc.ConfigDict, cfg: FlowConfig) -> tuple[DecoderConfig, str]:
+    """(the whole decoder's config, the HiFT's source path or "") for this flow and vocoder."""
+    base = VARIANTS[config.model.variant]
+    if config.vocoder == "griffin_lim":
+        return dataclasses.replace(base, flow=cfg, vocoder="griffin_lim"), ""
+    src = os.path.abspath(config.vocoder_from or config.init_from)
+    hift_cfg = decoder_checkpoint.read_config(src)
+    if hift_cfg.vocoder != "hift":
+        raise ValueError(f"vocoder_from {src} has no HiFT (its vocoder is {hift_cfg.vocoder!r})")
+    return DecoderConfig(flow=cfg, hift=hift_cfg.hift, vocoder="hift"), src
+
+
+def init_flow(path: str, cfg: FlowConfig, new_tokenizer: bool, fresh: dict) -> dict:
+    """The flow params of ``fresh`` (a pure dict of numpy arrays) replaced by ``path``'s flow.
+
+    Raises:
+      ValueError: in one line naming both, when the checkpoint's vocabulary / token rate differ
+        from the config's (unless ``new_tokenizer``: the token embedding then stays fresh), or
+        when its flow has other dimensions.
+    """
+    src_cfg, src = decoder_checkpoint.flow_params(path)
+    theirs = src_cfg.flow
+    shape_diff = [
+        f"{f.name} {getattr(theirs, f.name)} vs {getattr(cfg, f.name)}"
+        for f in dataclasses.fields(FlowConfig)
+        if f.name not in _NON_SHAPE_FIELDS and getattr(theirs, f.name) != getattr(cfg, f.name)
+    ]
+    if shape_diff:
+        raise ValueError(
+            f"init_from {path} holds a flow of other dimensions (checkpoint vs config: "
+            f"{'; '.join(shape_diff)}); set model.variant / model.* to the checkpoint's"
+        )
+    same_tokens = (theirs.vocab_size, theirs.input_frame_rate) == (
+        cfg.vocab_size, cfg.input_frame_rate)  # fmt: skip
+    if not same_tokens and not new_tokenizer:
+        raise ValueError(
+            f"init_from {path} is a flow for {theirs.vocab_size} tokens at "
+            f"{theirs.input_frame_rate} Hz but the config names {cfg.vocab_size} tokens at "
+            f"{cfg.input_frame_rate} Hz; set model.vocab_size / model.input_frame_rate to the "
+            "checkpoint's, or --config.init_new_tokenizer=True to learn a new token embedding"
+        )
+
+    def pick(keypath, value):
+        name = "/".join(str(getattr(k, "key", k)) for k in keypath)
+        if name == EMBEDDING and not same_tokens:
+            return value  # another tokenizer's codes: a fresh table
+        if name not in src or src[name].shape != value.shape:
+            raise ValueError(f"init_from {path} has no flow parameter {name} of {value.shape}")
+        return src[name].astype(value.dtype)
+
+    return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics."""
     ####################################################################################
@@ -338,10 +444,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ckpt = checkpoint.Checkpointer(
         str(root / "checkpoints"), keep=config.ckpt.keep, async_save=config.ckpt.async_save
     )
-    decoder_cfg = dataclasses.replace(VARIANTS[config.model.variant], flow=cfg)
-    meta = checkpoint.model_meta(
-        decoder_cfg, None, extra={"trainer": TRAINER, "params": "flow", "config": config.to_dict()}
-    )
+    decoder_cfg, vocoder_from = decoder_config(config, cfg)
+    extra = {"trainer": TRAINER, "params": "flow", "vocoder_from": vocoder_from}
+    meta = checkpoint.model_meta(decoder_cfg, None, extra={**extra, "config": config.to_dict()})
     start_step = ckpt.latest_step()
     with sharding.activate(mesh, preset):
         if start_step is not None:
@@ -358,9 +463,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                 lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=param_sh
             )()
             if config.init_from:
-                params = checkpoint.restore_params(
-                    config.init_from, checkpoint.abstract_like(abs_params, param_sh)
-                )
+                fresh = jax.tree.map(np.asarray, jax.device_get(params))
+                new = init_flow(config.init_from, cfg, config.init_new_tokenizer, fresh)
+                params = jax.device_put(new, param_sh)
                 print(f"initialised the flow from {config.init_from}", flush=True)
             train_state = jax.jit(init_train, out_shardings=train_sh)(params)
 
@@ -414,12 +519,14 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     if start_step == 0 and every_eval > 0:
         with sharding.activate(mesh, preset):
             run.writer.write(0, run_eval(params))  # the untrained model's held-out scores
+    block_tokens = round(config.input.truncate_seconds * cfg.input_frame_rate)
     t_start = time.time()
     with sharding.activate(mesh, preset):
         while run.running:
             idx = batch_indices(run.step, len(train_utts), config.input.global_batch_size,
                                 config.seed)  # fmt: skip
-            batch = to_global(make_batch(train_utts, idx, cfg, config.input.max_tokens))
+            rows = truncated(train_utts, idx, cfg, block_tokens, [config.seed, run.step, 1])
+            batch = to_global(make_batch(rows, np.arange(len(rows)), cfg, config.input.max_tokens))
             params, train_state, out = jit_step(params, train_state, batch)
             run.stepped(out)
             step = run.step
@@ -439,7 +546,12 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             run.checkpoint(params=params, train=train_state, data_iter=None, meta=meta)
     run.close()
     last = run.last
-    if is_main:
+    if is_main:  # flow + vocoder in one checkpoint for glmvoice-decode / glmvoice-chat
+        model = decoder_checkpoint.load_any(str(root / "checkpoints"))
+        source = {"format": f"flow trained by {TRAINER}", "workdir": os.path.abspath(workdir),
+                  "vocoder": decoder_cfg.vocoder, "vocoder_from": vocoder_from}  # fmt: skip
+        decoder_checkpoint.write_decoder(model, str(root / "decoder"), source, step=run.step)
+        print(f"decoder (flow + {decoder_cfg.vocoder}): {root / 'decoder'}", flush=True)
         summary = {"workdir": workdir, "step": run.step, **last}
         (root / "summary.json").write_text(json.dumps(summary, indent=2))
     return last

@@ -6,11 +6,19 @@ a resumed run continues with the uninterrupted run's losses; bad tokens are refu
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 import soundfile
+from flax import nnx
 
 from glmvoice_jax import config_lib
+from glmvoice_jax.cli import decode
+from glmvoice_jax.convert.decoder import decoder_checkpoint
+from glmvoice_jax.inference import speech_stream
+from glmvoice_jax.models.speech_decoder import VARIANTS
+from glmvoice_jax.models.speech_decoder.flow import Flow
+from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
 from glmvoice_jax.trainers import speech_decoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -91,3 +99,96 @@ def test_tokens_of_another_tokenizer_are_refused(tmp_path):
     tokens.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match="another frame rate"):
         speech_decoder.load_corpus(c, speech_decoder.validate(c))
+
+
+def _quick(c):
+    """No held-out evals (their ODE compile is the slow part): decoder-writing tests only."""
+    c.evals.every_steps, c.log_every_steps = 0, 2
+    return c
+
+
+def test_trained_decoder_is_loaded_by_decode_and_the_chat_stream(tmp_path):
+    # Griffin-Lim vocoder: the trainer writes WORKDIR/decoder (flow + vocoder); glmvoice-decode
+    # and the chat tool's SpeechStream make audio from it and from the trainer's checkpoints.
+    manifest, tokens = _corpus(tmp_path, n=6)
+    workdir = str(tmp_path / "run")
+    speech_decoder.train(_quick(_config(manifest, tokens, 2)), workdir)
+    model = decoder_checkpoint.load_any(os.path.join(workdir, "decoder"))
+    assert model.config.vocoder == "griffin_lim" and model.config.flow.vocab_size == VOCAB
+    trained = decoder_checkpoint.load_any(os.path.join(workdir, "checkpoints"))
+    for k, v in decoder_checkpoint.flat_params(model).items():  # the same flow either way
+        np.testing.assert_array_equal(v, decoder_checkpoint.flat_params(trained)[k])
+    out = tmp_path / "wav"
+    report = decode.main(["glmvoice-decode", "--checkpoint", os.path.join(workdir, "decoder"),
+                          "--input", str(tokens), "--output", str(out), "--noise", "zeros",
+                          "--noprogress"])  # fmt: skip
+    assert not report.errors and len(report.results) == 6
+    wav, sr = soundfile.read(out / "u0.wav")
+    assert sr == SR and wav.size > 0 and np.abs(wav).max() > 1e-3
+    chunks = []
+    stream = speech_stream.SpeechStream(model, chunks.append)  # blocks of 10, 25, ...
+    stream.push(np.arange(14) % VOCAB)
+    stream.finish()
+    assert len(chunks) == 2 and all(c.size > 0 and np.isfinite(c).all() for c in chunks)
+    # The held-back overlap is emitted at the end: about the whole utterance's length.
+    assert abs(sum(c.size for c in chunks) / (256 * frames_from_tokens(14, 12.5)) - 1) < 0.05
+
+
+def test_init_from_an_imported_release_decoder_with_its_hift(tmp_path):
+    # A stand-in for glmvoice-import of glm-4-voice-decoder: a full decoder checkpoint of the tiny
+    # preset (64 codes at 12.5 Hz, flow + HiFT). The config names 16 codes: refused in one line
+    # naming both, unless init_new_tokenizer (fresh token table, the rest from the checkpoint).
+    release = str(tmp_path / "release")
+    decoder_checkpoint.write_untrained(VARIANTS["tiny"], release, seed=3)
+    manifest, tokens = _corpus(tmp_path, n=6)
+    c = _quick(_config(manifest, tokens, 2))
+    c.init_from, c.vocoder = release, "hift"
+    cfg = speech_decoder.validate(c)
+    fresh = jax.tree.map(np.asarray, nnx.to_pure_dict(nnx.state(Flow(cfg, rngs=nnx.Rngs(0)))))
+    with pytest.raises(ValueError, match=r"64 tokens at 12.5 Hz but the config names 16 tokens"):
+        speech_decoder.init_flow(release, cfg, False, fresh)
+    c.init_new_tokenizer = True
+    init = speech_decoder.init_flow(release, cfg, True, fresh)
+    _, src = decoder_checkpoint.flow_params(release)
+    leaves = jax.tree_util.tree_leaves_with_path(init)
+    flat = {"/".join(str(getattr(k, "key", k)) for k in p): v for p, v in leaves}
+    for name, value in flat.items():
+        if name == speech_decoder.EMBEDDING:  # (16, D): fresh, not the checkpoint's (64, D)
+            assert value.shape[0] == VOCAB and src[name].shape[0] == 64
+        else:
+            np.testing.assert_array_equal(value, src[name])
+    workdir = str(tmp_path / "run")
+    speech_decoder.train(c, workdir)
+    model = decoder_checkpoint.load_any(os.path.join(workdir, "decoder"))
+    release_model = decoder_checkpoint.load_any(release)
+    assert model.config.vocoder == "hift" and model.config.flow.vocab_size == VOCAB
+    release_hift = decoder_checkpoint.flat_params(release_model.hift)
+    for k, v in decoder_checkpoint.flat_params(model.hift).items():  # HiFT reused unchanged
+        np.testing.assert_array_equal(v, release_hift[k])
+    # (Decoding with a HiFT decoder: tests/cli/decode_test.py; not repeated here for time.)
+
+
+def test_new_voice_rows_are_cut_to_whole_blocks_of_08_seconds():
+    # configs/decoder_new_voice.py: b = 0.8 s = 10 tokens at 12.5 Hz; a row keeps its first n·b
+    # seconds (tokens and the matching mel frames), drawn from (seed, step).
+    c = config_lib.load_config_file(os.path.join(REPO, "configs", "decoder_new_voice.py:vocab=16"))
+    cfg = speech_decoder.validate(c)
+    n_tok = 37
+    mel = np.zeros((frames_from_tokens(n_tok, 12.5), 80), np.float32)
+    utts = [speech_decoder.Utterance("a", np.arange(n_tok, dtype=np.int32), mel),
+            speech_decoder.Utterance("b", np.arange(6, dtype=np.int32), mel[:41])]  # fmt: skip
+    block = round(c.input.truncate_seconds * cfg.input_frame_rate)
+    assert block == 10
+    cuts = set()
+    for step in range(30):
+        rows = speech_decoder.truncated(utts, np.array([0, 1]), cfg, block, [0, step, 1])
+        a, b = rows
+        assert a.tokens.size in (10, 20, 30) and a.mel.shape[0] == frames_from_tokens(
+            a.tokens.size, 12.5)  # fmt: skip
+        assert b.tokens.size == 6  # shorter than one block: whole
+        cuts.add(a.tokens.size)
+    assert cuts == {10, 20, 30}
+    again = speech_decoder.truncated(utts, np.array([0]), cfg, block, [0, 7, 1])
+    assert again[0].tokens.size == speech_decoder.truncated(utts, [0], cfg, block, [0, 7, 1])[
+        0].tokens.size  # fmt: skip
+    assert speech_decoder.truncated(utts, [0], cfg, 0, [0, 0, 1])[0].tokens.size == n_tok

@@ -13,6 +13,12 @@ Checkpoint layout (``checkpoint.write_weights``, step 0):
 
 ``glmvoice-import`` dispatches a directory holding the three release files to
 ``import_decoder``; ``glmvoice-decode`` / ``glmvoice-export-decoder`` load with ``load_any``.
+
+Checkpoints of the flow trainer (``trainers/speech_decoder.py``: params = the flow's pure dict,
+meta ``extra.params == "flow"``) load too: the flow from the checkpoint, the vocoder named by the
+meta's ``DecoderConfig.vocoder`` ("griffin_lim": no parameters; "hift": the HiFT of the decoder
+checkpoint or release directory in ``extra.vocoder_from``). ``write_decoder`` turns any loaded
+decoder into a self-contained decoder checkpoint (the trainer writes ``WORKDIR/decoder``).
 """
 
 from __future__ import annotations
@@ -24,11 +30,13 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
 from glmvoice_jax import checkpoint
 from glmvoice_jax.convert.decoder import decoder_pt
 from glmvoice_jax.convert.io import safetensors_dir
 from glmvoice_jax.models.speech_decoder.config import DecoderConfig, config_to_dict
+from glmvoice_jax.models.speech_decoder.flow import Flow
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder
 
 MODEL_CLASS = "DecoderConfig"
@@ -140,7 +148,7 @@ def _check_against_model(config: DecoderConfig, params: dict[str, np.ndarray]) -
 
 
 def load_decoder_checkpoint(ckpt: str | os.PathLike) -> SpeechDecoder:
-    """Loads a decoder checkpoint written by ``import_decoder`` (or any with the same items).
+    """Loads a decoder checkpoint written by ``import_decoder`` / ``write_decoder`` or the trainer.
 
     Args:
       ckpt: a checkpoint manager root (latest step) or one step directory.
@@ -161,6 +169,8 @@ def load_decoder_checkpoint(ckpt: str | os.PathLike) -> SpeechDecoder:
             "glm-4-voice-decoder directory (or that directory itself)"
         )
     config = checkpoint.model_config_from_meta(meta)
+    if is_flow_checkpoint(meta):
+        return _load_trained(ckpt, meta, config)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = {
         k: jax.ShapeDtypeStruct(shape, np.float32, sharding=device)
@@ -168,6 +178,95 @@ def load_decoder_checkpoint(ckpt: str | os.PathLike) -> SpeechDecoder:
     }
     restored = checkpoint.restore_params(ckpt, _nest(abstract))
     return decoder_pt.build_decoder(config, _flatten(restored))
+
+
+def is_flow_checkpoint(meta: dict) -> bool:
+    """True for a checkpoint of the flow trainer (its params item holds the flow only)."""
+    return meta.get("extra", {}).get("params") == "flow"
+
+
+def restore_flow(ckpt: str, config: DecoderConfig) -> dict[str, np.ndarray]:
+    """{path: array} of the flow in a flow-trainer checkpoint (paths inside the Flow)."""
+    abs_flow = nnx.eval_shape(lambda: Flow(config.flow, rngs=decoder_pt._FixedKeyRngs()))
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+        nnx.to_pure_dict(nnx.state(abs_flow)),
+    )
+    restored = checkpoint.restore_params(ckpt, abstract)
+    return {k: np.asarray(v) for k, v in _flatten(restored).items()}
+
+
+def flat_params(module: nnx.Module) -> dict[str, np.ndarray]:
+    """{path: array} of every parameter of a (sub)module, paths as in ``param_shapes``."""
+    flat = nnx.to_flat_state(nnx.state(module))
+    return {decoder_pt._join(path): np.asarray(var.get_value()) for path, var in flat}
+
+
+def read_config(path: str | os.PathLike) -> DecoderConfig:
+    """The DecoderConfig of a release directory or a decoder checkpoint, without its weights."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"decoder checkpoint {path} does not exist")
+    if is_release_dir(path):
+        return decoder_pt.load_config(os.path.join(path, "config.yaml"))
+    meta = checkpoint.read_meta(path)
+    if meta.get("model_class") != MODEL_CLASS:
+        raise ValueError(
+            f"{path} holds a {meta.get('model_class')!r} model, not the speech decoder "
+            f"({MODEL_CLASS})"
+        )
+    return checkpoint.model_config_from_meta(meta)
+
+
+def flow_params(path: str | os.PathLike) -> tuple[DecoderConfig, dict[str, np.ndarray]]:
+    """(config, {path inside the Flow: array}) of any decoder checkpoint or release directory."""
+    path = os.fspath(path)
+    if not is_release_dir(path):
+        meta = checkpoint.read_meta(path)
+        if meta.get("model_class") == MODEL_CLASS and is_flow_checkpoint(meta):
+            config = checkpoint.model_config_from_meta(meta)
+            return config, restore_flow(path, config)
+    model = load_any(path)
+    return model.config, flat_params(model.flow)
+
+
+def _load_trained(ckpt: str, meta: dict, config: DecoderConfig) -> SpeechDecoder:
+    """A flow-trainer checkpoint + the vocoder its meta names → the whole decoder."""
+    flat = {f"flow/{k}": v for k, v in restore_flow(ckpt, config).items()}
+    if config.vocoder == "hift":
+        src = meta.get("extra", {}).get("vocoder_from") or ""
+        if not src or not os.path.exists(src):
+            raise FileNotFoundError(
+                f"{ckpt} is a trained flow whose HiFT vocoder comes from {src!r}, which does not "
+                "exist; use the trainer's WORKDIR/decoder (flow + HiFT in one checkpoint)"
+            )
+        vocoder = load_any(src)
+        if vocoder.config.hift != config.hift or vocoder.config.vocoder != "hift":
+            raise ValueError(
+                f"{ckpt}: the vocoder checkpoint {src} no longer holds the HiFT the flow was "
+                "trained with (another config); use the trainer's WORKDIR/decoder"
+            )
+        flat.update({f"hift/{k}": v for k, v in flat_params(vocoder.hift).items()})
+    return decoder_pt.build_decoder(config, flat)
+
+
+def write_decoder(model: SpeechDecoder, dst: str | os.PathLike, source: dict, step: int = 0):
+    """Writes ``model`` (flow + vocoder) as a self-contained decoder checkpoint at ``step``.
+
+    ``source`` goes to ``meta["extra"]["source"]`` (where the weights came from). ``dst`` may
+    hold earlier steps (the trainer rewrites its WORKDIR/decoder); the newest step is loaded.
+    """
+    params = flat_params(model)
+    _check_against_model(model.config, params)
+    meta = {
+        "model_class": MODEL_CLASS,
+        "model": config_to_dict(model.config),
+        "extra": {"source": dict(source)},
+    }
+    meta = json.loads(json.dumps(meta))
+    checkpoint.write_weights(os.fspath(dst), _nest(params), meta, step=step)
+    return meta
 
 
 def load_any(path: str | os.PathLike) -> SpeechDecoder:

@@ -124,12 +124,22 @@ class HiFTConfig:
         return total
 
 
+# Mel → waveform: the HiFT network (the release's) or the Griffin-Lim mel inversion of mel.py, a
+# parameter-free baseline for decoders trained at tiny scale (docs/decoder_training.md).
+VOCODERS = ("hift", "griffin_lim")
+
+
 @dataclasses.dataclass(frozen=True)
 class DecoderConfig:
-    """The whole speech decoder: ``flow`` (tokens → mel) then ``hift`` (mel → waveform)."""
+    """The whole speech decoder: ``flow`` (tokens → mel) then the vocoder (mel → waveform).
+
+    ``vocoder`` "hift" is the HiFT network of ``hift``; "griffin_lim" inverts the mel with no
+    parameters (``hift`` then only names the sampling rate and the 256-sample hop).
+    """
 
     flow: FlowConfig
     hift: HiFTConfig
+    vocoder: str = "hift"
 
     def validate(self) -> None:
         """Checks the shape constraints of decoder.md §17.2.
@@ -139,6 +149,10 @@ class DecoderConfig:
         """
         f, h = self.flow, self.hift
         checks = [
+            (
+                self.vocoder in VOCODERS,
+                f"vocoder {self.vocoder!r} is not one of {VOCODERS}",
+            ),
             (
                 f.encoder_size % f.encoder_heads == 0,
                 f"flow.encoder_size ({f.encoder_size}) must be divisible by encoder_heads "
@@ -212,10 +226,15 @@ def config_from_dict(data: dict[str, Any]) -> DecoderConfig:
             out[k] = v
         return cls(**out)
 
-    if set(data) != {"flow", "hift"}:
-        raise ValueError(f"decoder config must have keys ['flow', 'hift'], got {sorted(data)}")
+    if not {"flow", "hift"} <= set(data) <= {"flow", "hift", "vocoder"}:
+        raise ValueError(
+            f"decoder config must have keys ['flow', 'hift'] (and optionally 'vocoder'), got "
+            f"{sorted(data)}"
+        )
     config = DecoderConfig(
-        flow=build(FlowConfig, data["flow"], "flow"), hift=build(HiFTConfig, data["hift"], "hift")
+        flow=build(FlowConfig, data["flow"], "flow"),
+        hift=build(HiFTConfig, data["hift"], "hift"),
+        vocoder=data.get("vocoder", "hift"),  # checkpoints written before the field: HiFT
     )
     config.validate()
     return config

@@ -68,9 +68,15 @@ def export_decoder(
       The ``jax.export.Exported``; ``.serialize()`` gives the artifact bytes.
 
     Raises:
-      ValueError: ``max_tokens`` outside [1, exact_token_limit].
+      ValueError: ``max_tokens`` outside [1, exact_token_limit], or a Griffin-Lim vocoder.
     """
     cfg = model.config
+    if cfg.vocoder != "hift":
+        raise ValueError(
+            f"this decoder's vocoder is {cfg.vocoder!r}, a host-side mel inversion that "
+            "jax.export cannot serialise; export a decoder with a HiFT vocoder (train with "
+            "vocoder='hift'), or decode with glmvoice-decode"
+        )
     limit = exact_token_limit(cfg.flow.input_frame_rate)
     max_tokens = limit if max_tokens is None else max_tokens
     if not 1 <= max_tokens <= limit:

@@ -19,9 +19,12 @@ from __future__ import annotations
 import functools
 import os
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import soundfile
 import soxr
+from flax import nnx
 
 SAMPLE_RATE = 22050
 N_FFT = 1024
@@ -129,3 +132,39 @@ def griffin_lim(mel: np.ndarray, *, n_iter: int = 32, seed: int = 0) -> np.ndarr
     # librosa's frame k is centred on sample 256·k, §9's on 256·k + 128.
     wav = np.pad(wav.astype(np.float32), (HOP_LENGTH // 2, HOP_LENGTH * t))[: HOP_LENGTH * t]
     return np.clip(wav, -0.99, 0.99).astype(np.float32)
+
+
+class GriffinLimVocoder(nnx.Module):
+    """``griffin_lim`` in the vocoder slot of ``SpeechDecoder`` (``DecoderConfig.vocoder``).
+
+    Called like ``HiFT``: (mel (B, T, M), cache_source, phases=, noise=) → (wav (B, 256·T),
+    source (B, 256·T)), inside jit through ``jax.pure_callback`` (the inversion runs on the host
+    in numpy/librosa). It has no parameters and draws no noise: ``cache_source``, ``phases`` and
+    ``noise`` are accepted and ignored, and ``source`` is zeros. Streamed chunks are inverted
+    one by one, each from its own seeded phases. Not exportable with ``jax.export`` (a host
+    callback).
+    """
+
+    def __init__(self, n_iter: int = 32, seed: int = 0):
+        self.n_iter = n_iter
+        self.seed = seed
+
+    def __call__(
+        self,
+        mel: jax.Array,
+        cache_source: jax.Array | None = None,
+        *,
+        phases: jax.Array | None = None,
+        noise: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
+        """(B, T, M) log-mel → (wav (B, 256·T), zeros (B, 256·T)); the other inputs are ignored."""
+        del cache_source, phases, noise
+        b, t, _ = mel.shape
+        out = jax.ShapeDtypeStruct((b, HOP_LENGTH * t), jnp.float32)
+
+        def host(m: np.ndarray) -> np.ndarray:
+            rows = [griffin_lim(r, n_iter=self.n_iter, seed=self.seed) for r in np.asarray(m)]
+            return np.stack(rows).astype(np.float32).reshape(b, HOP_LENGTH * t)
+
+        wav = jax.pure_callback(host, out, mel.astype(jnp.float32))
+        return wav, jnp.zeros_like(wav)

@@ -20,16 +20,24 @@ from glmvoice_jax.models.speech_decoder.config import DecoderConfig
 from glmvoice_jax.models.speech_decoder.flow import Flow
 from glmvoice_jax.models.speech_decoder.hift import HiFT
 from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
+from glmvoice_jax.models.speech_decoder.mel import GriffinLimVocoder
 
 
 class SpeechDecoder(nnx.Module):
-    """``flow`` (tokens → mel) and ``hift`` (mel → waveform)."""
+    """``flow`` (tokens → mel) and ``hift``, the vocoder slot (mel → waveform).
+
+    ``config.vocoder`` "hift": the HiFT network; "griffin_lim": ``mel.GriffinLimVocoder`` (no
+    parameters; the baseline of decoders trained at tiny scale). Both are called alike.
+    """
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         config.validate()
         self.config = config
         self.flow = Flow(config.flow, rngs=rngs)
-        self.hift = HiFT(config.hift, rngs=rngs)
+        if config.vocoder == "griffin_lim":
+            self.hift = GriffinLimVocoder()
+        else:
+            self.hift = HiFT(config.hift, rngs=rngs)
 
 
 def check_tokens(tokens: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndarray:

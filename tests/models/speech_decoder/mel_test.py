@@ -1,11 +1,16 @@
 """§9 mel features against librosa's STFT, and the Griffin-Lim inverter on a known tone."""
 
+import dataclasses
+
+import jax
+import jax.numpy as jnp
 import librosa
 import numpy as np
 import pytest
 import soundfile
 
-from glmvoice_jax.models.speech_decoder import mel
+from glmvoice_jax.convert.decoder import decoder_pt
+from glmvoice_jax.models.speech_decoder import VARIANTS, export, mel
 
 
 def _chirp(seconds=0.5):
@@ -71,3 +76,26 @@ def test_load_audio_resamples_and_names_bad_files(tmp_path):
     (tmp_path / "bad.wav").write_bytes(b"not audio")
     with pytest.raises(ValueError, match="cannot decode"):
         mel.load_audio(tmp_path / "bad.wav")
+
+
+def test_griffin_lim_vocoder_runs_inside_jit_like_hift():
+    # DecoderConfig.vocoder "griffin_lim": HiFT's call signature, a host callback under jit.
+    m = np.stack([mel.log_mel(_chirp()), mel.log_mel(_chirp() * 0.5)])  # (2, T, M)
+    vocoder = mel.GriffinLimVocoder()
+    wav, source = jax.jit(lambda x, c: vocoder(x, c, phases=None))(jnp.asarray(m), None)
+    assert wav.shape == source.shape == (2, 256 * m.shape[1]) and not np.any(source)
+    for row in range(2):
+        np.testing.assert_allclose(np.asarray(wav[row]), mel.griffin_lim(m[row]), atol=1e-6)
+
+
+def test_a_griffin_lim_decoder_refuses_jax_export():
+    cfg = dataclasses.replace(VARIANTS["tiny"], vocoder="griffin_lim")
+    rng = np.random.default_rng(0)
+    params = {
+        k: (0.05 * rng.standard_normal(s)).astype(np.float32)
+        for k, s in decoder_pt.param_shapes(cfg).items()
+    }
+    assert not any(k.startswith("hift/") for k in params)  # no vocoder parameters
+    model = decoder_pt.build_decoder(cfg, params)
+    with pytest.raises(ValueError, match="vocoder is 'griffin_lim'"):
+        export.export_decoder(model)
