@@ -255,8 +255,8 @@ def check_shard_set(saved: Mapping[str, Any] | None, now: Mapping[str, Any], all
         return
     lines = []
     for name in sorted(set(saved) | set(now)):
-        old = {p: n for p, n in saved.get(name, [])}
-        new = {p: n for p, n in now.get(name, [])}
+        old = _relative(saved.get(name, []))
+        new = _relative(now.get(name, []))
         if old == new:
             continue
         added = sorted(set(new) - set(old))
@@ -278,6 +278,23 @@ def check_shard_set(saved: Mapping[str, Any] | None, now: Mapping[str, Any], all
         f"{msg}. Restore the shards, or set input.allow_shard_change=True to resume anyway "
         "(the document order changes from this step on)"
     )
+
+
+def _relative(pairs: Sequence[Sequence]) -> dict[str, int]:
+    """{path below the shards' common folder: size} of [path, size] pairs.
+
+    Compared instead of absolute paths, so a run directory copied or moved elsewhere (another
+    disk, a bucket) still has the same shard set.
+    """
+    if not pairs:
+        return {}
+    paths = [str(p) for p, _ in pairs]
+    base = (
+        os.path.dirname(os.path.commonprefix(paths))
+        if len(paths) > 1
+        else os.path.dirname(paths[0])
+    )
+    return {p[len(base) :].lstrip("/"): int(n) for p, n in zip(paths, (n for _, n in pairs))}
 
 
 def check_sources(sources: Sequence[SourceSpec]) -> list[SourceSpec]:

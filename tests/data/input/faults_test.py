@@ -7,6 +7,7 @@ import pytest
 
 from glmvoice_jax.data import input as input_pipeline
 from glmvoice_jax.data import records
+from glmvoice_jax.data.input import sources
 
 VOCAB = 1000
 
@@ -96,3 +97,16 @@ def test_a_source_without_target_tokens_is_refused_at_start(tmp_path):
     assert msg.startswith("source 'asr' has no target tokens: loss_mask is 0 in all 20 records")
     assert "set its weight to 0" in msg
     _rows([input_pipeline.SourceSpec("asr", specs[1].paths, 0.0), specs[0]])  # disabled: fine
+
+
+def test_a_moved_run_directory_keeps_its_shard_set():
+    """Shards compared below their common folder: a copied run (another disk, a bucket) resumes."""
+    saved = {"text": [["/old/disk/run/text/a.rec", 10], ["/old/disk/run/text/b.rec", 20]]}
+    now = {"text": [["gs://bucket/run/text/a.rec", 10], ["gs://bucket/run/text/b.rec", 20]]}
+    sources.check_shard_set(saved, now, allow=False)  # no error
+    now["text"][1][1] = 21
+    with pytest.raises(ValueError, match=r"resized 1 \['b.rec'\]"):
+        sources.check_shard_set(saved, now, allow=False)
+    nested = {"s": [["/a/x/0/p.rec", 1], ["/a/x/1/p.rec", 1]]}
+    moved = {"s": [["/b/0/p.rec", 1], ["/b/1/p.rec", 1]]}
+    sources.check_shard_set(nested, moved, allow=False)
