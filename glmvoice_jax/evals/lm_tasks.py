@@ -27,7 +27,8 @@ reference answer occurs in the response as a run of whole words — the rule of 
 / Web Questions evaluations of Spectron and Moshi (an answer "contains" the reference).
 
 Inputs:
-* spoken QA items: JSONL lines {"id", "question", "answers": [..], "question_audio"?}.
+* spoken QA items: JSONL lines {"id", "question", "answers": [..], "question_audio"?}, or the
+  official release file of WebQuestions or TriviaQA (``_read_release_qa``).
 * ASR / TTS utterances: a manifest JSONL {"id", "text", "audio"?} (as glmvoice-tokenize's), or a
   LibriSpeech-layout folder ([SPLIT/]SPEAKER/CHAPTER/*.flac + *.trans.txt, e.g. test-clean).
 Items without audio are spoken by espeak-ng into ``cache_dir`` (story_cloze.py's cache).
@@ -37,7 +38,9 @@ Unreadable or silent audio is skipped and counted; the per-item JSONL names the 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import re
 import time
 from collections.abc import Sequence
 
@@ -83,6 +86,8 @@ def read_qa_items(path: str, max_items: int | None = None) -> list[Item]:
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"QA items file {path} does not exist")
+    if path.endswith(".json"):  # an official release file (a JSON document, not JSON lines)
+        return _read_release_qa(path, max_items)
     base, items = os.path.dirname(os.path.abspath(path)), []
     for _, where, obj in files.objects(path):
         uid, q, answers = obj.get("id"), obj.get("question"), obj.get("answers")
@@ -104,6 +109,65 @@ def read_qa_items(path: str, max_items: int | None = None) -> list[Item]:
             break
     if not items:
         raise ValueError(f"QA items file {path} holds no items")
+    return items
+
+
+_WEBQ_TARGET = re.compile(r'\(description (?:"((?:[^"\\]|\\.)*)"|([^()\s]+))\)')
+
+
+def _read_release_qa(path: str, max_items: int | None) -> list[Item]:
+    """The official release files of the text QA sets, spoken by espeak-ng (or IDX.wav beside).
+
+    * WebQuestions (``webquestions.examples.test.json``): a JSON array of {"utterance",
+      "targetValue": '(list (description "A") (description B))', "url"}; ids are the indexes.
+    * TriviaQA (``*-web.json`` / ``*-wikipedia.json`` / unfiltered): {"Data": [{"QuestionId",
+      "Question", "Answer": {"Value", "Aliases", "NormalizedAliases", ...}}]}.
+
+    A file ``<id>.wav`` next to the JSON file is taken as the spoken question.
+
+    Raises:
+      ValueError: a JSON document of neither layout, or an entry without question or answers.
+    """
+    with open(path, encoding="utf-8") as f:
+        try:
+            doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON document ({e.msg} at line {e.lineno})") from None
+    base = os.path.dirname(os.path.abspath(path))
+    rows = []
+    if isinstance(doc, list):  # WebQuestions
+        for i, e in enumerate(doc):
+            q, target = (e.get("utterance"), e.get("targetValue")) if isinstance(e, dict) else (
+                None, None)  # fmt: skip
+            answers = [a or b for a, b in _WEBQ_TARGET.findall(target or "")]
+            rows.append((str(i), q, [a.replace('\\"', '"') for a in answers], f"{path}[{i}]"))
+    elif isinstance(doc, dict) and isinstance(doc.get("Data"), list):  # TriviaQA
+        for i, e in enumerate(doc["Data"]):
+            e = e if isinstance(e, dict) else {}
+            ans = e.get("Answer") if isinstance(e.get("Answer"), dict) else {}
+            answers = [ans.get("Value")] + list(ans.get("Aliases") or [])
+            uid = str(e.get("QuestionId") or i)
+            rows.append((uid, e.get("Question"), answers, f"{path} Data[{i}]"))
+    else:
+        raise ValueError(
+            f"{path}: neither a WebQuestions array nor a TriviaQA {{'Data': [...]}} document; "
+            "convert the set to QA JSON lines (docs/eval.md)"
+        )
+    items = []
+    for uid, q, answers, where in rows:
+        answers = [a for a in answers if isinstance(a, str) and asr_metrics.normalize_text(a)]
+        if not isinstance(q, str) or not q.strip() or not answers:
+            raise ValueError(f"{where}: needs a question and at least one answer")
+        wav = os.path.join(base, f"{uid}.wav")
+        items.append(
+            Item(
+                uid, q.strip(), tuple(dict.fromkeys(answers)), wav if os.path.exists(wav) else None
+            )
+        )
+        if max_items is not None and len(items) >= max_items:
+            break
+    if not items:
+        raise ValueError(f"{path} holds no questions")
     return items
 
 

@@ -116,3 +116,47 @@ def test_every_generation_task_through_the_command_line(tmp_path):
         result = evaluate.main(argv + [f"--output={out}"])
         assert json.loads(_read(out))["task"] == task and result["items"] == 3
         assert os.path.exists(str(tmp_path / f"{task}.items.jsonl"))
+
+
+def test_official_qa_release_files_are_read(tmp_path):
+    """WebQuestions' JSON array and TriviaQA's {"Data": [...]} document, as released."""
+    webq = tmp_path / "webquestions.examples.test.json"
+    webq.write_text(
+        json.dumps(
+            [
+                {
+                    "url": "http://www.freebase.com/view/en/jamaica",
+                    "targetValue": '(list (description "Jamaican English") (description Patois))',
+                    "utterance": "what does jamaican people speak?",
+                },
+                {"url": "u", "targetValue": "(list (description Paris))", "utterance": "capital?"},
+            ]
+        )
+    )
+    soundfile.write(str(tmp_path / "1.wav"), np.zeros(1600, np.float32), 16000)
+    items = lm_tasks.read_qa_items(str(webq))
+    assert [(it.id, it.answers) for it in items] == [
+        ("0", ("Jamaican English", "Patois")),
+        ("1", ("Paris",)),
+    ]
+    assert items[0].audio is None and items[1].audio == str(tmp_path / "1.wav")
+    trivia = tmp_path / "verified-web.json"
+    trivia.write_text(
+        json.dumps(
+            {
+                "Data": [
+                    {
+                        "QuestionId": "tc_33",
+                        "Question": "Which Lloyd Webber musical premiered in the US in 1994?",
+                        "Answer": {"Value": "Sunset Boulevard", "Aliases": ["Sunset Blvd"]},
+                    }
+                ]
+            }
+        )
+    )
+    [item] = lm_tasks.read_qa_items(str(trivia))
+    assert item.id == "tc_33" and item.answers == ("Sunset Boulevard", "Sunset Blvd")
+    bad = tmp_path / "other.json"
+    bad.write_text(json.dumps({"questions": []}))
+    with pytest.raises(ValueError, match="neither a WebQuestions array nor a TriviaQA"):
+        lm_tasks.read_qa_items(str(bad))
