@@ -216,6 +216,7 @@ def test_hidden_dropout_rate_scale_and_remat():
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.e2e  # slow (make test-e2e)
 def test_hidden_dropout_is_the_same_on_a_sharded_mesh():
     cfg = dataclasses.replace(SMALL, dropout=0.5)
     tokens = np.asarray(jax.random.randint(jax.random.key(4), (8, 32), 0, 200))

@@ -60,6 +60,7 @@ def _metrics(workdir):
         return [json.loads(line) for line in f]
 
 
+@pytest.mark.e2e  # slow (make test-e2e)
 def test_training_lowers_the_heldout_cfm_loss(tmp_path):
     manifest, tokens = _corpus(tmp_path)
     workdir = str(tmp_path / "run")

@@ -24,6 +24,7 @@ def test_heldout_pairs_are_unseen_combinations():
     assert q.startswith("Where is the ") and a.startswith("The ") and q[13:-1] in a
 
 
+@pytest.mark.e2e  # slow (make test-e2e)
 def test_demo_runs_end_to_end_on_random_models(tmp_path, write_lm):
     demo = tmp_path / "demo"
     write_lm(str(demo / "checkpoints"))

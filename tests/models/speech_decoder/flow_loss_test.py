@@ -31,6 +31,7 @@ def _batch(lengths, seed=0):
     return jnp.asarray(tokens), jnp.asarray(valid), jnp.asarray(fmask), jnp.asarray(mel)
 
 
+@pytest.mark.e2e  # slow (make test-e2e)
 def test_padded_batch_rows_equal_unpadded_inference():
     flow = Flow(CFG, rngs=nnx.Rngs(0))
     lengths = [7, 11]  # odd and even frame counts: 48 and 75 frames
