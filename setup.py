@@ -50,6 +50,8 @@ setuptools.setup(
         "pesq>=0.0.4",
         "pystoi>=0.4.1",
         "mel-cepstral-distance>=0.0.4",
+        # WER / CER alignments of every ASR score (evals/asr_metrics.py).
+        "jiwer>=4.0",
     ],
     extras_require={
         "test": ["pytest>=9.0", "pytest-timeout>=2.3", "ruff>=0.17.0"],

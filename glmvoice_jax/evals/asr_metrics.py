@@ -1,14 +1,18 @@
-"""ASR scoring: text normalisation and word / character error rates (Levenshtein distance).
+"""ASR scoring: text normalisation and word / character error rates (through jiwer).
 
-WER = word edits / reference words, CER = character edits / reference characters, both summed
-over a set of utterances (corpus level, as usually reported), after ``normalize_text`` on the
-reference and the hypothesis.
+WER = word edits / reference words, CER = character edits / reference characters (spaces
+count as characters), both summed over a set of utterances (corpus level, as usually reported),
+after ``normalize_text`` on the reference and the hypothesis. The alignments are jiwer's
+(``process_words`` / ``process_characters``, Levenshtein with unit costs); an utterance whose
+reference normalises to nothing adds its hypothesis as insertions.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+
+import jiwer
 
 
 def normalize_text(text: str) -> str:
@@ -20,15 +24,8 @@ def normalize_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def edit_distance(ref: Sequence, hyp: Sequence) -> int:
-    """Levenshtein distance (substitutions, insertions, deletions all cost 1)."""
-    prev = list(range(len(hyp) + 1))
-    for i, r in enumerate(ref, 1):
-        cur = [i] + [0] * len(hyp)
-        for j, h in enumerate(hyp, 1):
-            cur[j] = min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (r != h))
-        prev = cur
-    return prev[-1]
+def _edits(out) -> int:
+    return out.substitutions + out.deletions + out.insertions
 
 
 def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
@@ -39,13 +36,12 @@ def error_rates(refs: Sequence[str], hyps: Sequence[str]) -> dict[str, float]:
     """
     if len(refs) != len(hyps):
         raise ValueError(f"{len(refs)} references but {len(hyps)} hypotheses")
-    word_err = word_total = char_err = char_total = 0
-    for ref, hyp in zip(refs, hyps):
-        ref, hyp = normalize_text(ref), normalize_text(hyp)
-        word_err += edit_distance(ref.split(), hyp.split())
-        word_total += len(ref.split())
-        char_err += edit_distance(ref, hyp)
-        char_total += len(ref)
+    refs = [normalize_text(r) for r in refs]
+    hyps = [normalize_text(h) for h in hyps]
+    char_total = sum(len(r) for r in refs)
     if not char_total:
         raise ValueError("error rates need at least one non-empty reference")
-    return {"wer": word_err / max(word_total, 1), "cer": char_err / char_total}
+    words = jiwer.process_words(refs, hyps)
+    chars = jiwer.process_characters(refs, hyps)
+    word_total = sum(len(r.split()) for r in refs)
+    return {"wer": _edits(words) / word_total, "cer": _edits(chars) / char_total}
