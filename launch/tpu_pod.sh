@@ -4,17 +4,23 @@
 #   launch/tpu_pod.sh --tpu NAME --zone ZONE --workdir gs://BUCKET/run --config configs/X.py \
 #       [--project P] [--skip_setup] [--dry_run] [-- EXTRA glmvoice-train flags]
 #
-# 1. setup (once per VM, skipped with --skip_setup): pack this checkout, copy it to every worker,
-#    create ~/glmvoice_jax/.venv there and `pip install -e .[tpu] gcsfs`;
+# 1. setup (every run unless --skip_setup): pack this checkout, copy it to every worker, create
+#    ~/glmvoice_jax/.venv there and `pip install -e .[tpu] gcsfs`;
 # 2. train: start `glmvoice-train --distributed` on all workers in the background (nohup, so a
 #    dropped ssh session does not kill it). Each worker is one JAX process; jax.distributed finds
 #    the others from the TPU VM metadata (glmvoice_jax/distributed.py).
 #
-# Checkpoints go to WORKDIR/checkpoints (gs:// is written natively by Orbax); metrics and
-# TensorBoard files of process 0 go to /tmp/glmvoice_logs/... on worker 0 (lm.log_dir).
-# Preemption / maintenance: the SIGTERM makes every worker save the same step and exit 0; rerun
-# this script with --skip_setup (same --workdir) to resume, on the same or another slice size.
-# --dry_run prints every command instead of running it.
+# Everything a run leaves is in WORKDIR: checkpoints in WORKDIR/checkpoints (gs:// is written
+# natively by Orbax); metrics.jsonl and TensorBoard events are written by process 0 under
+# $GLMVOICE_LOGDIR (/tmp/glmvoice_logs) on worker 0 and copied to WORKDIR every 60 s and at exit
+# (glmvoice_jax/metrics.py), so `tensorboard --logdir WORKDIR/tensorboard` works from anywhere.
+# Stop / resume: SIGTERM (maintenance, `gcloud ... ssh --command='pkill -TERM -f glmvoice-train'`)
+# makes every worker save the same step and exit 0. Resume = rerun this script with the same
+# --workdir, on the same or another slice size. After a spot / preemptible slice was preempted,
+# the slice you get back is new VMs with empty disks: run the full script (setup included), NOT
+# --skip_setup. --skip_setup only restarts training on VMs that this script already set up (a
+# worker without the venv refuses to start and says so).
+# --dry_run prints every command instead of running it; nothing is started.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -70,7 +76,16 @@ if [[ $SETUP == 1 ]]; then
 fi
 
 TRAIN=(.venv/bin/glmvoice-train "--config=$CONFIG" "--workdir=$WORKDIR" --distributed "${EXTRA[@]}")
-TRAIN_CMD="cd ~/glmvoice_jax && nohup$(printf ' %q' "${TRAIN[@]}") > ~/glmvoice_train.log 2>&1 &"
+# A worker without the venv (new VMs after a preemption, run with --skip_setup) fails loudly
+# instead of leaving the other workers waiting for it in jax.distributed.
+NO_SETUP="tpu_pod.sh: \$(hostname) has no ~/glmvoice_jax/.venv (new VMs after a preemption?):"
+NO_SETUP+=" rerun launch/tpu_pod.sh without --skip_setup"
+TRAIN_CMD="test -x ~/glmvoice_jax/.venv/bin/glmvoice-train || { echo \"$NO_SETUP\" >&2; exit 3; }"
+TRAIN_CMD+="; cd ~/glmvoice_jax && nohup$(printf ' %q' "${TRAIN[@]}") > ~/glmvoice_train.log 2>&1 &"
 run "${GCLOUD[@]}" ssh "$TPU" --worker=all "${WHERE[@]}" --command="$TRAIN_CMD"
-echo "started on every worker of $TPU; follow process 0 with:"
+if [[ $DRY_RUN == 1 ]]; then
+  echo "dry run: would start training on every worker of $TPU (nothing started); follow with:"
+else
+  echo "started on every worker of $TPU; follow process 0 with:"
+fi
 echo "  ${GCLOUD[*]} ssh $TPU --worker=0 ${WHERE[*]} --command='tail -f ~/glmvoice_train.log'"

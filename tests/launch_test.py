@@ -2,7 +2,9 @@
 
 import os
 import shlex
+import signal
 import subprocess
+import time
 
 import pytest
 
@@ -87,7 +89,10 @@ def test_tpu_pod_dry_run(guarded_path):
     assert setup[4:6] == ["ssh", "v5p-pod"]
     assert "pip install -q -e '.[tpu]' gcsfs" in setup[-1]
     remote = train[-1]
-    assert remote.startswith("--command=cd ~/glmvoice_jax && nohup .venv/bin/glmvoice-train")
+    assert "; cd ~/glmvoice_jax && nohup .venv/bin/glmvoice-train" in remote
+    # A dry run says what it would do, never that it started anything.
+    assert "would start training on every worker of v5p-pod" in proc.stdout
+    assert "started on every" not in proc.stdout
     # The remote shell command parses back into the exact trainer arguments.
     words = shlex.split(remote[len("--command=") :].split("nohup ", 1)[1].split(" > ")[0])
     assert words == [
@@ -116,6 +121,45 @@ def test_tpu_pod_dry_run(guarded_path):
     assert len(_commands(proc.stdout)) == 1
 
 
+def test_tpu_pod_header_advises_setup_after_preemption():
+    """New VMs after a spot preemption have no venv: the advice is the full script."""
+    with open(os.path.join(REPO, "launch", "tpu_pod.sh")) as f:
+        header = f.read().split("set -euo")[0]
+    assert "NOT\n# --skip_setup" in header and "new VMs" in header
+    assert "copied to WORKDIR every 60 s" in header  # metrics.MetricWriter syncs them
+
+
+def test_tpu_pod_remote_command_refuses_a_worker_without_setup(guarded_path, tmp_path):
+    """The remote train command, run here in a fake HOME: no venv -> exit 3 naming the fix."""
+    args = ["--tpu", "t", "--zone", "z", "--workdir", "gs://b/r", "--config", CONFIG]
+    proc = _run(guarded_path, "tpu_pod.sh", *args, "--skip_setup", "--dry_run")
+    (train,) = _commands(proc.stdout)
+    remote = train[-1][len("--command=") :]
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**os.environ, "HOME": str(home)}
+    done = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, env=env)
+    assert done.returncode == 3
+    assert "has no ~/glmvoice_jax/.venv" in done.stderr and "without --skip_setup" in done.stderr
+    # With the venv in place the trainer starts (a stub that records its arguments).
+    venv_bin = home / "glmvoice_jax" / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    stub = venv_bin / "glmvoice-train"
+    stub.write_text(f'#!/bin/sh\necho "$@" > {tmp_path}/trainer_args\n')
+    stub.chmod(0o755)
+    done = subprocess.run(["bash", "-c", remote], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    for _ in range(100):  # started in the background (nohup ... &)
+        if (tmp_path / "trainer_args").exists():
+            break
+        time.sleep(0.05)
+    assert (tmp_path / "trainer_args").read_text().split() == [
+        f"--config={CONFIG}",
+        "--workdir=gs://b/r",
+        "--distributed",
+    ]
+
+
 def test_tpu_pod_requires_its_arguments(guarded_path):
     proc = _run(guarded_path, "tpu_pod.sh", "--tpu", "x", "--dry_run")
     assert proc.returncode == 2 and "--zone is required" in proc.stderr
@@ -133,14 +177,18 @@ def test_gke_xpk_dry_run(guarded_path):
     for flag in ("--cluster=c1", "--workload=glm9b", "--tpu-type=v5p-128", "--num-slices=2"):
         assert flag in xpk
     assert f"--script-dir={REPO}" in xpk
+    assert "--max-restarts=50" in xpk and "--termination-grace-period-seconds=300" in xpk
     command = next(a for a in xpk if a.startswith("--command="))
-    # exec: the trainer, not a shell, receives the pod's SIGTERM.
-    assert "&& exec glmvoice-train" in command and "--distributed" in command
-    assert "--config.mesh.data=2" in command
+    # exec: the entry (which forwards SIGTERM to the trainer), not a shell, gets the SIGTERM.
+    assert "&& exec bash launch/jobset_entry.sh glmvoice-train" in command
+    assert "--distributed" in command and "--config.mesh.data=2" in command
+    assert "would submit workload glm9b" in proc.stdout and "submitted workload" not in proc.stdout
 
-    proc = _run(guarded_path, "gke_xpk.sh", *base, "--docker_image", "gcr.io/p/glm:1")
+    proc = _run(
+        guarded_path, "gke_xpk.sh", *base, "--docker_image", "gcr.io/p/glm:1", "--max_restarts", "7"
+    )
     (xpk,) = _commands(proc.stdout)
-    assert "--docker-image=gcr.io/p/glm:1" in xpk
+    assert "--docker-image=gcr.io/p/glm:1" in xpk and "--max-restarts=7" in xpk
     assert not any(a.startswith("--script-dir") for a in xpk)
 
     proc = _run(
@@ -171,3 +219,44 @@ def test_slurm_gpu_dry_run_submits_then_runs_one_task_per_gpu(guarded_path):
     assert srun[3].endswith("/bin/glmvoice-train")
     assert srun[4:] == [f"--config={CONFIG}", "--workdir=/shared/run1", "--config.mesh.fsdp=32"]
     assert "scontrol requeue 42" in proc.stdout
+
+
+def _entry(tmp_path, trainer_body):
+    """Starts launch/jobset_entry.sh over a stub trainer script with ``trainer_body``."""
+    trainer = tmp_path / "trainer.sh"
+    trainer.write_text(f"#!/bin/bash\n{trainer_body}\n")
+    trainer.chmod(0o755)
+    entry = os.path.join(REPO, "launch", "jobset_entry.sh")
+    return subprocess.Popen(
+        ["bash", entry, str(trainer), "--workdir=gs://b/r"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_jobset_entry_turns_a_saved_stop_into_the_restart_code(tmp_path):
+    """SIGTERM -> forwarded; the trainer saves and exits 0 -> exit 42 (xpk restarts on it)."""
+    body = (
+        f"trap 'echo saved > {tmp_path}/saved; exit 0' TERM\n"
+        f'echo "$@" > {tmp_path}/up\n'
+        "for i in $(seq 200); do sleep 0.05; done"
+    )
+    proc = _entry(tmp_path, body)
+    for _ in range(200):
+        if (tmp_path / "up").exists():
+            break
+        time.sleep(0.02)
+    assert (tmp_path / "up").read_text().split() == ["--workdir=gs://b/r"]
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 42, err
+    assert (tmp_path / "saved").exists() and "stopped by SIGTERM" in err
+
+
+@pytest.mark.parametrize("code", [0, 1])
+def test_jobset_entry_passes_through_a_finish_or_a_crash(tmp_path, code):
+    """A finished run (0) completes the JobSet; a crash (1) fails it: no restart loop."""
+    proc = _entry(tmp_path, f"exit {code}")
+    proc.communicate(timeout=30)
+    assert proc.returncode == code
