@@ -13,6 +13,7 @@ import grain
 import numpy as np
 from absl import logging
 
+from glmvoice_jax.data.input import hf_sources
 from glmvoice_jax.data.input.sources import (
     DecodeAndCheck,
     ShardedRecordSource,
@@ -70,7 +71,10 @@ def mixed_records(
             raise ValueError(f"source {spec.name!r}: {e}") from None
         if shard_group is not None:
             paths = group_shards(spec.name, paths, shard_group)
-        source = ShardedRecordSource(spec.name, paths)
+        if spec.format == "array_record":
+            source = ShardedRecordSource(spec.name, paths)
+        else:  # text rows of Hugging Face parquet / arrow files, tokenized on read
+            source = hf_sources.open_source(spec, paths)
         if len(source) == 0:
             raise ValueError(
                 f"source {spec.name!r} has no records in its {len(paths)} shard(s) "

@@ -40,11 +40,16 @@ class SourceSpec:
       name: corpus name, used in error messages and for its shuffle seed.
       paths: glob patterns / files of its ArrayRecord shards.
       weight: relative sampling weight (per document); 0 disables the source.
+      format: "array_record" (records written by the corpus jobs), or "parquet" / "arrow":
+        text rows of Hugging Face dataset files, tokenized on read (``hf_sources``).
+      options: (key, value) pairs of a parquet / arrow source (``hf_sources.OPTIONS``).
     """
 
     name: str
     paths: tuple[str, ...]
     weight: float
+    format: str = "array_record"
+    options: tuple[tuple[str, str], ...] = ()
 
 
 class RawRecord(NamedTuple):
@@ -351,7 +356,9 @@ def sources_from_config(cfg_sources: Mapping[str, Mapping], workdir: str) -> lis
 
     Args:
       cfg_sources: per source, "paths" (a glob string or a list of them) and "weight" (float).
-        "{workdir}" inside a path is replaced by ``workdir``.
+        "{workdir}" inside a path is replaced by ``workdir``. Optional "format" ("array_record",
+        "parquet" or "arrow"); the latter two take "tokenizer", "layout" and "column"
+        (``hf_sources.OPTIONS``, checked when the source is opened).
       workdir: the run's work directory.
 
     Returns:
@@ -363,12 +370,17 @@ def sources_from_config(cfg_sources: Mapping[str, Mapping], workdir: str) -> lis
     specs = []
     for name, entry in cfg_sources.items():
         entry = dict(entry.items())
+        fmt = str(entry.pop("format", "array_record"))
+        options = (
+            {} if fmt == "array_record" else {k: entry.pop(k) for k in _TABLE_KEYS & set(entry)}
+        )
         unknown = sorted(set(entry) - {"paths", "weight"})
         missing = sorted({"paths", "weight"} - set(entry))
         if unknown or missing:
             raise ValueError(
                 f"data source {name!r}: each source needs exactly the keys 'paths' and "
-                f"'weight'; missing {missing}, unknown {unknown}"
+                f"'weight' (plus 'format' and, for parquet / arrow, {sorted(_TABLE_KEYS)}); "
+                f"missing {missing}, unknown {unknown}"
             )
         paths = entry["paths"]
         if isinstance(paths, str):
@@ -383,6 +395,12 @@ def sources_from_config(cfg_sources: Mapping[str, Mapping], workdir: str) -> lis
                 name=str(name),
                 paths=tuple(p.replace("{workdir}", workdir) for p in paths),
                 weight=float(entry["weight"]),
+                format=fmt,
+                options=tuple(sorted((k, str(v)) for k, v in options.items())),
             )
         )
     return specs
+
+
+# The option keys of parquet / arrow sources (hf_sources.OPTIONS, which checks their values).
+_TABLE_KEYS = {"tokenizer", "layout", "column"}
