@@ -2,7 +2,7 @@ r"""Dialogues -> stage-2 SFT records: the "streaming thoughts" chat format, two 
 
 Input: JSONL dialogues, one per line::
 
-    {"id": "d1", "system": "optional system prompt",
+    {"id": "d1", "system": "optional system prompt", "style": {"emotion": "cheerful"},
      "turns": [{"role": "user", "speech": [codes...]},           # or "audio": REF, or "text"
                {"role": "assistant", "text": "...", "audio": REF},  # text + speech (codes / REF)
                ...]}
@@ -25,6 +25,14 @@ training and chat agree; glm4voice.md §8)::
 13 : 26 interleave of the reply's text and speech (``prompts.streaming_reply`` holds the alignment
 rule). The ``<|user|>`` after a reply is its end: the chat tool stops generating there.
 
+Style tags (optional ``style``: an object with any of the keys ``speed``, ``emotion``,
+``dialect`` and non-empty string values; the paper's style-controlled dialogues,
+glm4voice.md §8) describe how the replies are spoken. They are data about the dialogue, not model
+input: in GLM-4-Voice the style is asked for in the user's own turn ("say it slowly"), which the
+record already holds, and the reply's speech carries it. The job checks them (``bad_style``) and
+counts each ``key=value`` in its stats (``style.emotion=cheerful``), so the style balance of a
+mixture is visible before training.
+
 Decoupled losses (glm4voice.md §8, [P §4.2.2]): every dialogue yields two records with the same
 tokens, written to two shard sets that the mixture weights separately (20 : 4 epochs):
 
@@ -42,6 +50,11 @@ its audio failed to tokenize), and dialogues over ``--max_tokens`` (``over_long`
 longer than the context). Refused at the start: a layout without GLM-4's role tokens, or a
 tokenizer whose text ids do not fit the layout.
 
+``job.json`` records the ids of the template's fixed text (``template_ids``: the whole first prompt
+of a speech-input and of a text-input turn, system prompt included). ``glmvoice-train`` compares
+them with what the run's checkpoint encodes (``check_sources``) and refuses records made with
+another tokenizer or layout before the first step, naming both.
+
 Deterministic, resumable and split over processes as every job (``shard_job``); no randomness.
 The two shard sets are two runs of the job over the same inputs (each lists the same errors).
 """
@@ -49,9 +62,12 @@ The two shard sets are two runs of the job over the same inputs (each lists the 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+import json
+import os
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+from etils import epath
 
 from glmvoice_jax.corpora import corpus_io, shard_job
 from glmvoice_jax.data import prompts, records
@@ -61,6 +77,8 @@ from glmvoice_jax.inference import chat_template
 # Output subfolder and record kind of each copy; the loss covers the reply tokens of that modality.
 COPIES = {"speech_output": "sft_speech", "text_output": "sft_text"}
 _CONTEXT, _TEXT, _SPEECH = 0, 1, 2  # token classes of a dialogue
+STYLE_KEYS = ("speed", "emotion", "dialect")  # glm4voice.md §8: style-controlled dialogues
+JOB_NAME = "dialogue_records"
 
 
 class DialogueError(ValueError):
@@ -118,6 +136,7 @@ def parse_dialogue(fields: Mapping, speech_tokens: Mapping, num_audio: int) -> l
     system = fields.get("system")
     if system is not None and (not isinstance(system, str) or not system.strip()):
         raise DialogueError("bad_system", "'system' must be a non-empty string when given")
+    style_tags(fields)
     out: list[Turn] = []
     for i, turn in enumerate(turns):
         field = f"turns[{i}]"
@@ -149,6 +168,97 @@ def parse_dialogue(fields: Mapping, speech_tokens: Mapping, num_audio: int) -> l
             "bad_turn_order", f"turns[{len(out) - 1}]: the last turn must be the assistant's"
         )
     return out
+
+
+def style_tags(fields: Mapping) -> list[str]:
+    """The dialogue's style tags as sorted ``key=value`` strings (module docstring).
+
+    Raises:
+      DialogueError: ``style`` is not an object of known keys with non-empty string values.
+    """
+    style = fields.get("style")
+    if style is None:
+        return []
+    if not isinstance(style, dict) or not style:
+        raise DialogueError("bad_style", f"'style' must be an object with keys from {STYLE_KEYS}")
+    out = []
+    for key, value in sorted(style.items()):
+        if key not in STYLE_KEYS:
+            raise DialogueError("bad_style", f"style.{key}: unknown key; use one of {STYLE_KEYS}")
+        if not isinstance(value, str) or not value.strip():
+            raise DialogueError("bad_style", f"style.{key} must be a non-empty string")
+        out.append(f"{key}={value.strip()}")
+    return out
+
+
+def template_ids(template: chat_template.ChatTemplate) -> dict[str, list[int]]:
+    """The first prompt of a speech-input and of a text-input turn (one code / "?" as the user).
+
+    Everything in them but the user is the template's fixed text, encoded by the tokenizer: two
+    tokenizers or layouts that disagree on any system prompt or header id disagree here.
+    """
+    speech = chat_template.UserTurn(speech=np.zeros(1, np.int64))
+    text = chat_template.UserTurn(text="?")
+    return {
+        "speech_input": [int(i) for i in template.chat_prompt([], speech, None)],
+        "text_input": [int(i) for i in template.chat_prompt([], text, None)],
+    }
+
+
+def check_sources(
+    shard_dirs: Sequence[str], template: chat_template.ChatTemplate, expects: str
+) -> int:
+    """Refuses dialogue records whose template ids differ from ``template``'s.
+
+    Returns how many folders of dialogue records were checked (other jobs' folders are passed).
+
+    Args:
+      shard_dirs: the folders that hold a run's shards (``job.json`` beside them).
+      template: the chat template of the run (its layout + the checkpoint's text encoder).
+      expects: names the encoder in the message (e.g. "checkpoint CKPT's tokenizer").
+
+    Raises:
+      ValueError: one line naming the job file, the prompt, the first differing position and both
+        ids, and what to do.
+    """
+    want = template_ids(template)
+    checked = 0
+    for d in shard_dirs:
+        path = epath.Path(d) / shard_job.JOB_FILE
+        if not path.exists():
+            continue
+        job = json.loads(path.read_text())
+        if job.get("job") != JOB_NAME:
+            continue
+        got = job.get("template_ids")
+        if not isinstance(got, dict):
+            raise ValueError(
+                f"{path}: dialogue records without template ids (written by an older job); "
+                "rebuild them with data_pipelines.dialogue_records"
+            )
+        for key, ids in want.items():
+            have = got.get(key)
+            if have == ids:
+                continue
+            have = have if isinstance(have, list) else []
+            pos = next(
+                (i for i, (a, b) in enumerate(zip(have, ids, strict=False)) if a != b),
+                min(len(have), len(ids)),
+            )
+            a, b = (x[pos] if pos < len(x) else None for x in (have, ids))
+            raise ValueError(
+                f"{path}: the records' {key.replace('_', '-')} chat prompt (tokenizer "
+                f"{job.get('tokenizer')!r}, layout {job.get('layout')!r}) differs from {expects} "
+                f"(layout {template.layout.name!r}) at position {pos}: id "
+                f"{a} vs {b}; rebuild the records with the checkpoint's tokenizer and layout"
+            )
+        checked += 1
+    return checked
+
+
+def shard_dirs(shard_paths: Sequence[str]) -> list[str]:
+    """The distinct folders of a list of shard paths, sorted."""
+    return sorted({os.path.dirname(p) for p in shard_paths})
 
 
 def dialogue_tokens(
@@ -276,6 +386,7 @@ def write_dialogue_records(
                     continue
                 try:
                     turns = parse_dialogue(item.fields, refs, lay.num_audio_tokens)
+                    styles = style_tags(item.fields)
                     tokens, classes, outlasts = dialogue_tokens(
                         turns, item.fields.get("system"), template, encode
                     )
@@ -287,12 +398,14 @@ def write_dialogue_records(
                     continue
                 log.add("assistant_turns", len(turns) // 2)
                 log.add("text_outlasts_speech", int(outlasts))
+                for tag in styles:
+                    log.add(f"style.{tag}", 1)
                 yield item.index, item.id, sft_examples(tokens, classes, source=source)[copy]
 
         return produce
 
     params = dict(
-        job="dialogue_records",
+        job=JOB_NAME,
         dialogues=dialogues,
         speech_tokens=speech_tokens,
         tokenizer=tokenizer,
@@ -300,6 +413,7 @@ def write_dialogue_records(
         max_tokens=max_tokens,
         blocks=list(prompts.STREAM_BLOCKS),
         record_version=records.VERSION,
+        template_ids=template_ids(template),
     )
     results = {}
     for copy in COPIES:

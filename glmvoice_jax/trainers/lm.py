@@ -28,7 +28,9 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
+from glmvoice_jax.corpora import dialogue_records
 from glmvoice_jax.data import input as input_pipeline
+from glmvoice_jax.inference import chat_template
 from glmvoice_jax.models import glm
 from glmvoice_jax.trainers import loop, train_evals
 
@@ -265,6 +267,38 @@ def dry_run(config: mlc.ConfigDict) -> dict:
     return out
 
 
+def check_chat_records(config: mlc.ConfigDict, layout, workdir: str) -> int:
+    """Stage 2: SFT records must hold the chat prompt the run's checkpoint will be prompted with.
+
+    The dialogue job wrote its template ids into job.json; they are compared with the template
+    built from this run's layout and the text tokenizer of ``init_from`` (or UTF-8 bytes for the
+    demo layouts). A mismatch (records made with another tokenizer or layout) is refused before
+    the first step. Returns how many record folders were checked (0 when no source holds
+    dialogue records, or when nothing names the run's text encoding: logged).
+    """
+    specs = input_pipeline.sources_from_config(config.input.sources, workdir)
+    paths = [p for s in specs if s.format == "array_record" for p in s.paths]
+    if not paths:
+        return 0
+    dirs = dialogue_records.shard_dirs(input_pipeline.list_shards(paths))
+    tok = checkpoint.text_tokenizer(config.init_from) if config.init_from else None
+    if tok is not None:
+        encode, expects = (
+            (lambda t: tok.encode(t, add_prefix=False)),
+            (f"checkpoint {config.init_from}'s tokenizer"),
+        )
+    elif layout.text_is_utf8_bytes:
+        encode, expects = (lambda t: list(t.encode("utf-8"))), "UTF-8 bytes"
+    else:
+        logging.warning("no text tokenizer to check SFT records against (init_from has none)")
+        return 0
+    names = {t for t, _ in layout.specials}
+    if not all(t in names for t in chat_template.ROLE_TOKENS):
+        return 0  # no chat template: dialogue records would fail the vocabulary check
+    template = chat_template.ChatTemplate.for_layout(layout, encode, kind="chat")
+    return dialogue_records.check_sources(dirs, template, expects)
+
+
 def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains until config.total_steps (resuming from WORKDIR/checkpoints); returns last metrics.
 
@@ -277,6 +311,7 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     ####################################################################################
     model_cfg, layout = config_lib.validate(config)  # built once for the whole run
     loop.check_workdir(workdir)
+    check_chat_records(config, layout, workdir)
     is_main = jax.process_index() == 0
     # Metrics, TensorBoard and the loss plot go to the workdir, gs:// included (metrics.py stages
     # them locally and copies them through epath).

@@ -202,3 +202,53 @@ def test_layout_without_roles_is_refused_at_start(tmp_path):
             str(tmp_path / "d.jsonl"), str(tmp_path / "o"), tokenizer="bytes", layout="demo",
             process_index=0, process_count=1, progress=False,
         )  # fmt: skip
+
+
+def _write_small_job(tmp_path, lines):
+    dialogues = tmp_path / "d.jsonl"
+    dialogues.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    toks = tmp_path / "tok.jsonl"
+    toks.write_text(json.dumps({"id": "a", "tokens": list(range(30))}) + "\n")
+    out = tmp_path / "sft"
+    res = dialogue_records.write_dialogue_records(
+        str(dialogues), str(out), tokenizer="bytes", layout="demo_chat", speech_tokens=str(toks),
+        num_shards=1, max_tokens=4096, process_index=0, process_count=1, progress=False,
+    )  # fmt: skip
+    return out, res
+
+
+def test_style_tags_are_checked_and_counted(tmp_path):
+    turns = [
+        {"role": "user", "text": "Say it gladly."},
+        {"role": "assistant", "text": "Ok.", "audio": "a"},
+    ]
+    lines = [
+        {"id": "s1", "style": {"emotion": "happy", "speed": "slow"}, "turns": turns},
+        {"id": "s2", "style": {"emotion": "happy"}, "turns": turns},
+        {"id": "s3", "style": {"mood": "happy"}, "turns": turns},
+        {"id": "s4", "style": {"speed": ""}, "turns": turns},
+    ]  # fmt: skip
+    out, res = _write_small_job(tmp_path, lines)
+    _, totals = res["speech_output"]
+    assert totals["records"] == 2 and totals["errors_by_reason"] == {"bad_style": 2}
+    (stats,) = glob.glob(str(out / "speech_output" / "*.stats.json"))
+    extra = json.loads(pathlib.Path(stats).read_text())["extra"]
+    assert extra["style.emotion=happy"] == 2 and extra["style.speed=slow"] == 1
+    errs = pathlib.Path(glob.glob(str(out / "speech_output" / "*.errors.jsonl"))[0]).read_text()
+    assert "style.mood: unknown key" in errs and "style.speed must be a non-empty" in errs
+
+
+def test_records_made_with_another_tokenizer_are_refused(tmp_path):
+    turns = [{"role": "user", "text": "Hi?"}, {"role": "assistant", "text": "Hi.", "audio": "a"}]
+    out, _ = _write_small_job(tmp_path, [{"id": "d", "turns": turns}])
+    dirs = [str(out / c) for c in dialogue_records.COPIES] + [str(tmp_path)]  # + a non-job folder
+    as_bytes = chat_template.ChatTemplate.for_layout(LAYOUT, lambda t: list(t.encode()), "chat")
+    assert dialogue_records.check_sources(dirs, as_bytes, "UTF-8 bytes") == 2
+    # Another tokenizer: the same text, other ids (here: every byte shifted by one).
+    other = chat_template.ChatTemplate.for_layout(
+        LAYOUT, lambda t: [(b + 1) % 256 for b in t.encode()], "chat"
+    )
+    with pytest.raises(
+        ValueError, match=r"speech-input chat prompt \(tokenizer 'bytes'.*position 3: id 10 vs 11"
+    ):
+        dialogue_records.check_sources(dirs, other, "checkpoint X's tokenizer")

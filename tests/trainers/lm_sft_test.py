@@ -83,3 +83,24 @@ def test_tiny_sft_trains_with_dropout_on_both_copies(sft_corpus):
     with open(os.path.join(sft_corpus, "metrics.jsonl")) as f:
         rows = [json.loads(x) for x in f]
     assert all(np.isfinite(r["speech_loss"]) for r in rows if "speech_loss" in r)
+
+
+def test_records_of_another_tokenizer_are_refused_before_the_first_step(sft_corpus):
+    c = _tiny(sft_corpus, 1)
+    _, layout = config_lib.validate(c)
+    assert lm.check_chat_records(c, layout, sft_corpus) == 2  # both copies, UTF-8 bytes
+    # The same records as if a BPE tokenizer had written them: the trainer refuses to start.
+    job_path = os.path.join(sft_corpus, "sft", "text_output", "job.json")
+    with open(job_path) as f:
+        job = json.load(f)
+    ids = job["template_ids"]["text_input"]
+    job["template_ids"]["text_input"] = ids[:5] + [7] + ids[6:]
+    try:
+        with open(job_path, "w") as f:
+            json.dump(job, f)
+        with pytest.raises(ValueError, match=r"text_output/job.json: .*text-input chat prompt"):
+            lm.train(c, sft_corpus)
+    finally:
+        job["template_ids"]["text_input"] = ids
+        with open(job_path, "w") as f:
+            json.dump(job, f)
