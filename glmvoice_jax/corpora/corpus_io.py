@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from glmvoice_jax.corpora import hf_corpora
 from glmvoice_jax.data import text_tokenizer
 from glmvoice_jax.data import token_layout as token_layout_lib
 
@@ -191,8 +192,13 @@ def tfds_version_dir(spec: str) -> str | None:
     return None
 
 
-def open_corpus(spec: str, split: str = "train") -> LineCorpus | TfdsCorpus:
-    """A TFDS dataset folder or a comma-separated list of globs of .jsonl / .txt files."""
+def open_corpus(spec: str, split: str = "train"):
+    """A TFDS dataset folder or a comma-separated list of globs of .jsonl / .txt files.
+
+    Globs of .parquet / .arrow files (Hugging Face datasets) are ``hf_corpora.TableCorpus``.
+    """
+    if hf_corpora.is_table_spec(spec):
+        return hf_corpora.TableCorpus(spec)
     version_dir = tfds_version_dir(spec)
     if version_dir is not None:
         return TfdsCorpus(version_dir, split)
