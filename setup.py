@@ -50,6 +50,7 @@ setuptools.setup(
         "pesq>=0.0.4",
         "pystoi>=0.4.1",
         "mel-cepstral-distance>=0.0.4",
+        "huggingface-hub>=1.0",  # glmvoice-import --checkpoint ORG/NAME (convert/io/remote.py)
         # WER / CER alignments of every ASR score (evals/asr_metrics.py).
         "jiwer>=4.0",
     ],
