@@ -11,6 +11,9 @@ chat stop ids) from the checkpoint's token layout, a ``generation_config.json``,
 tokenizer: the files the checkpoint carries, or for the demo's UTF-8 byte layouts a
 ``tokenizer.json`` that ``AutoTokenizer`` loads (convert/glm/hf_tokens.py says where no
 transformers equivalent exists). A checkpoint imported from HF exports back to identical tensors.
+CKPT may be ``gs://...`` (the step that is read is copied to $GLMVOICE_STAGING, without its
+optimizer state) and so may HF_DIR (written there, then copied; a rerun after an interrupted
+copy copies only the missing files; glmvoice_jax/convert/io/remote.py).
 
 Example (the ``make demo`` model into transformers):
     glmvoice-export --checkpoint runs/demo/checkpoints --output runs/demo/hf --format transformers
@@ -18,6 +21,7 @@ Example (the ``make demo`` model into transformers):
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -25,15 +29,18 @@ from absl import flags
 
 from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
-from glmvoice_jax.convert.io import safetensors_dir
+from glmvoice_jax.convert.io import remote, safetensors_dir
 
 FORMATS = {"chatglm": chatglm.FORMAT, "transformers": hf_glm.FORMAT}
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
-    "checkpoint", None, "Checkpoint (manager root or step directory).", flag_values=FLAGS
+    "checkpoint",
+    None,
+    "Checkpoint (manager root, step directory or training workdir; local or gs://).",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("output", None, "HF directory to create.", flag_values=FLAGS)
+flags.DEFINE_string("output", None, "HF directory to create (local or gs://).", flag_values=FLAGS)
 flags.DEFINE_enum("format", "chatglm", list(FORMATS), "Target layout.", flag_values=FLAGS)
 flags.DEFINE_enum(
     "dtype",
@@ -55,13 +62,21 @@ def main(argv: Sequence[str]) -> list[str]:
     FLAGS.unparse_flags()
     FLAGS(list(argv))
     doors.require(FLAGS, ("checkpoint", "output"))
-    files = glm_weights.export_glm(
-        FLAGS.checkpoint,
-        FLAGS.output,
-        FORMATS[FLAGS.format],
-        dtype=FLAGS.dtype,
-        max_shard_bytes=FLAGS.max_shard_bytes,
-    )
+    out, staged = remote.stage_output(FLAGS.output)
+    if staged:
+        print(f"{FLAGS.output}: exported by an earlier run in {out}; copying what is missing")
+        files = sorted(os.listdir(out))
+    else:
+        files = glm_weights.export_glm(
+            remote.local_checkpoint(FLAGS.checkpoint),
+            out,
+            FORMATS[FLAGS.format],
+            dtype=FLAGS.dtype,
+            max_shard_bytes=FLAGS.max_shard_bytes,
+        )
+    if out != FLAGS.output:
+        copied, kept = remote.publish(out, FLAGS.output)
+        print(f"copied {copied} files to {FLAGS.output} ({kept} were already there)")
     print(f"exported {FLAGS.checkpoint} -> {FLAGS.output} ({FLAGS.format}): {', '.join(files)}")
     if not {"tokenizer.json", "tokenizer.model"} & set(files):
         print(

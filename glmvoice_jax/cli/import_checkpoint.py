@@ -1,16 +1,26 @@
-r"""glmvoice-import: convert a released checkpoint directory into a project checkpoint.
+r"""glmvoice-import: convert a released checkpoint (a directory, a hub repo, a bucket path).
 
 Usage:
-    glmvoice-import --checkpoint HF_DIR --output CKPT_DIR [--add_speech_tokens 16384] [--dtype
+    glmvoice-import --checkpoint SRC --output CKPT [--add_speech_tokens 16384] [--dtype
     bfloat16]
+
+SRC is a local directory, a Hugging Face repo (``THUDM/glm-4-9b``, ``hf://ORG/NAME@REVISION``;
+downloaded into the hub cache, $HF_HUB_CACHE) or a bucket directory (``gs://...``, copied to
+$GLMVOICE_STAGING first). CKPT may be ``gs://...``: the checkpoint is written under
+$GLMVOICE_STAGING, then copied, commit markers last; a rerun after an interrupted copy copies only
+the missing files (glmvoice_jax/convert/io/remote.py).
+
+Example (the base model of GLM-4-Voice-9B, with the speech vocabulary, onto a bucket):
+    glmvoice-import --checkpoint THUDM/glm-4-9b --output gs://BUCKET/glm-4-9b-speech \
+        --add_speech_tokens 16384
 
 The source kind is detected from ``config.json`` ``architectures`` (house_style.md §12):
 ChatGLM* -> chatglm layout, GlmForCausalLM -> transformers layout, WhisperVQEncoder (the
 GLM-4-Voice tokenizer release), WhisperVQForConditionalGeneration and
 WhisperForConditionalGeneration -> convert/whisper_import.py; a directory with config.yaml,
 flow.pt and hift.pt is the speech decoder. The result is a weight-only Orbax checkpoint at step 0
-(params + meta, plus the tokenizer files when the source has them), assembled next to --output and
-renamed into place at the end.
+(params + meta, plus the tokenizer files when the source has them), assembled next to the
+(staged) output and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -21,17 +31,24 @@ from collections.abc import Callable, Sequence
 
 from absl import flags
 
+from glmvoice_jax import checkpoint
 from glmvoice_jax.cli import doors
 from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.convert.glm import chatglm, glm_weights, hf_glm
-from glmvoice_jax.convert.io import safetensors_dir
+from glmvoice_jax.convert.io import remote, safetensors_dir
 from glmvoice_jax.convert.whisper import hf_whisper, whisper_import
 
 FLAGS = flags.FlagValues()
 flags.DEFINE_string(
-    "checkpoint", None, "Source directory (config.json + safetensors).", flag_values=FLAGS
+    "checkpoint",
+    None,
+    "Source: a directory (config.json + safetensors), a hub repo id (ORG/NAME, hf://ORG/NAME@REV) "
+    "or a gs:// directory.",
+    flag_values=FLAGS,
 )
-flags.DEFINE_string("output", None, "Checkpoint directory to create.", flag_values=FLAGS)
+flags.DEFINE_string(
+    "output", None, "Checkpoint directory to create (local or gs://).", flag_values=FLAGS
+)
 flags.DEFINE_integer(
     "add_speech_tokens",
     0,
@@ -125,14 +142,23 @@ def main(argv: Sequence[str]) -> dict:
     FLAGS.unparse_flags()
     FLAGS(list(argv))
     doors.require(FLAGS, ("checkpoint", "output"))
-    with safetensors_dir.allow_nonfinite(FLAGS.allow_nonfinite):
-        meta = import_checkpoint(
-            FLAGS.checkpoint,
-            FLAGS.output,
-            add_speech_tokens=FLAGS.add_speech_tokens,
-            param_dtype=FLAGS.dtype,
-            seed=FLAGS.seed,
-        )
+    out, staged = remote.stage_output(FLAGS.output)
+    if staged:
+        print(f"{FLAGS.output}: converted by an earlier run in {out}; copying what is missing")
+        meta = checkpoint.read_meta(out)
+    else:
+        src = remote.local_source(FLAGS.checkpoint)
+        with safetensors_dir.allow_nonfinite(FLAGS.allow_nonfinite):
+            meta = import_checkpoint(
+                src,
+                out,
+                add_speech_tokens=FLAGS.add_speech_tokens,
+                param_dtype=FLAGS.dtype,
+                seed=FLAGS.seed,
+            )
+    if out != FLAGS.output:
+        copied, kept = remote.publish(out, FLAGS.output)
+        print(f"copied {copied} files to {FLAGS.output} ({kept} were already there)")
     m = meta["model"]
     if meta["model_class"] == "GLMConfig":
         print(
