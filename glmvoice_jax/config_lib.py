@@ -17,6 +17,7 @@ import ml_collections as mlc
 
 from glmvoice_jax import checkpoint, sharding
 from glmvoice_jax.data import token_layout
+from glmvoice_jax.data.input import hf_sources
 from glmvoice_jax.models import glm, whisper_vq
 
 # GLMConfig fields a config may override (None = keep the preset's value).
@@ -241,6 +242,17 @@ def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
     uses_meta = INIT_FROM in (config.model.variant, config.tokens.layout)
     meta = _init_meta(config, "model.variant / tokens.layout") if uses_meta else None
     layout = token_layout_of(config, meta)
+    for name, src in inp.sources.items():  # parquet / arrow sources tokenize with their layout
+        fmt = src.get("format", "array_record")
+        if fmt != "array_record":
+            extra = {k: v for k, v in src.items() if k not in ("paths", "weight", "format")}
+            opts = hf_sources.check_options(name, fmt, extra)
+            need(
+                opts["layout"] == layout.name,
+                f"input.sources.{name}.layout is {opts['layout']!r} but the run's token layout is "
+                f"{layout.name!r}; set the source's layout to {layout.name!r} (and a tokenizer "
+                "of that layout)",
+            )
     model_cfg = model_config(config, meta)  # raises on a bad variant / field value
     need(
         layout.vocab_size <= model_cfg.vocab_size,

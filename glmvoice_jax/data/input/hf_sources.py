@@ -21,9 +21,10 @@ downloaded dataset at once, with the same guarantees as ArrayRecord shards:
 Formats (``format`` of a config source): ``parquet`` (what the Hub stores, e.g.
 ``data/CC-MAIN-*/000_00000.parquet`` of FineWeb) and ``arrow`` (what ``datasets`` writes with
 ``save_to_disk`` and keeps in its cache: Arrow IPC stream files, or IPC files). Arrow files are
-memory-mapped, so a row is a slice (O(1)); a parquet row costs the decode of its row group, the
-last ``_CACHED_GROUPS`` of which are kept per source. Shuffled reads of large row groups are
-therefore slow: prefer arrow files, parquet written with small row groups, or the offline
+memory-mapped, so a row is a slice (O(1)) and up to ``_CACHED_ARROW_FILES`` stay mapped; a
+parquet row (or a bucket arrow file, read whole) costs the decode of its row group, the last
+``_CACHED_GROUPS`` of which are kept. Shuffled reads of large row groups are therefore slow:
+prefer arrow files, parquet written with small row groups, or the offline
 ``text_records`` job for corpora read many times (docs/corpora_at_scale.md).
 
 ``ParquetStream`` is the streaming form (``datasets``' ``streaming=True``): rows in file order,
@@ -57,8 +58,10 @@ FORMATS = ("parquet", "arrow")
 # Config keys a table source accepts besides paths / weight / format, with their defaults
 # (None = required).
 OPTIONS = {"tokenizer": None, "layout": None, "column": "text"}
-# Decoded parquet row groups kept per source (one column each).
+# Decoded parquet row groups kept per source (one column each, in memory).
 _CACHED_GROUPS = 4
+# Arrow tables kept per source: memory-mapped, so they hold address space, not memory.
+_CACHED_ARROW_FILES = 128
 
 
 def check_options(name: str, fmt: str, options: Mapping[str, Any]) -> dict[str, str]:
@@ -210,7 +213,7 @@ class TableTextSource:
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
 
-    def _column_of(self, shard: int, group: int) -> pa.Array:
+    def _column_of(self, shard: int, group: int) -> pa.ChunkedArray:
         key = (shard, group)
         with self._lock:
             if key in self._groups:
@@ -222,10 +225,11 @@ class TableTextSource:
                 table = pq.ParquetFile(f).read_row_group(group, columns=[self.column])
         else:
             table = read_arrow(path)
-        column = table.column(self.column).combine_chunks()
+        column = table.column(self.column)  # chunked: no copy of a memory-mapped file
         with self._lock:
             self._groups[key] = column
-            if len(self._groups) > _CACHED_GROUPS:
+            mapped = self.format == "arrow" and "://" not in path
+            if len(self._groups) > (_CACHED_ARROW_FILES if mapped else _CACHED_GROUPS):
                 self._groups.popitem(last=False)
         return column
 

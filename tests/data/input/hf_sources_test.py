@@ -195,3 +195,43 @@ def test_stream_resumes_by_count(tmp_path):
         again = iter(ds)
         again.set_state(state)
         assert [r["text"] for r in again] == texts[cut:]
+
+
+def test_bucket_files_read_like_local_ones(fake_gcs, tmp_path):
+    """gs:// parquet files (the in-memory bucket of conftest.py behind etils.epath)."""
+    from etils import epath
+
+    local = fineweb_parquet(tmp_path, _texts(20, seed=6))
+    remote = []
+    for path in input_pipeline.list_shards(local):
+        remote.append(f"gs://corpus/fineweb/{path.rsplit('/', 1)[1]}")
+        with open(path, "rb") as f:
+            epath.Path(remote[-1]).write_bytes(f.read())
+    a = hf_sources.open_source(_spec("web", local), input_pipeline.list_shards(local))
+    b = hf_sources.open_source(_spec("web", ""), remote)
+    assert len(b) == 20 and all(a[i].data == b[i].data for i in range(20))
+    assert b[19].path == remote[1]
+    bucket = input_pipeline.SourceSpec("web", tuple(remote), 1.0, "parquet", _spec("", "").options)
+    kw = dict(seq_len=32, batch_size=2, vocab_size=LAYOUT.vocab_size, seed=0)
+    x = next(input_pipeline.make_iterator([bucket], **kw))
+    y = next(input_pipeline.make_iterator([_spec("web", local)], **kw))
+    for k in x:
+        np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_config_validation_checks_the_layout(tmp_path):
+    import os
+
+    from glmvoice_jax import config_lib
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    c = config_lib.load_config_file(os.path.join(repo, "configs", "demo_tiny.py"))
+    entry = {"paths": "x/*.parquet", "weight": 1.0, "format": "parquet", **OPTIONS}
+    c.input.sources.web = entry
+    config_lib.validate(c)
+    c.input.sources.web.layout = "glm4_voice"
+    with pytest.raises(ValueError, match="input.sources.web.layout is 'glm4_voice' but the run"):
+        config_lib.validate(c)
+    del c.input.sources.web["tokenizer"]
+    with pytest.raises(ValueError, match="missing \\['tokenizer'\\]"):
+        config_lib.validate(c)
