@@ -69,4 +69,6 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
     # CPU has no vendor peak: ~150 GFLOP/s float32 per 2-core host (bench/train_step.py measures).
     c.metrics = dict(peak_flops_per_device=1.5e11, on_nonfinite="raise", console=True)
     c.debug = dict(sigkill_at_step=-1)
+    # A jax.profiler trace of steps 20-22 in WORKDIR/profile (trainers/loop.py; start_step -1: off).
+    c.profile = dict(start_step=20, num_steps=3)
     return c

@@ -426,7 +426,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     batch = first_batch
     with sharding.activate(mesh, preset):
         while run.running:
-            batch = batch if batch is not None else to_global(next(data_iter))
+            if batch is None:
+                with run.blocked("data"):
+                    batch = to_global(next(data_iter))
+            run.before_step()
             params, train_state, out = jit_step(params, train_state, batch)
             batch = None
             run.stepped(out)
@@ -437,7 +440,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
                     for k in ("loss", "text_loss", "speech_loss", "grad_norm")
                 }
                 scalars["lr"] = float(fetched[-1]["lr"])
-                if run.timed_steps:  # never from an interval of only the compiling step
+                scalars.update(run.breakdown)  # time/*, goodput: trainers/loop.py
+                # dt: device step time (no data wait, checkpoint or host time); never from an
+                # interval of only the compiling step.
+                if run.timed_steps:
                     scalars["step_time"] = dt
                     scalars["tokens_per_sec"] = tokens_per_step / dt
                     per_device = tokens_per_step / dt / jax.device_count()

@@ -12,14 +12,27 @@ and share, through :class:`Loop`:
   skips the update with ``metrics.on_nonfinite=skip``, without stalling the device queue;
 * the cadences (log, checkpoint, total steps), the progress bar (``progress.bar``) and
   metrics.jsonl / TensorBoard (``metrics.MetricWriter``), and the ``debug.sigkill_at_step`` test
-  hook that dies hard after a committed checkpoint (kill -9 resume tests).
+  hook that dies hard after a committed checkpoint (kill -9 resume tests);
+* where the time goes: each logged interval is split into the host's time blocked in the input
+  pipeline (``time/data_wait``), in checkpoint saves (``time/checkpoint``) and in the loop's own
+  bookkeeping (``time/host``), per step; the rest is ``time/device_step``, from which the
+  trainers compute throughput and MFU. ``goodput`` is device-step time over wall time for the
+  interval, ``goodput_run`` since the process started (start-up and compilation included), and
+  ``time/startup`` (logged once) is process start to the first step dispatched. Dispatch is
+  asynchronous, so host time counts as lost only where it is spent blocked: an input pipeline
+  that keeps ahead of the device shows ~0 data wait;
+* ``config.profile`` (``start_step``, ``num_steps``): a jax.profiler trace of those steps in
+  ``WORKDIR/profile`` (TensorBoard's profile tab; ``*.trace.json.gz`` opens in Perfetto).
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import os
+import shutil
 import signal
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -34,6 +47,64 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from glmvoice_jax import checkpoint, metrics, progress
+
+_IMPORTED = time.time()  # fallback process start where /proc is not available
+
+
+def process_start_time() -> float:
+    """Wall-clock time this process started (Linux /proc), else when this module was imported."""
+    try:
+        with open("/proc/self/stat") as f:
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22: starttime
+        with open("/proc/stat") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED
+
+
+class Profiler:
+    """``config.profile``: traces steps [start_step, start_step + num_steps) into WORKDIR/profile.
+
+    A gs:// workdir is traced into a local folder first and copied when the trace stops.
+    """
+
+    def __init__(self, spec: Mapping | None, workdir: str):
+        spec = dict(spec or {})
+        self.start = int(spec.get("start_step", -1))
+        self.stop = self.start + int(spec.get("num_steps", 1))
+        self.dest = epath.Path(workdir) / "profile"
+        self._local: str | None = None
+        self.active = False
+
+    def before_step(self, step: int) -> None:
+        """Called with the number of the step about to be dispatched (0-based count of done)."""
+        if step == self.start and self.start >= 0:
+            local = str(self.dest)
+            if "://" in local:
+                local = tempfile.mkdtemp(prefix="glmvoice_profile_")
+            self._local = local
+            jax.profiler.start_trace(local, create_perfetto_trace=True)
+            self.active = True
+
+    def after_step(self, step_done: int, out: Mapping[str, Any]) -> None:
+        if self.active and step_done >= self.stop:
+            jax.block_until_ready(out["loss"])
+            self.close()
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        jax.profiler.stop_trace()
+        self.active = False
+        if self._local is not None and self._local != str(self.dest):
+            for path in epath.Path(self._local).rglob("*"):
+                if path.is_file():
+                    target = self.dest / path.relative_to(self._local)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    path.copy(target, overwrite=True)
+            shutil.rmtree(self._local, ignore_errors=True)
+        logging.info("profile of steps %d-%d written to %s", self.start, self.stop - 1, self.dest)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -192,17 +263,42 @@ class Loop:
         self._steps_since_log = 0
         self._first = True
         self.timed_steps = 0
+        self._spent: collections.Counter = collections.Counter()  # host blocked, this interval
+        self._productive = 0.0  # device-step seconds since this loop started
+        self._process_start = process_start_time()
+        self.startup: float | None = None
+        self.breakdown: dict[str, float] = {}
+        self._profiler = Profiler(config.get("profile"), workdir) if self.is_main else None
+        self.writer_has_startup = False
 
     @property
     def running(self) -> bool:
         return self.step < self.total and not self.stopping
 
+    @contextlib.contextmanager
+    def blocked(self, what: str):
+        """Times host work outside the step: "data" (the trainer's next batch) or "host"."""
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._spent[what] += time.perf_counter() - t
+
+    def before_step(self) -> None:
+        """Just before dispatching the next step (starts a configured profile)."""
+        if self._profiler is not None:
+            self._profiler.before_step(self.step)
+
     def stepped(self, out: Mapping[str, Any]) -> None:
         """After one dispatched step: count it, vote the stop flag, lag the finiteness check."""
+        t = time.perf_counter()
         self.step += 1
+        if self.startup is None:
+            self.startup = time.time() - self._process_start
         if self._first:  # the first step also warms up buffers and input: time from its end
             jax.block_until_ready(out["loss"])
             self._first, self._t_log, self._steps_since_log = False, time.time(), 0
+            self._spent.clear()
         else:
             self._steps_since_log += 1
         # Every process votes its local stop flag; all read the same result one step late,
@@ -215,23 +311,49 @@ class Loop:
             self.skipped += check_finite(self._prev, mode)
         self._prev = (self.step, out["finite"])
         self.bar.update(1)
+        if self._profiler is not None:
+            self._profiler.after_step(self.step, out)
+        self._spent["host"] += time.perf_counter() - t
 
     def log_due(self, extra: bool = False) -> bool:
         every = self.config.log_every_steps
         return extra or self.step % every == 0 or self.step == self.total or self.stopping
 
     def fetch(self) -> tuple[list[dict], float]:
-        """The interval's per-step metrics (on the host) and its mean step time in seconds."""
+        """The interval's per-step metrics (on the host) and its device step time in seconds.
+
+        Also sets ``breakdown`` (module docstring): the interval's per-step split, goodput, and
+        (first interval only) the start-up time; trainers add it to their logged scalars.
+        """
         self.skipped += check_finite(self._prev, self.config.metrics.on_nonfinite)
         self._prev = None
         fetched = jax.device_get(self._pending)
         warn_no_targets(self.step, fetched)
         now = time.time()
-        dt = (now - self._t_log) / max(self._steps_since_log, 1)
+        n = max(self._steps_since_log, 1)
+        wall = max(now - self._t_log, 1e-9)
+        data, ckpt, host = (self._spent[k] for k in ("data", "checkpoint", "host"))
+        device = max(wall - data - ckpt - host, 0.0)
+        dt = device / n
         # Steps timed in this interval: 0 when it holds only the first (compiling, warm-up) step,
         # whose dt is not a step time; throughput and MFU must not be logged from it.
         self.timed_steps = self._steps_since_log
+        self.breakdown = {}
+        if self.timed_steps:
+            self._productive += device
+            self.breakdown = {
+                "time/data_wait": data / n,
+                "time/checkpoint": ckpt / n,
+                "time/host": host / n,
+                "time/device_step": dt,
+                "goodput": device / wall,
+                "goodput_run": self._productive / max(now - self._process_start, 1e-9),
+            }
+        if self.startup is not None and not self.writer_has_startup:
+            self.breakdown["time/startup"] = self.startup
+            self.writer_has_startup = True
         self._pending.clear()
+        self._spent.clear()
         self._t_log, self._steps_since_log = now, 0
         return fetched, dt
 
@@ -241,20 +363,22 @@ class Loop:
 
     def log(self, scalars: dict[str, float], announce: bool = False) -> None:
         """Writes the interval's scalars; ``announce`` also prints them as a line (evals)."""
-        scalars = dict(scalars, skipped_steps=float(self.skipped))
-        self.writer.write(self.step, scalars)
-        if self._postfix is not None:
-            line = self._postfix(scalars)
-            self.bar.set_postfix_str(line, refresh=False)
-            if announce and self.is_main and not self.bar.disable:
-                self.bar.write(f"step {self.step}/{self.total}  {line}")
-        self.last = dict(scalars, step=self.step)
+        with self.blocked("host"):
+            scalars = dict(scalars, skipped_steps=float(self.skipped))
+            self.writer.write(self.step, scalars)
+            if self._postfix is not None:
+                line = self._postfix(scalars)
+                self.bar.set_postfix_str(line, refresh=False)
+                if announce and self.is_main and not self.bar.disable:
+                    self.bar.write(f"step {self.step}/{self.total}  {line}")
+            self.last = dict(scalars, step=self.step)
 
     def checkpoint(self, **items: Any) -> None:
         """Saves on the checkpoint cadence, at the last step and when stopping; test kill hook."""
         step = self.step
         if step % self.config.ckpt.every_steps == 0 or step == self.total or self.stopping:
-            self.ckpt.save(step, **items)
+            with self.blocked("checkpoint"):
+                self.ckpt.save(step, **items)
         if step == self.config.debug.sigkill_at_step:
             # Test hook: die hard once every process has committed this step's checkpoint.
             self.ckpt.wait()
@@ -268,6 +392,8 @@ class Loop:
             )
 
     def close(self) -> None:
+        if self._profiler is not None:
+            self._profiler.close()
         self.ckpt.close()
         self.bar.close()
         self.writer.close()

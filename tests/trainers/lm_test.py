@@ -107,8 +107,10 @@ def _cli(corpus, workdir, total_steps, *extra):
 
 def test_train_writes_everything_and_resumes(corpus, tmp_path):
     wd = str(tmp_path / "run")
-    out = lm.train(_config(corpus, total_steps=4), wd)
+    out = lm.train(_config(corpus, total_steps=4, **{"profile.start_step": 2}), wd)
     assert out["step"] == 4 and np.isfinite(out["loss"])
+    traces = [f for _, _, fs in os.walk(os.path.join(wd, "profile")) for f in fs]
+    assert any(f.endswith(".xplane.pb") for f in traces), traces
     for name in ("metrics.jsonl", "loss.png", "config.json", "summary.json"):
         assert os.path.exists(os.path.join(wd, name)), name
     tags = _tb_scalars(os.path.join(wd, "tensorboard"))
@@ -124,11 +126,20 @@ def test_train_writes_everything_and_resumes(corpus, tmp_path):
         "tokens_per_sec_per_device",
         "step_time",
         "mfu",
+        "time/data_wait",
+        "time/checkpoint",
+        "time/host",
+        "time/device_step",
+        "goodput",
+        "goodput_run",
     ):
         assert key in row and np.isfinite(row[key]), key
+    assert 0 < row["goodput"] <= 1 and 0 < row["goodput_run"] < row["goodput"]
+    assert row["step_time"] == row["time/device_step"]
     # MFU never comes from an interval holding only the compiling first step (it read 301).
     rows = [json.loads(x) for x in _lines(os.path.join(wd, "metrics.jsonl"))]
     assert all(0 < r["mfu"] < 1 for r in rows if "mfu" in r), [r.get("mfu") for r in rows]
+    assert sum("time/startup" in r for r in rows) == 1  # process start -> first step, once
     meta = checkpoint.read_meta(os.path.join(wd, "checkpoints"))
     assert checkpoint.model_config_from_meta(meta).embed_dim == 32
     # What a kill -9 during an async save leaves behind: a temporary step directory. It is
