@@ -22,10 +22,10 @@ Formats (``format`` of a config source): ``parquet`` (what the Hub stores, e.g.
 ``data/CC-MAIN-*/000_00000.parquet`` of FineWeb) and ``arrow`` (what ``datasets`` writes with
 ``save_to_disk`` and keeps in its cache: Arrow IPC stream files, or IPC files). Arrow files are
 memory-mapped, so a row is a slice (O(1)) and up to ``_CACHED_ARROW_FILES`` stay mapped; a
-parquet row (or a bucket arrow file, read whole) costs the decode of its row group, the last
-``_CACHED_GROUPS`` of which are kept. Shuffled reads of large row groups are therefore slow:
-prefer arrow files, parquet written with small row groups, or the offline
-``text_records`` job for corpora read many times (docs/corpora_at_scale.md).
+parquet row (or a bucket arrow file, read whole) costs the decode of its row group, and the
+latest ``_CACHE_BYTES`` of decoded groups are kept per source. A parquet source larger than that
+is slow under the shuffled order (a decode per document): use arrow files, or the offline
+``text_records`` job, for large corpora (docs/corpora_at_scale.md has the measurements).
 
 ``ParquetStream`` is the streaming form (``datasets``' ``streaming=True``): rows in file order,
 read sequentially from any fsspec URL (hf://, gs://, memory://); its state is the count of rows
@@ -58,8 +58,9 @@ FORMATS = ("parquet", "arrow")
 # Config keys a table source accepts besides paths / weight / format, with their defaults
 # (None = required).
 OPTIONS = {"tokenizer": None, "layout": None, "column": "text"}
-# Decoded parquet row groups kept per source (one column each, in memory).
-_CACHED_GROUPS = 4
+# Decoded parquet row groups (one column each) kept per source, up to this many bytes: a shuffled
+# read of a source whose groups all fit is as fast as arrow (docs/corpora_at_scale.md).
+_CACHE_BYTES = 512 << 20
 # Arrow tables kept per source: memory-mapped, so they hold address space, not memory.
 _CACHED_ARROW_FILES = 128
 
@@ -197,12 +198,13 @@ class TableTextSource:
     def _init_cache(self):
         self._lock = threading.Lock()
         self._groups: collections.OrderedDict[tuple[int, int], pa.Array] = collections.OrderedDict()
+        self._bytes = 0  # of the cached decoded parquet groups
         self._encode = None
         self._warned = False
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_lock", "_groups", "_encode", "_warned"):
+        for key in ("_lock", "_groups", "_bytes", "_encode", "_warned"):
             del state[key]
         return state
 
@@ -218,7 +220,7 @@ class TableTextSource:
         with self._lock:
             if key in self._groups:
                 self._groups.move_to_end(key)
-                return self._groups[key]
+                return self._groups[key][0]
         path = self.paths[shard]
         if self.format == "parquet":
             with _open_binary(path) as f:
@@ -226,11 +228,15 @@ class TableTextSource:
         else:
             table = read_arrow(path)
         column = table.column(self.column)  # chunked: no copy of a memory-mapped file
+        size = 0 if self.format == "arrow" and "://" not in path else column.nbytes  # mapped: 0
         with self._lock:
-            self._groups[key] = column
-            mapped = self.format == "arrow" and "://" not in path
-            if len(self._groups) > (_CACHED_ARROW_FILES if mapped else _CACHED_GROUPS):
-                self._groups.popitem(last=False)
+            if key not in self._groups:
+                self._groups[key] = (column, size)
+                self._bytes += size
+            while len(self._groups) > 1 and (
+                self._bytes > _CACHE_BYTES or len(self._groups) > _CACHED_ARROW_FILES
+            ):
+                self._bytes -= self._groups.popitem(last=False)[1][1]
         return column
 
     def text(self, index: int) -> tuple[str | None, str, int]:
