@@ -235,3 +235,14 @@ def test_config_validation_checks_the_layout(tmp_path):
     del c.input.sources.web["tokenizer"]
     with pytest.raises(ValueError, match="missing \\['tokenizer'\\]"):
         config_lib.validate(c)
+
+
+def test_reads_are_right_when_every_read_evicts(tmp_path, monkeypatch):
+    monkeypatch.setattr(hf_sources, "_CACHE_BYTES", 1)
+    texts = _texts(20, seed=7)
+    glob = fineweb_parquet(tmp_path, texts, row_group_size=3)
+    src = hf_sources.open_source(_spec("web", glob), input_pipeline.list_shards(glob))
+    for i in np.random.default_rng(0).permutation(20):
+        ex = records.decode(src[int(i)].data, where="t")
+        assert ex == prompts.text(list(texts[i].encode()), LAYOUT, source="web")
+    assert len(src._groups) == 1
