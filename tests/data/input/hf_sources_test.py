@@ -246,3 +246,21 @@ def test_reads_are_right_when_every_read_evicts(tmp_path, monkeypatch):
         ex = records.decode(src[int(i)].data, where="t")
         assert ex == prompts.text(list(texts[i].encode()), LAYOUT, source="web")
     assert len(src._groups) == 1
+
+
+def test_data_stats_reads_a_parquet_source(tmp_path):
+    """glmvoice-data-stats measures a parquet source like an ArrayRecord one."""
+    import os
+
+    from glmvoice_jax import config_lib
+    from glmvoice_jax.data import stats
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__))))
+    c = config_lib.load_config_file(os.path.join(repo, "configs", "demo_tiny.py"))
+    glob = fineweb_parquet(tmp_path, _texts(30, seed=8))
+    c.input.sources = {"web": {"paths": glob, "weight": 1.0, "format": "parquet", **OPTIONS}}
+    c.input.seq_len, c.input.global_batch_size = 128, 2
+    out = stats.compute(c, str(tmp_path), num_docs=40, num_batches=2)
+    web = out["sources"]["web"]
+    assert web["docs"] == 40 and web["loss_tokens"] == web["tokens"] and web["speech_tokens"] == 0
+    assert out["packed"]["loss_fraction"] > 0.5
