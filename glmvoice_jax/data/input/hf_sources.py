@@ -36,6 +36,7 @@ and it does not enter the mixture (which needs random access); see the guide.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import os
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -63,6 +64,7 @@ OPTIONS = {"tokenizer": None, "layout": None, "column": "text"}
 _CACHE_BYTES = 512 << 20
 # Arrow tables kept per source: memory-mapped, so they hold address space, not memory.
 _CACHED_ARROW_FILES = 128
+_FOOTER_THREADS = 16
 
 
 def check_options(name: str, fmt: str, options: Mapping[str, Any]) -> dict[str, str]:
@@ -170,11 +172,15 @@ class TableTextSource:
         opts = check_options(name, fmt, options)
         self.column, self._tokenizer_spec = opts["column"], opts["tokenizer"]
         self.layout = token_layout_lib.get(opts["layout"])
-        load_text_tokenizer(self._tokenizer_spec, self.layout)  # fail now, not in the loop
-        group_rows = [self._group_rows(p) for p in self.paths]
+        encode = load_text_tokenizer(self._tokenizer_spec, self.layout)  # fails now, not later
+        # Footers in parallel: thousands of bucket files at ~50 ms each would take minutes.
+        workers = max(1, min(_FOOTER_THREADS, len(self.paths)))
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            group_rows = list(pool.map(self._group_rows, self.paths))
         self._group_ends = [np.cumsum(g, dtype=np.int64) for g in group_rows]
         self._ends = np.cumsum([int(g[-1]) if len(g) else 0 for g in self._group_ends])
         self._init_cache()
+        self._encode = encode
 
     def _group_rows(self, path: str) -> list[int]:
         """Rows per parquet row group (one entry for an arrow file); checks the column."""
@@ -197,7 +203,10 @@ class TableTextSource:
 
     def _init_cache(self):
         self._lock = threading.Lock()
-        self._groups: collections.OrderedDict[tuple[int, int], pa.Array] = collections.OrderedDict()
+        # (file, row group) -> (text column, bytes it holds in memory)
+        self._groups: collections.OrderedDict[tuple[int, int], tuple[pa.ChunkedArray, int]] = (
+            collections.OrderedDict()
+        )
         self._bytes = 0  # of the cached decoded parquet groups
         self._encode = None
         self._warned = False
