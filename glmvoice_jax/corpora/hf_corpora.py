@@ -156,39 +156,73 @@ def _put(path: str, data: bytes) -> None:
 
 
 class _Manifest:
-    """manifest.jsonl + manifest.errors.jsonl in ``out_dir``, renamed into place when closed."""
+    """manifest.jsonl + manifest.errors.jsonl in ``out_dir``, renamed into place when closed.
+
+    Lines are written as they come (under the temporary names), so memory holds only the ids
+    seen (for duplicates): ~100 bytes per utterance.
+    """
 
     def __init__(self, out_dir: str):
         self.out_dir = out_dir
         os.makedirs(out_dir, exist_ok=True)
-        self.lines: list[dict] = []
-        self.errors: list[dict] = []
+        self._files = {
+            # Closed by close(), which renames them into place; a crash leaves only *.incomplete.
+            name: open(os.path.join(out_dir, name + ".incomplete"), "w", encoding="utf-8")  # noqa: SIM115
+            for name in (MANIFEST, ERRORS)
+        }
+        self.counts = {MANIFEST: 0, ERRORS: 0}
         self.seen: set[str] = set()
+
+    def _write(self, name: str, row: dict) -> None:
+        self._files[name].write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.counts[name] += 1
+
+    def error(self, uid: str, reason: str, detail: str) -> None:
+        self._write(ERRORS, {"id": uid, "reason": reason, "detail": detail})
 
     def add(self, uid: str, audio: bytes, name: str, text: str, speaker: str, **extra) -> None:
         if uid in self.seen:
-            self.errors.append({"id": uid, "reason": "duplicate_id", "detail": name})
+            self.error(uid, "duplicate_id", name)
             return
         self.seen.add(uid)
         if not audio:
-            self.errors.append({"id": uid, "reason": "empty_audio", "detail": name})
+            self.error(uid, "empty_audio", name)
             return
         if not text.strip():
-            self.errors.append({"id": uid, "reason": "empty_text", "detail": name})
+            self.error(uid, "empty_text", name)
             return
         rel = os.path.join("audio", *uid.split("_")[:2], uid + _audio_suffix(audio, name))
         _put(os.path.join(self.out_dir, rel), audio)
         line = {"id": uid, "audio": rel, "text": text.strip(), "speaker": speaker}
-        self.lines.append(line | extra)
+        self._write(MANIFEST, line | extra)
 
     def close(self) -> tuple[str, int, int]:
-        for name, rows in ((ERRORS, self.errors), (MANIFEST, self.lines)):  # manifest last
+        for name in (ERRORS, MANIFEST):  # the manifest last: its presence means done
+            self._files[name].close()
             path = os.path.join(self.out_dir, name)
-            with open(path + ".incomplete", "w", encoding="utf-8") as f:
-                for row in rows:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
             os.replace(path + ".incomplete", path)
-        return os.path.join(self.out_dir, MANIFEST), len(self.lines), len(self.errors)
+        return os.path.join(self.out_dir, MANIFEST), self.counts[MANIFEST], self.counts[ERRORS]
+
+
+def _samples(path: str) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) of a WebDataset tar, one sample in memory at a time.
+
+    WebDataset keeps a sample's files next to each other; a key that comes back later is
+    yielded again (and reported as a duplicate id).
+    """
+    key, parts = None, {}
+    with tarfile.open(path) as tar:
+        for m in tar:
+            if not m.isfile():
+                continue
+            k, _, ext = m.name.rpartition(".")
+            if k != key and parts:
+                yield key, parts
+                parts = {}
+            key = k
+            parts[ext] = tar.extractfile(m).read()
+    if parts:
+        yield key, parts
 
 
 def mls_manifest(src: str, out_dir: str, split: str = "train") -> tuple[str, int, int]:
@@ -214,7 +248,7 @@ def mls_manifest(src: str, out_dir: str, split: str = "train") -> tuple[str, int
                 parts = uid.split("_")
                 if len(parts) != 3 or not text:
                     where = f"{openslr}:{n}"
-                    man.errors.append({"id": where, "reason": "bad_line", "detail": line[:200]})
+                    man.error(where, "bad_line", line[:200])
                     continue
                 found = [
                     p
@@ -222,7 +256,7 @@ def mls_manifest(src: str, out_dir: str, split: str = "train") -> tuple[str, int
                     if os.path.isfile(p := os.path.join(audio_root, *parts[:2], uid + ext))
                 ]
                 if not found:
-                    man.errors.append({"id": uid, "reason": "no_audio", "detail": audio_root})
+                    man.error(uid, "no_audio", audio_root)
                     continue
                 with open(found[0], "rb") as a:
                     man.add(uid, a.read(), found[0], text, parts[0])
@@ -240,7 +274,8 @@ def mls_manifest(src: str, out_dir: str, split: str = "train") -> tuple[str, int
         need = {"audio", "transcript", "id"} - set(names)
         if need:
             raise ValueError(f"{path}: not an MLS parquet file, missing columns {sorted(need)}")
-        for batch in pf.iter_batches(64, columns=["id", "audio", "transcript", "speaker_id"]):
+        columns = ["id", "audio", "transcript"] + (["speaker_id"] if "speaker_id" in names else [])
+        for batch in pf.iter_batches(64, columns=columns):  # 64 utterances of audio at a time
             for row in batch.to_pylist():
                 audio = row["audio"] or {}
                 man.add(
@@ -248,7 +283,7 @@ def mls_manifest(src: str, out_dir: str, split: str = "train") -> tuple[str, int
                     audio.get("bytes") or b"",
                     audio.get("path") or path,
                     row["transcript"] or "",
-                    str(row["speaker_id"]),
+                    str(row.get("speaker_id", "")),
                 )
     return man.close()
 
@@ -263,26 +298,17 @@ def emilia_manifest(src: str, out_dir: str, min_dnsmos: float = 0.0) -> tuple[st
     """
     man = _Manifest(out_dir)
     for path in _files(src):
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(path) as tar:
-            for m in tar:
-                if m.isfile():
-                    key, _, ext = m.name.rpartition(".")
-                    members.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        for key in sorted(members):
-            parts = members[key]
+        for key, parts in _samples(path):
             where = f"{path}:{key}"
             try:
                 meta = json.load(io.BytesIO(parts["json"]))
                 audio_ext = next(e for e in ("mp3", "wav", "flac", "opus") if e in parts)
             except (KeyError, StopIteration, ValueError) as e:
-                man.errors.append({"id": where, "reason": "bad_sample", "detail": repr(e)})
+                man.error(where, "bad_sample", repr(e))
                 continue
             uid = str(meta.get("id") or os.path.basename(key))
             if float(meta.get("dnsmos", 5.0)) < min_dnsmos:
-                man.errors.append(
-                    {"id": uid, "reason": "low_dnsmos", "detail": str(meta["dnsmos"])}
-                )
+                man.error(uid, "low_dnsmos", str(meta["dnsmos"]))
                 continue
             extra = {k: meta[k] for k in ("language", "duration", "dnsmos") if k in meta}
             man.add(
