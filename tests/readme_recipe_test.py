@@ -219,6 +219,7 @@ def test_every_slice_the_9b_config_names_has_its_aot_row():
     for name in names:
         spec = CONFIG if name == "v5p-512" else f"{CONFIG}:slice={name}"
         config = _check_config(spec, [])
+        config_lib.validate(config)  # e.g. the batch divides over data x fsdp x accumulation
         assert config.mesh.data * config.mesh.fsdp * config.mesh.tensor == (
             preflight.parse_topology(name).num_chips
         )
