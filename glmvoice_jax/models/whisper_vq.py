@@ -204,6 +204,37 @@ class WhisperVQConfig:
             return 1  # plain causal stays causal
         return self.attention_block_size // self.pooling_kernel
 
+    def train_flops(self, batch: int, mel_frames: int, dec_len: int) -> float:
+        """Training FLOPs of one step (forward + backward = 3 x forward) on padded shapes.
+
+        Counted as the LM's ``flops_per_token`` (2 flops per multiply-add, matmuls only, the
+        attention matrices at their full computed size): the conv stem over ``mel_frames``
+        (100 Hz), the encoder layers at 50 Hz before pooling and at the pooled rate after it,
+        the codebook distances, and the ASR decoder's ``dec_len`` tokens (self- and cross-
+        attention, MLP, output projection). Biases, norms and the softmax are left out.
+        """
+        d, f, m = self.embed_dim, self.mlp_dim, self.num_mels
+        t50 = mel_frames // STEM_STRIDE
+        stem = 2 * 3 * m * d * mel_frames + 2 * 3 * d * d * t50
+        pooled_at = self.pooling_position if self.uses_pooling else self.num_layers
+        t_out = t50 // self.pooling_kernel
+
+        def layer(t: int) -> float:
+            return t * (8 * d * d + 4 * d * f + 4 * t * d)
+
+        enc = pooled_at * layer(t50) + (self.num_layers - pooled_at) * layer(t_out)
+        vq = 0.0
+        if self.quantize_position is not None:
+            t_vq = t50 if self.quantize_position < pooled_at else t_out
+            vq = 2.0 * t_vq * d * self.codebook_size
+        s, fd = dec_len, self.decoder_mlp_dim
+        dec_layer = s * (8 * d * d + 4 * s * d) + s * 4 * d * d + t_out * 4 * d * d
+        dec_layer += s * (4 * t_out * d + 4 * d * fd)
+        dec = self.num_decoder_layers * dec_layer
+        if self.num_decoder_layers:
+            dec += 2.0 * s * d * self.vocab_size
+        return 3.0 * batch * (stem + enc + vq + dec)
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 

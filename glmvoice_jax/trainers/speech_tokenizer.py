@@ -47,7 +47,7 @@ from etils import epath
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from glmvoice_jax import audio, checkpoint, config_lib, optim, progress, sharding
+from glmvoice_jax import audio, checkpoint, config_lib, metrics, optim, progress, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.evals.asr_metrics import error_rates, normalize_text
 from glmvoice_jax.models import vq, whisper_asr
@@ -125,6 +125,10 @@ def make_train_step(graphdef, tx, model_cfg: WhisperVQConfig, config: mlc.Config
             "codes_restarted": aux["codes_restarted"],
             "audio_secs": jnp.sum(batch["wav_len"]) / audio.SAMPLE_RATE,
             "speech_tokens": jnp.sum(tmask),
+            # Static shapes: a constant per compiled bucket (models/whisper_vq.py train_flops).
+            "flops": jnp.float32(
+                model_cfg.train_flops(mel.shape[0], mel.shape[1], batch["dec_in"].shape[1])
+            ),
             "finite": finite,
         }
         return new_params, new_train, out
@@ -444,12 +448,15 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     run = loop.Loop(
         config, mesh, ckpt, start_step, workdir=workdir, postfix=setup.console_line, desc="train"
     )
+    peak = metrics.peak_flops(jax.devices()[0], config.metrics.get("peak_flops_per_device", 1.5e11))
     t_start = time.time()
     every_eval = config.evals.every_steps
     first = True
     with sharding.activate(mesh, preset):
         while run.running:
-            batch = to_global(next(data_iter))
+            with run.blocked("data"):
+                batch = to_global(next(data_iter))
+            run.before_step()
             # The first step compiles (its bucket); announced with its time like the LM's.
             with progress.timed(
                 "compiling train step (first audio bucket)", enabled=first and is_main
@@ -463,7 +470,10 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
             eval_now = every_eval > 0 and (step % every_eval == 0 or step == config.total_steps)
             if run.log_due(extra=eval_now):
                 fetched, dt = run.fetch()
-                scalars = setup.summarize(fetched, dt)
+                # MFU only from timed steps (never from an interval of the compiling step alone).
+                mesh_peak = peak * jax.device_count() if run.timed_steps else 0.0
+                scalars = setup.summarize(fetched, dt, mesh_peak)
+                scalars.update(run.breakdown)
                 scalars["minutes"] = (time.time() - t_start) / 60
                 scalars["cpu_minutes"] = time.process_time() / 60  # all threads, since start-up
                 if eval_now:

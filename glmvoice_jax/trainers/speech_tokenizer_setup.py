@@ -354,8 +354,14 @@ def set_codebook(params: dict, frames: Any, param_sh: dict) -> dict:
 # Logging.
 
 
-def summarize(fetched: Sequence[Mapping[str, Any]], step_time: float) -> dict[str, float]:
-    """Scalars of one logging interval from the per-step metric dicts."""
+def summarize(
+    fetched: Sequence[Mapping[str, Any]], step_time: float, peak_flops: float = 0.0
+) -> dict[str, float]:
+    """Scalars of one logging interval from the per-step metric dicts.
+
+    ``peak_flops`` is the whole mesh's peak FLOP/s; with it, ``mfu`` = the step's FLOPs
+    (``WhisperVQConfig.train_flops``) over device step time and peak, as the LM reports it.
+    """
 
     def mean(key):
         return float(np.mean([f[key] for f in fetched]))
@@ -377,6 +383,8 @@ def summarize(fetched: Sequence[Mapping[str, Any]], step_time: float) -> dict[st
     out["step_time"] = step_time
     out["audio_secs_per_sec"] = mean("audio_secs") / step_time
     out["tokens_per_sec"] = mean("speech_tokens") / step_time
+    if peak_flops > 0 and "flops" in fetched[0]:
+        out["mfu"] = mean("flops") / step_time / peak_flops
     return out
 
 
@@ -387,7 +395,8 @@ def console_line(s: Mapping[str, float]) -> str:
         f"{s['commit_loss']:.3f}  usage {100 * s['codebook_usage']:.0f}%  ppl "
         f"{s['codebook_perplexity']:.1f}  restarts {s['codes_restarted']:.0f}  "
         f"{s['audio_secs_per_sec']:.1f} audio-s/s  "
-        f"{s['step_time']:.2f} s/step  {s['minutes']:.1f} min  cpu {s['cpu_minutes']:.1f} min"
+        + (f"mfu {100 * s['mfu']:.1f}%  " if "mfu" in s else "")
+        + f"{s['step_time']:.2f} s/step  {s['minutes']:.1f} min  cpu {s['cpu_minutes']:.1f} min"
     )
     if "eval_cer" in s:
         line += f"  | held-out CER {100 * s['eval_cer']:.1f}%  WER {100 * s['eval_wer']:.1f}%"

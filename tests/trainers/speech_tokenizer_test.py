@@ -116,9 +116,10 @@ def test_init_from_whisper_train_and_resume(tmp_path, capsys, compile_cache):
     row = _metrics(wd)[-1]
     for key in ("loss", "asr_loss", "commit_loss", "codebook_usage", "codebook_perplexity",
                 "grad_norm", "lr", "tokens_per_sec", "audio_secs_per_sec", "step_time",
-                "eval_wer", "eval_cer", "codes_restarted"):  # fmt: skip
+                "eval_wer", "eval_cer", "codes_restarted", "mfu", "goodput",
+                "time/device_step", "time/data_wait"):  # fmt: skip
         assert key in row and np.isfinite(row[key]), key
-    assert 0 < row["codebook_usage"] <= 1
+    assert 0 < row["codebook_usage"] <= 1 and 0 < row["mfu"] < 1
     meta = checkpoint.read_meta(os.path.join(wd, "checkpoints"))
     assert checkpoint.model_config_from_meta(meta) == cfg
     assert meta["extra"]["bitrate_bps"] == cfg.bitrate_bps == 12.5 * 5  # 32 codes = 5 bits
