@@ -4,11 +4,13 @@ r"""glmvoice-aot: compile the real sharded train step for a TPU topology on a CP
         [--mfu 0.45] [--output OUT.json]
 
 The step is the one ``glmvoice-train`` runs for ``config.trainer`` (``aot_steps.STEPS``: the LM
-trainer's ``lm.jit_train_step``, or the speech-tokenizer trainer's step at its widest audio
-bucket), lowered for the topology's devices instead of this machine's. XLA's TPU
-compiler (libtpu; ``pip install 'glmvoice_jax[tpu]'``) plans every buffer, so an OOM shows here
-before a pod is rented (anchors.md §5). Printed per device: arguments, outputs, temporaries,
-code, their total against the chip's HBM; FLOPs per step; the step time implied by a stated MFU.
+trainer's ``lm.jit_train_step``, the speech-tokenizer trainer's step at its widest audio bucket,
+or the flow-matching decoder trainer's ``speech_decoder.jit_train_step``, e.g.
+``configs/decoder_release.py``), lowered for the topology's devices instead of this machine's.
+XLA's TPU compiler (libtpu; ``pip install 'glmvoice_jax[tpu]'``) plans every buffer, so an OOM
+shows here before a pod is rented (anchors.md §5). Printed per device: arguments, outputs,
+temporaries, code, their total against the chip's HBM; FLOPs per step; the step time implied by a
+stated MFU.
 
 Topologies: ``v5p-128`` (TensorCore count, as Cloud TPU names slices), ``v6e-256``, ``v5e-64``,
 ``v4-32``, ..., an explicit ``v5p:4x4x4``, or ``NxNAME`` for N slices joined by DCN

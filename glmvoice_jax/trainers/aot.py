@@ -12,6 +12,9 @@ one step, and a way to build concrete inputs for a CPU benchmark.
   over the model, optimizer and train-state layout of ``speech_tokenizer.state_layout``, the one
   ``train()`` itself uses. The batch is the worst-case bucket: every row
   ``input.max_audio_secs`` long and ``input.max_text_tokens`` decoder positions.
+* ``speech_decoder``: ``speech_decoder.jit_train_step`` over ``speech_decoder.step_layout``, the
+  objects its ``train()`` uses; every row ``input.max_tokens`` tokens long (batches are padded to
+  it, so this is the only shape the trainer compiles).
 
 Axes (speech tokenizer FLOPs): L mel frames, T encoder frames, T'' pooled frames, U decoder
 tokens, D embed, F mlp, V vocab, C codebook entries, M mel bins.
@@ -32,7 +35,9 @@ from flax import nnx
 from glmvoice_jax import audio, checkpoint, config_lib, sharding
 from glmvoice_jax.data import speech_input
 from glmvoice_jax.models import glm
-from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
+from glmvoice_jax.models.speech_decoder.flow_loss import cfm_loss
+from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
+from glmvoice_jax.trainers import lm, speech_decoder, speech_tokenizer, speech_tokenizer_setup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,10 +267,112 @@ def speech_tokenizer_step(config: mlc.ConfigDict, devices) -> AotStep:
     )
 
 
+def speech_decoder_step(config: mlc.ConfigDict, devices) -> AotStep:
+    """The flow-matching trainer's step (``trainers/speech_decoder.py``) on ``devices``."""
+    cfg = speech_decoder.validate(config)
+    preset = config.axis_rules
+    mesh = sharding.make_mesh(config.mesh, devices)
+    dp = sharding.data_parallel_size(mesh, preset)
+    gbs, n = config.input.global_batch_size, config.input.max_tokens
+    if gbs % dp:
+        raise ValueError(
+            f"input.global_batch_size ({gbs}) must be a multiple of the {dp} data shards; set "
+            f"--config.input.global_batch_size to a multiple of {dp}"
+        )
+    s = speech_decoder.step_layout(config, cfg, mesh)
+    t = frames_from_tokens(n, cfg.input_frame_rate)
+    batch_dtypes = {
+        "tokens": (np.int32, (gbs, n)),
+        "token_valid": (np.bool_, (gbs, n)),
+        "mel": (np.float32, (gbs, t, cfg.output_size)),
+        "frame_mask": (np.float32, (gbs, t)),
+    }
+    assert set(batch_dtypes) == set(speech_decoder.BATCH_KEYS)
+    args = (
+        checkpoint.abstract_like(s.abs_params, s.param_sh),
+        checkpoint.abstract_like(s.abs_train, s.train_sh),
+        {
+            k: jax.ShapeDtypeStruct(shape, dt, sharding=s.batch_sh[k])
+            for k, (dt, shape) in batch_dtypes.items()
+        },
+    )
+
+    def make_args():
+        rng = np.random.default_rng(0)
+        host = {
+            "tokens": rng.integers(0, cfg.vocab_size, (gbs, n), dtype=np.int32),
+            "token_valid": np.ones((gbs, n), bool),
+            "mel": rng.standard_normal((gbs, t, cfg.output_size)).astype(np.float32),
+            "frame_mask": np.ones((gbs, t), np.float32),
+        }
+        with sharding.activate(mesh, preset):
+            params = jax.jit(
+                lambda: nnx.to_pure_dict(nnx.state(s.make_model())), out_shardings=s.param_sh
+            )()
+            train = jax.jit(s.init_train, out_shardings=s.train_sh)(params)
+        return params, train, {k: jax.device_put(v, s.batch_sh[k]) for k, v in host.items()}
+
+    secs = n / cfg.input_frame_rate
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abs_params))
+    return AotStep(
+        mesh=mesh,
+        axis_rules=preset,
+        jitted=speech_decoder.jit_train_step(config, s),
+        args=args,
+        parameters=n_params,
+        model_flops=3.0 * gbs * flow_row_flops(s.graphdef, s.abs_params, batch_dtypes),
+        flops_basis="3 x XLA's forward count of one row",
+        units="audio seconds",
+        units_per_step=gbs * secs,
+        fields={
+            "global_batch": gbs,
+            "tokens_per_utterance": n,
+            "mel_frames_per_utterance": t,
+            "audio_secs_per_utterance": secs,
+            "remat_policy": "none",
+            "dtype": "float32",
+        },
+        summary=(
+            f"global batch {gbs} utterances x {n} tokens ({t} mel frames, {secs:g} s) = "
+            f"{gbs * secs:,.0f} audio seconds, float32 compute, no remat"
+        ),
+        make_args=make_args,
+    )
+
+
+def flow_row_flops(graphdef, abs_params, batch_dtypes: dict) -> float:
+    """Forward FLOPs of the CFM loss on one row, as XLA's cost analysis counts them.
+
+    Lowered (not compiled) for this machine's first device from shapes alone: the step has no
+    loops, so the count covers every op (matmuls, convolutions, attention, elementwise).
+    """
+    row = {k: jax.ShapeDtypeStruct((1, *shape[1:]), dt) for k, (dt, shape) in batch_dtypes.items()}
+    params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abs_params)
+
+    def forward(params, batch):
+        model = nnx.merge(graphdef, params)
+        args = (batch["tokens"], batch["token_valid"], batch["mel"], batch["frame_mask"])
+        return cfm_loss(model, *args, jax.random.key(0))[0]
+
+    cost = jax.jit(forward).lower(params, row).cost_analysis()
+    if isinstance(cost, list | tuple):
+        cost = cost[0] if cost else {}
+    return float((cost or {}).get("flops", float("nan")))
+
+
 STEPS: dict[str, Callable[[mlc.ConfigDict, Any], AotStep]] = {
     "lm": lm_step,
     "speech_tokenizer": speech_tokenizer_step,
+    "speech_decoder": speech_decoder_step,
 }
+
+
+def validate(config: mlc.ConfigDict) -> None:
+    """The config checks of ``config.trainer`` (the decoder trainer validates its own)."""
+    if config.trainer == "speech_decoder":
+        speech_decoder.validate(config)
+    else:
+        config_lib.validate(config)
 
 
 def build(config: mlc.ConfigDict, devices) -> AotStep:

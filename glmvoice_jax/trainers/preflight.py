@@ -18,7 +18,7 @@ import time
 import jax
 from jax.experimental import topologies
 
-from glmvoice_jax import config_lib, metrics, sharding
+from glmvoice_jax import metrics, sharding
 from glmvoice_jax.trainers import aot as aot_steps
 
 GIB = 2**30
@@ -204,7 +204,7 @@ def report(config, topology: str, mfu: float, benchmark_steps: int = 0) -> dict:
 
     Returns the numbers as a dict (``format_report`` prints it).
     """
-    config_lib.validate(config)
+    aot_steps.validate(config)
     if benchmark_steps and topology != "cpu":
         raise ValueError("--benchmark_steps runs steps, so it needs --topology cpu")
     if topology == "cpu":

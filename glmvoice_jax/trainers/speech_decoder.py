@@ -47,6 +47,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -308,13 +309,89 @@ def _console(s: dict[str, float]) -> str:
     return line
 
 
+@dataclasses.dataclass(frozen=True)
+class StepLayout:
+    """The flow's train state and batch, abstract, with their shardings on one mesh.
+
+    What ``train()`` steps and checkpoints; shared with glmvoice-aot (``aot.speech_decoder_step``),
+    which lowers the same step for a TPU topology.
+    """
+
+    make_model: Callable[[], Flow]
+    graphdef: Any
+    abs_params: Any
+    param_sh: Any
+    tx: optax.GradientTransformation
+    init_train: Callable[[Any], dict]
+    abs_train: Any
+    train_sh: Any
+    batch_sh: dict
+    replicated: NamedSharding
+
+
+def step_layout(config: mlc.ConfigDict, cfg: FlowConfig, mesh) -> StepLayout:
+    """Abstract params (fp32), Adam state and batch shardings under ``config.axis_rules``."""
+
+    def make_model():
+        return Flow(cfg, rngs=nnx.Rngs(config.seed))
+
+    preset = config.axis_rules
+    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
+    tx = optim.make(config.optim, optim.schedule(config.schedule, config.total_steps), abs_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def init_train(params):
+        return {
+            "opt": tx.init(params),
+            "step": jnp.zeros((), jnp.int32),
+            "rng": jax.random.key_data(jax.random.key(config.seed)),
+        }
+
+    abs_train = jax.eval_shape(init_train, abs_params)
+    # Adam moments take their parameter's sharding; scalars and the key are replicated.
+    train_sh = speech_tokenizer_setup.train_shardings(abs_train, abs_params, param_sh, replicated)
+    batch_sh = {
+        k: sharding.batch_sharding(mesh, preset, 3 if k == "mel" else 2) for k in BATCH_KEYS
+    }
+    return StepLayout(
+        make_model, graphdef, abs_params, param_sh, tx, init_train, abs_train, train_sh, batch_sh,
+        replicated,
+    )  # fmt: skip
+
+
+def jit_train_step(config: mlc.ConfigDict, s: StepLayout):
+    """The train step jitted with the layout's shardings, params and train state donated."""
+    return jax.jit(
+        make_train_step(s.graphdef, s.tx, config),
+        in_shardings=(s.param_sh, s.train_sh, s.batch_sh),
+        out_shardings=(s.param_sh, s.train_sh, s.replicated),
+        donate_argnums=(0, 1),
+    )
+
+
 def dry_run(config: mlc.ConfigDict) -> dict:
-    """Shapes only: the flow's parameter count."""
+    """Shapes only: the flow's parameter count and per-device bytes of params + Adam state."""
     cfg = validate(config)
-    abs_model = nnx.eval_shape(lambda: Flow(cfg, rngs=nnx.Rngs(0)))
-    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nnx.state(abs_model, nnx.Param)))
+    mesh = sharding.make_mesh(config.mesh)
+    s = step_layout(config, cfg, mesh)
+    n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(s.abs_params))
+
+    def per_device(tree, shardings) -> int:
+        leaves = zip(jax.tree.leaves(tree), jax.tree.leaves(shardings))
+        return sum(int(np.prod(sh.shard_shape(x.shape))) * x.dtype.itemsize for x, sh in leaves)
+
+    param_bytes = per_device(s.abs_params, s.param_sh)
+    train_bytes = per_device(s.abs_train, s.train_sh)
+    b, t = config.input.global_batch_size, frames_from_tokens(config.input.max_tokens,
+                                                              cfg.input_frame_rate)  # fmt: skip
     print(f"flow parameters: {n:,} (vocab {cfg.vocab_size}, {cfg.input_frame_rate} Hz tokens)")
-    return {"parameters": n}
+    print(f"mesh: {dict(mesh.shape)}; batch {b} x {config.input.max_tokens} tokens ({t} frames)")
+    print(
+        f"per-device bytes: params {param_bytes / 2**20:,.1f} MiB + Adam state "
+        f"{train_bytes / 2**20:,.1f} MiB = {(param_bytes + train_bytes) / 2**20:,.1f} MiB"
+    )
+    return {"parameters": n, "mesh": dict(mesh.shape),
+            "total_bytes_per_device": param_bytes + train_bytes}  # fmt: skip
 
 
 def decoder_config(config: mlc.ConfigDict, cfg: FlowConfig) -> tuple[DecoderConfig, str]:
@@ -409,26 +486,9 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
         if size % dp:
             raise ValueError(f"{name} ({size}) must be a multiple of the {dp} data shards")
 
-    def make_model():
-        return Flow(cfg, rngs=nnx.Rngs(config.seed))
-
-    graphdef, abs_params, param_sh = sharding.param_shardings(make_model, mesh, preset)
-    tx = optim.make(config.optim, optim.schedule(config.schedule, config.total_steps), abs_params)
-    replicated = NamedSharding(mesh, PartitionSpec())
-
-    def init_train(params):
-        return {
-            "opt": tx.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "rng": jax.random.key_data(jax.random.key(config.seed)),
-        }
-
-    abs_train = jax.eval_shape(init_train, abs_params)
-    # Adam moments take their parameter's sharding; scalars and the key are replicated.
-    train_sh = speech_tokenizer_setup.train_shardings(abs_train, abs_params, param_sh, replicated)
-    batch_sh = {
-        k: sharding.batch_sharding(mesh, preset, 3 if k == "mel" else 2) for k in BATCH_KEYS
-    }
+    layout = step_layout(config, cfg, mesh)
+    graphdef, param_sh, train_sh = layout.graphdef, layout.param_sh, layout.train_sh
+    batch_sh, replicated = layout.batch_sh, layout.replicated
     local = config.input.global_batch_size // jax.process_count()
     lo = jax.process_index() * local
 
@@ -447,37 +507,34 @@ def train(config: mlc.ConfigDict, workdir: str) -> dict[str, Any]:
     decoder_cfg, vocoder_from = decoder_config(config, cfg)
     extra = {"trainer": TRAINER, "params": "flow", "vocoder_from": vocoder_from}
     meta = checkpoint.model_meta(decoder_cfg, None, extra={**extra, "config": config.to_dict()})
-    start_step = ckpt.latest_step()
     with sharding.activate(mesh, preset):
-        if start_step is not None:
-            params, train_state, _ = ckpt.restore(
-                start_step,
-                abstract_params=checkpoint.abstract_like(abs_params, param_sh),
-                abstract_train=checkpoint.abstract_like(abs_train, train_sh),
-                data_iter=None,
-            )
+        # The newest intact step (damaged ones are named and set aside); None when fresh.
+        resumed = ckpt.restore_latest(
+            abstract_params=checkpoint.abstract_like(layout.abs_params, param_sh),
+            abstract_train=checkpoint.abstract_like(layout.abs_train, train_sh),
+            data_iter=None,  # batches are a function of (seed, step): no iterator state
+            meta=meta,
+            items=("params", "train", "meta"),
+        )
+        if resumed is not None:
+            start_step, params, train_state, _, _ = resumed
             print(f"resumed from step {start_step} ({ckpt.directory})", flush=True)
         else:
             start_step = 0
             params = jax.jit(
-                lambda: nnx.to_pure_dict(nnx.state(make_model())), out_shardings=param_sh
+                lambda: nnx.to_pure_dict(nnx.state(layout.make_model())), out_shardings=param_sh
             )()
             if config.init_from:
                 fresh = jax.tree.map(np.asarray, jax.device_get(params))
                 new = init_flow(config.init_from, cfg, config.init_new_tokenizer, fresh)
                 params = jax.device_put(new, param_sh)
                 print(f"initialised the flow from {config.init_from}", flush=True)
-            train_state = jax.jit(init_train, out_shardings=train_sh)(params)
+            train_state = jax.jit(layout.init_train, out_shardings=train_sh)(params)
 
     ####################################################################################
     # Update step and evals
     ####################################################################################
-    jit_step = jax.jit(
-        make_train_step(graphdef, tx, config),
-        in_shardings=(param_sh, train_sh, batch_sh),
-        out_shardings=(param_sh, train_sh, replicated),
-        donate_argnums=(0, 1),
-    )
+    jit_step = jit_train_step(config, layout)
     eval_step = jax.jit(
         make_eval_step(graphdef, config.seed),
         in_shardings=(param_sh, batch_sh, sharding.batch_sharding(mesh, preset, 1)),

@@ -169,3 +169,27 @@ def test_tpu_compile_of_the_offload_preset_uses_host_memory(tmp_path):
 def test_tpu_compile_of_the_speech_tokenizer_step(tmp_path):
     r = _aot_cli(tmp_path, TOKENIZER, {**TOKENIZER_TINY, "model.remat": True})
     assert r["trainer"] == "speech_tokenizer" and r["remat_policy"] == "per layer"
+
+
+DECODER = os.path.join(REPO, "configs", "decoder_tiny.py") + ":vocab=16"
+DECODER_TINY = {"input.max_tokens": 12, "input.global_batch_size": 8, "evals.batch_size": 8}
+
+
+@pytest.mark.e2e  # a flow train-step compile on 2 loaded cores
+def test_cpu_compile_of_the_speech_decoder_step():
+    r = preflight.report(_tiny_config(DECODER, DECODER_TINY), "cpu", 0.5, benchmark_steps=1)
+    assert r["trainer"] == "speech_decoder" and r["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert r["mel_frames_per_utterance"] == 82 and r["units_per_step"] == 8 * 12 / 12.5
+    assert r["memory"]["arguments"] > 0 and r["measured_step_s"] > 0
+    # No loops in the step: XLA counts every op of forward + backward, about 3 x the forward.
+    xla_total = r["xla_flops_per_device"] * r["chips"]
+    assert 0.5 * xla_total < r["model_flops_per_step"] < 2.0 * xla_total
+    assert "speech_decoder step: global batch 8 utterances x 12 tokens" in preflight.format_report(
+        r
+    )
+
+
+@needs_libtpu
+def test_tpu_compile_of_the_speech_decoder_step(tmp_path):
+    r = _aot_cli(tmp_path, DECODER, DECODER_TINY)
+    assert r["trainer"] == "speech_decoder" and r["units"] == "audio seconds"

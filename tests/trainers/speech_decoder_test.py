@@ -3,8 +3,10 @@ corpus (gliding tones whose tokens are their pitch bins): a few steps lower the 
 a resumed run continues with the uninterrupted run's losses; bad tokens are refused by name.
 """
 
+import glob
 import json
 import os
+import re
 
 import jax
 import numpy as np
@@ -12,7 +14,7 @@ import pytest
 import soundfile
 from flax import nnx
 
-from glmvoice_jax import config_lib
+from glmvoice_jax import checkpoint, config_lib, sharding
 from glmvoice_jax.cli import decode
 from glmvoice_jax.convert.decoder import decoder_checkpoint
 from glmvoice_jax.inference import speech_stream
@@ -193,3 +195,58 @@ def test_new_voice_rows_are_cut_to_whole_blocks_of_08_seconds():
     assert again[0].tokens.size == speech_decoder.truncated(utts, [0], cfg, block, [0, 7, 1])[
         0].tokens.size  # fmt: skip
     assert speech_decoder.truncated(utts, [0], cfg, 0, [0, 0, 1])[0].tokens.size == n_tok
+
+
+@pytest.mark.e2e  # ~40 s of CPU (153 s wall under load 11)
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before(tmp_path, capsys):
+    # Steps 2 and 4 saved as the trainer saves them (flow params, Adam state, the decoder meta);
+    # step 4's parameter bytes overwritten in place, which only a read finds. train() falls back
+    # to step 2 (total_steps 2: nothing left to train), names step 4 and sets it aside.
+    manifest, tokens = _corpus(tmp_path, n=6)
+    c = _quick(_config(manifest, tokens, 2))
+    cfg = speech_decoder.validate(c)
+    mesh = sharding.make_mesh(c.mesh)
+    layout = speech_decoder.step_layout(c, cfg, mesh)
+    decoder_cfg, _ = speech_decoder.decoder_config(c, cfg)
+    extra = {"trainer": speech_decoder.TRAINER, "params": "flow", "vocoder_from": ""}
+    meta = checkpoint.model_meta(decoder_cfg, None, extra=extra)
+    root = tmp_path / "run" / "checkpoints"
+    ckpt = checkpoint.Checkpointer(str(root), keep=5, async_save=False)
+    with sharding.activate(mesh, c.axis_rules):
+        params = jax.jit(
+            lambda: nnx.to_pure_dict(nnx.state(layout.make_model())),
+            out_shardings=layout.param_sh,
+        )()
+        train_state = jax.jit(layout.init_train, out_shardings=layout.train_sh)(params)
+        for step in (2, 4):
+            shifted = jax.tree.map(lambda x, s=step: x + s, params)
+            ckpt.save(step, params=shifted, train=train_state, data_iter=None, meta=meta)
+    ckpt.close()
+    for f in glob.glob(str(root / "4" / "params" / "d" / "*")):
+        with open(f, "r+b") as fh:
+            fh.write(b"\xff" * os.path.getsize(f))
+    speech_decoder.train(c, str(tmp_path / "run"))
+    printed = capsys.readouterr().out
+    assert "resumed from step 2" in printed and re.search(r"step 4.*could not be read", printed)
+    assert os.path.isdir(root / "4.damaged") and not os.path.exists(root / "4")
+    model = decoder_checkpoint.load_any(str(tmp_path / "run" / "decoder"))
+    want = jax.device_get(params[speech_decoder.EMBEDDING.split("/")[0]]["embedding"]) + 2
+    got = decoder_checkpoint.flat_params(model)["flow/" + speech_decoder.EMBEDDING]
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.e2e  # ~35 s of CPU: tracing the 111 M-parameter init (flax reads .sharding of tracers)
+def test_dry_run_of_the_release_dims_config(capsys):
+    # configs/decoder_release.py: the glm4_voice_decoder flow (decoder.md §1), shapes only, on
+    # the 8 fake devices (fsdp 8); its v5p-8 compile: docs/decoder_training.md.
+    c = config_lib.load_config_file(os.path.join(REPO, "configs", "decoder_release.py"))
+    assert c.vocoder == "hift" and c.init_from and not c.init_new_tokenizer
+    out = speech_decoder.dry_run(c)
+    assert out["parameters"] == 111_166_208 and out["mesh"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    # fp32 params + Adam mu and nu (3 x 424 MiB), sharded 8 ways: ~160 MiB per device.
+    assert 150 * 2**20 < out["total_bytes_per_device"] < 170 * 2**20
+    assert "1722 frames" in capsys.readouterr().out
+    other = config_lib.load_config_file(
+        os.path.join(REPO, "configs", "decoder_release.py:vocab=4096,rate=25")
+    )
+    assert other.init_new_tokenizer and other.model.input_frame_rate == 25.0
