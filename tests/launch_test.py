@@ -4,6 +4,7 @@ import os
 import shlex
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -260,3 +261,67 @@ def test_jobset_entry_passes_through_a_finish_or_a_crash(tmp_path, code):
     proc = _entry(tmp_path, f"exit {code}")
     proc.communicate(timeout=30)
     assert proc.returncode == code
+
+
+@pytest.mark.e2e
+def test_jobset_entry_over_the_real_trainer_restarts_and_resumes(tmp_path):
+    """The JobSet cycle on CPU: SIGTERM -> save, exit 42 -> the same command resumes, exit 0."""
+    from glmvoice_jax.corpora import demo_corpus
+
+    corpus = str(tmp_path / "corpus")
+    demo_corpus.write_demo_corpus(corpus, docs_per_source=60, num_shards=2)
+    wd = str(tmp_path / "run")
+    tiny = {
+        "model.embed_dim": 32,
+        "model.num_layers": 2,
+        "model.num_heads": 2,
+        "model.num_kv_heads": 1,
+        "model.head_dim": 16,
+        "model.mlp_dim": 64,
+        "input.seq_len": 64,
+        "input.global_batch_size": 8,
+        "loss.chunk_size": 32,
+        "log_every_steps": 1,
+        "ckpt.every_steps": 1000,
+        "metrics.console": False,
+    }
+    args = ["bash", os.path.join(REPO, "launch", "jobset_entry.sh"), sys.executable, "-m"]
+    args += ["glmvoice_jax.cli.train", f"--config={REPO}/configs/demo_tiny.py:corpus=synthetic"]
+    args += [f"--workdir={wd}", *(f"--config.{k}={v}" for k, v in tiny.items())]
+    args += [
+        f"--config.input.sources.{n}.paths={corpus}/{n}/*.array_record"
+        for n in ("text", "speech", "interleaved")
+    ]
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.Popen(
+        [*args, "--config.total_steps=100000"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = os.path.join(wd, "metrics.jsonl")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if os.path.exists(metrics) and os.path.getsize(metrics) and _count_lines(metrics) >= 3:
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 42, err[-2000:]
+    from glmvoice_jax import checkpoint
+
+    saved = checkpoint.resolve(os.path.join(wd, "checkpoints"))[1]
+    assert saved >= 3
+    # The restarted pod runs the same command (here with an end in sight) and resumes.
+    done = subprocess.run(
+        [*args, f"--config.total_steps={saved + 2}"], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"resumed from step {saved}" in done.stdout
+
+
+def _count_lines(path):
+    with open(path) as f:
+        return sum(1 for _ in f)
