@@ -9,6 +9,8 @@ import hashlib
 import http.server
 import json
 import os
+import re
+import shlex
 import threading
 import urllib.parse
 
@@ -23,13 +25,14 @@ from glmvoice_jax.convert.io import remote
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "fixtures")
 GLM = os.path.join(FIXTURES, "glm_chatglm")
+WHISPER_VQ = os.path.join(FIXTURES, "whisper_vq")
 SHA = "0123456789abcdef0123456789abcdef01234567"
 
 
 class _HubHandler(http.server.BaseHTTPRequestHandler):
-    """Serves one directory as every model repo at commit SHA; records the requests."""
+    """Serves fixture directories as hub model repos (all at commit SHA); records the requests."""
 
-    root = ""
+    repos: dict = {}
     seen: list = []
 
     def log_message(self, *args):
@@ -45,27 +48,26 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         path = urllib.parse.urlparse(self.path).path
         self.seen.append(f"{self.command} {path}")
         parts = path.strip("/").split("/")
-        names = sorted(os.listdir(self.root))
+        api = parts[:2] == ["api", "models"]
+        root = self.repos.get("/".join(parts[2:4] if api else parts[:2]))
+        files = _files(root) if root else {}
         headers = {"Content-Type": "application/json"}
-        if parts[:2] == ["api", "models"] and "revision" in parts:
-            data = {"id": "/".join(parts[2:4]), "sha": SHA, "siblings": []}
-        elif parts[:2] == ["api", "models"] and "tree" in parts:
-            data = [
-                {"type": "file", "path": n, "size": os.path.getsize(self._file(n)), "oid": SHA}
-                for n in names
-            ]
-        elif "resolve" in parts and parts[parts.index("resolve") + 2] in names:
-            data = None
-            with open(self._file(parts[parts.index("resolve") + 2]), "rb") as f:
+        payload = None
+        if root and api and "revision" in parts:
+            payload = json.dumps({"id": "/".join(parts[2:4]), "sha": SHA, "siblings": []})
+        elif root and api and "tree" in parts:
+            listing = [{"type": "file", "path": r, "size": n, "oid": SHA} for r, n in files.items()]
+            payload = json.dumps(listing)
+        elif root and "resolve" in parts and "/".join(parts[4:]) in files:
+            with open(os.path.join(root, *parts[4:]), "rb") as f:
                 payload = f.read()
             headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(payload).hexdigest()}"'}
-        else:
+        if payload is None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
-        if data is not None:
-            payload = json.dumps(data).encode()
+        payload = payload.encode() if isinstance(payload, str) else payload
         self.send_response(200)
         for k, v in headers.items():
             self.send_header(k, v)
@@ -74,14 +76,22 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         if body:
             self.wfile.write(payload)
 
-    def _file(self, name):
-        return os.path.join(self.root, name)
+
+def _files(root):
+    """Relative path (``/``-separated) -> size of every file under ``root``."""
+    out = {}
+    for dirpath, _, names in os.walk(root):
+        for n in names:
+            full = os.path.join(dirpath, n)
+            out[os.path.relpath(full, root).replace(os.sep, "/")] = os.path.getsize(full)
+    return out
 
 
 @pytest.fixture
 def hub(monkeypatch, tmp_path):
-    """A local hub serving the chatglm fixture; HF_ENDPOINT / HF_HUB_CACHE point at it."""
-    handler = type("Handler", (_HubHandler,), {"root": GLM, "seen": []})
+    """A local hub serving the fixtures; HF_ENDPOINT / HF_HUB_CACHE point at it."""
+    repos = {"THUDM/glm-4-9b": GLM, "THUDM/glm-4-voice-tokenizer": WHISPER_VQ}
+    handler = type("Handler", (_HubHandler,), {"repos": repos, "seen": []})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -175,3 +185,40 @@ def test_import_from_a_bucket_directory(hub, fake_gcs, tmp_path):
     assert meta["model_class"] == "GLMConfig" and checkpoint.step_problem(out / "0") is None
     again = remote.download_tree("gs://bkt/src", remote.staging_dir("gs://bkt/src", "download"))
     assert again == (0, len(os.listdir(GLM)))  # a second copy finds every file there already
+
+
+def _readme_commands(tool):
+    """The README recipe's commands of ``tool``, joined over ``\\`` (as readme_recipe_test)."""
+    repo = os.path.dirname(os.path.dirname(FIXTURES))
+    with open(os.path.join(repo, "README.md"), encoding="utf-8") as f:
+        text = f.read()
+    start = text.index("## Pretrain GLM-4-Voice-9B\n")
+    section = text[start : text.index("\n## ", start + 10)]
+    out = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            if line.strip().startswith(tool + " "):
+                out.append(shlex.split(line))
+    return out
+
+
+@pytest.mark.e2e
+def test_readme_recipe_import_and_export_steps_run_as_written(hub, fake_gcs, tmp_path):
+    """Steps 1, 2 and 9 of the README recipe, word for word: hub -> bucket -> export."""
+    imports = _readme_commands("glmvoice-import")
+    assert len(imports) == 2
+    metas = [import_checkpoint.main(argv) for argv in imports]
+    assert metas[0]["extra"]["speech_extension"]["num_audio_tokens"] == 16384
+    assert metas[1]["model_class"] == "WhisperVQConfig"
+    # A training run's workdir holding the imported weights as its latest checkpoint.
+    base = dict(zip(imports[0][1::2], imports[0][2::2], strict=False))["--output"]
+    (export,) = _readme_commands("glmvoice-export")
+    workdir = export[export.index("--checkpoint") + 1]
+    staged = str(tmp_path / "run")
+    remote.download_tree(base, staged, show=False)
+    remote.publish(staged, f"{workdir}/checkpoints", show=False)
+    files = export_checkpoint.main(export)
+    out = export[export.index("--output") + 1]
+    config = json.loads((epath.Path(out) / "config.json").read_text())
+    assert config["architectures"] == ["ChatGLMModel"] and "model.safetensors" in files
+    assert config["padded_vocab_size"] == metas[0]["model"]["vocab_size"]
