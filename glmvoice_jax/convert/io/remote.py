@@ -114,8 +114,8 @@ def fetch_hub(repo_id: str, revision: str | None, *, what: str = "--checkpoint")
         ) from None
     except hub_errors.LocalEntryNotFoundError as e:
         raise errors.UserError(
-            f"{what} {repo_id}: the hub ({where}) could not be reached and the cache holds no "
-            f"snapshot of it ({str(e).splitlines()[0]})"
+            f"{what} {repo_id}: no local directory of that name; as a hub repo, the hub ({where}) "
+            f"could not be reached and the cache holds no snapshot of it ({str(e).splitlines()[0]})"
         ) from None
 
 

@@ -64,6 +64,8 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
             headers = {"X-Repo-Commit": SHA, "ETag": f'"{hashlib.sha1(payload).hexdigest()}"'}
         if payload is None:
             self.send_response(404)
+            if not root:  # what the hub answers for a repo it does not have
+                self.send_header("X-Error-Code", "RepoNotFound")
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -115,6 +117,16 @@ def test_hub_repo_names(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="not a hub repo id"):
         remote.hub_repo("hf://just-a-name")
     assert remote.is_uri("gs://b/x") and not remote.is_uri("hf://a/b")
+
+
+def test_a_missing_repo_or_an_unreachable_hub_is_one_clear_error(hub, tmp_path, monkeypatch):
+    argv = ["glmvoice-import", "--checkpoint", "org/missing", "--output", str(tmp_path / "x")]
+    with pytest.raises(ValueError, match="no local directory of that name, and the hub"):
+        import_checkpoint.main(argv)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    with pytest.raises(ValueError, match="could not be reached and the cache holds no snapshot"):
+        import_checkpoint.main(argv)
+    assert not (tmp_path / "x").exists()
 
 
 def test_import_from_the_hub_to_a_bucket_resumes_an_interrupted_copy(
