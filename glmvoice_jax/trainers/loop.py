@@ -14,8 +14,10 @@ and share, through :class:`Loop`:
   metrics.jsonl / TensorBoard (``metrics.MetricWriter``), and the ``debug.sigkill_at_step`` test
   hook that dies hard after a committed checkpoint (kill -9 resume tests);
 * where the time goes: each logged interval is split into the host's time blocked in the input
-  pipeline (``time/data_wait``), in checkpoint saves (``time/checkpoint``) and in the loop's own
-  bookkeeping (``time/host``), per step; the rest is ``time/device_step``, from which the
+  pipeline (``time/data_wait``), in checkpoint saves after the step in flight finished
+  (``time/checkpoint``) and in logging (``time/host``: metrics, TensorBoard, the bar), per step;
+  the rest is ``time/device_step`` (the stop vote and NaN check read results one step late, so
+  their waits are device time), from which the
   trainers compute throughput and MFU. ``goodput`` is device-step time over wall time for the
   interval, ``goodput_run`` since the process started (start-up and compilation included), and
   ``time/startup`` (logged once) is process start to the first step dispatched. Dispatch is
@@ -291,7 +293,6 @@ class Loop:
 
     def stepped(self, out: Mapping[str, Any]) -> None:
         """After one dispatched step: count it, vote the stop flag, lag the finiteness check."""
-        t = time.perf_counter()
         self.step += 1
         if self.startup is None:
             self.startup = time.time() - self._process_start
@@ -313,7 +314,6 @@ class Loop:
         self.bar.update(1)
         if self._profiler is not None:
             self._profiler.after_step(self.step, out)
-        self._spent["host"] += time.perf_counter() - t
 
     def log_due(self, extra: bool = False) -> bool:
         every = self.config.log_every_steps
@@ -333,7 +333,9 @@ class Loop:
         n = max(self._steps_since_log, 1)
         wall = max(now - self._t_log, 1e-9)
         data, ckpt, host = (self._spent[k] for k in ("data", "checkpoint", "host"))
-        device = max(wall - data - ckpt - host, 0.0)
+        # Never 0: the blocked times are measured apart from the device and cannot exceed the
+        # wall time by more than timer noise.
+        device = max(wall - data - ckpt - host, 1e-3 * wall)
         dt = device / n
         # Steps timed in this interval: 0 when it holds only the first (compiling, warm-up) step,
         # whose dt is not a step time; throughput and MFU must not be logged from it.
@@ -377,6 +379,8 @@ class Loop:
         """Saves on the checkpoint cadence, at the last step and when stopping; test kill hook."""
         step = self.step
         if step % self.config.ckpt.every_steps == 0 or step == self.total or self.stopping:
+            # The save waits for the step in flight; that wait is device time, not checkpoint.
+            jax.block_until_ready([items[k] for k in ("params", "train") if k in items])
             with self.blocked("checkpoint"):
                 self.ckpt.save(step, **items)
         if step == self.config.debug.sigkill_at_step:
