@@ -17,11 +17,11 @@ Command (pod scale; corpora from the data pipelines, tokenizers from whisper-lar
         --config.tokenizer.overrides='("init_from=/data/whisper-large-v3",)'
 Expected: Table 1's trend (ASR error rises as the frame rate drops); fill in after the first run.
 
-Arguments (after ``:``, comma-separated): ``tiny``; ``tokenizer_steps=N`` and ``lm_steps=N``
-(0 = the defaults below); ``cells=6p25hz+50hz`` runs only those cells; ``sentences=grammar_6k``
-picks the bundled espeak-ng sentence set (glmvoice_jax/corpora/espeak_corpus.py). E.g. the tiny
-study at
-the tokenizer scale where the 12.5 Hz tokenizer reaches 24% CER (configs/tokenizer_12hz.py):
+Arguments (after ``:``, comma-separated): ``tiny``; ``tokenizer_steps=N``, ``lm_steps=N`` and
+``decoder_steps=N`` (0 = the defaults below); ``cells=6p25hz+50hz`` runs only those cells;
+``sentences=grammar_6k`` picks the bundled espeak-ng sentence set
+(glmvoice_jax/corpora/espeak_corpus.py). E.g. the tiny study at the tokenizer scale where the
+12.5 Hz tokenizer reaches 24% CER (configs/tokenizer_12hz.py):
     glmvoice-ablate --workdir runs/ablate_2500 \
         --config configs/ablation_bitrates.py:tiny,tokenizer_steps=2500,sentences=grammar_6k
 Expected (2 CPU cores, 79 min): tokenizer CER 63.9 / 24.2 / 46.1 / 58.6% at 6.25 / 12.5 / 25 /
@@ -30,7 +30,10 @@ Expected (2 CPU cores, 79 min): tokenizer CER 63.9 / 24.2 / 46.1 / 58.6% at 6.25
 Fields: ``cells`` maps a cell name to its tokenizer config spec and ``overrides`` (``key=value``
 strings applied to that config after the sweep-wide ``tokenizer.overrides``; any config field can
 be swept this way, e.g. ``model.codebook_size=1024`` at a fixed frame rate, or
-``model.attention_block_size=50``), or to a ``checkpoint`` to import instead of training.
+``model.attention_block_size=50``), or to a ``checkpoint`` to import instead of training;
+``decoder`` names a speech-decoder checkpoint trained on that tokenizer's tokens (refused, naming
+both vocabularies and frame rates, when it was trained on another), else the sweep trains one
+per cell (``decoder``); ``evals.judge`` is the one ASR judge of every cell's Recon CER/WER.
 """
 
 import ml_collections as mlc
@@ -43,7 +46,7 @@ CELLS = (("50hz", "tokenizer_50hz"), ("25hz", "tokenizer_25hz"), ("12p5hz", "tok
 
 def get_config(arg: str | None = None) -> mlc.ConfigDict:
     arg = config_lib.parse_arg(
-        arg, tiny=False, tokenizer_steps=0, lm_steps=0, cells="", sentences=""
+        arg, tiny=False, tokenizer_steps=0, lm_steps=0, decoder_steps=0, cells="", sentences=""
     )
     tiny = arg.tiny
     names = [n for n in arg.cells.split("+") if n] or [n for n, _ in CELLS]
@@ -82,7 +85,21 @@ def get_config(arg: str | None = None) -> mlc.ConfigDict:
         steps=arg.lm_steps or (300 if tiny else 20_000),
         overrides=(),
     )
+    # The speech decoder of every cell: the same flow config and steps, trained on the cell's own
+    # tokens (vocabulary, frame rate and input.max_tokens follow its tokenizer; the Griffin-Lim
+    # vocoder at tiny scale, docs/decoder_training.md). A cell's ``decoder`` entry skips training.
+    c.decoder = dict(
+        config="configs/decoder_tiny.py",
+        steps=arg.decoder_steps or (300 if tiny else 20_000),
+        overrides=("evals.max_utterances=8",) if tiny else (),
+    )
+    # The ASR judge of Recon CER/WER, the same for every cell: "cell:NAME" (that cell's trained
+    # tokenizer and ASR head; it runs first) or a tokenizer checkpoint (at pod scale: a
+    # whisper-large-v3 tokenizer import).
+    judge = "12p5hz" if "12p5hz" in names else names[0]
     c.evals = dict(
+        judge=f"cell:{judge}",
+        reconstruction_utterances=10 if tiny else 500,  # decoded, scored against the originals
         heldout_utterances=64 if tiny else 1000,  # ASR / TTS through the LM, validation loss
         story_cloze="",  # items JSONL; empty = the bundled demo set (docs/eval.md)
         story_cloze_modes="s2s,s2t",

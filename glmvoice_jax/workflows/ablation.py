@@ -14,8 +14,12 @@ their own checkpoints, the corpus jobs skip finished shards):
   lm_eval     validation loss per modality, speech nats per second of audio, spoken StoryCloze
               (glmvoice_jax/evals/story_cloze.py), ASR through the LM (CER of its transcripts), TTS
               through the LM (CER of the tokenizer's ASR head on the LM's speech tokens)
-  resynthesis tokens -> decoder -> audio -> re-tokenize -> ASR CER, when the cell names a
-              speech-decoder checkpoint (none exists for the tiny tokenizers: reported as n/a)
+  decoder     a speech decoder (flow matching, trainers/speech_decoder.py) trained on the cell's
+              own tokens, the same config and steps in every cell; or the checkpoint the cell
+              names in ``decoder``, refused when it was trained on another tokenizer
+  reconstruction  held-out tokens -> decoder -> audio, scored against the original audio:
+              PESQ (wide band), STOI, MCD, and Recon CER/WER through one ASR judge for every
+              cell (``evals.judge``; ablation_reconstruction.py)
 
 A cell whose tokenizer config fails validation is reported "invalid" and skipped; a stage that
 raises marks the cell "failed" with its error (the others go on). ablation_report.py writes
@@ -40,13 +44,14 @@ from glmvoice_jax import checkpoint, config_lib, files
 from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.corpora import espeak_corpus, speech_records, text_records
 from glmvoice_jax.data import prompts, token_layout
-from glmvoice_jax.evals import asr_metrics, resynthesis, story_cloze
+from glmvoice_jax.evals import asr_metrics, story_cloze
 from glmvoice_jax.inference import sampling, scoring, tokenizing_job, transcription
-from glmvoice_jax.trainers import lm, speech_tokenizer, speech_tokenizer_setup
+from glmvoice_jax.trainers import lm, speech_decoder, speech_tokenizer, speech_tokenizer_setup
+from glmvoice_jax.workflows import ablation_reconstruction as recon
 from glmvoice_jax.workflows import ablation_report, demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-STAGES = ("tokenizer", "tokenize", "records", "lm", "lm_eval", "resynthesis")
+STAGES = ("tokenizer", "tokenize", "records", "lm", "lm_eval", "decoder", "reconstruction")
 
 
 class CellInvalid(ValueError):
@@ -174,7 +179,7 @@ class Sweep:
         self.manifests = self.corpus()
         self.seconds = {s: _audio_seconds(m) for s, m in self.manifests.items()}
         self.text_path = self.text_docs()
-        names = list(self.config.cells.keys())
+        names = self.cell_order()
         done = sum(
             os.path.exists(os.path.join(self.workdir, "cells", c, "stages", f"{s}.json"))
             for c in names
@@ -190,6 +195,25 @@ class Sweep:
                 ablation_report.write(self.workdir, results, self.config)
         self.log(f"[sweep] done in {(time.perf_counter() - start) / 60:.1f} min")
         return results
+
+    def cell_order(self) -> list[str]:
+        """The cells in config order, the judge's cell first (its tokenizer judges the others)."""
+        names = list(self.config.cells.keys())
+        spec = self.config.evals.judge
+        if spec.startswith(recon.JUDGE_CELL):
+            cell = spec[len(recon.JUDGE_CELL) :]
+            if cell not in names:
+                raise ValueError(
+                    f"evals.judge {spec!r} names no cell of this sweep ({names}); name one of "
+                    "them or a tokenizer checkpoint (the same judge scores every cell)"
+                )
+            names.remove(cell)
+            names.insert(0, cell)
+        elif not os.path.exists(spec):
+            raise FileNotFoundError(
+                f"evals.judge {spec!r} is neither 'cell:NAME' nor an existing tokenizer checkpoint"
+            )
+        return names
 
     def run_cell(self, name: str, n: int, total: int) -> dict:
         cell_dir = os.path.join(self.workdir, "cells", name)
@@ -261,6 +285,12 @@ class Sweep:
             config = self.tokenizer_config(name)
             cfg = config_lib.tokenizer_model_config(config)
             ckpt = os.path.join(cell_dir, "tokenizer")
+        if cell.decoder:  # before the tokenizer trains: a mismatched decoder fails early
+            try:
+                recon.check_decoder(cell.decoder, cfg.codebook_size, cfg.token_rate_hz, name)
+            except (ValueError, FileNotFoundError) as e:
+                raise CellInvalid(str(e)) from None
+        if not cell.checkpoint:
             self.log(f"[sweep]   {speech_tokenizer_setup.banner(config, cfg).splitlines()[0]}")
             speech_tokenizer.train(config, ckpt)
             evals = _last_metrics(
@@ -420,15 +450,69 @@ class Sweep:
             "asr_example": {"ref": refs[0], "hyp": hyps[0]},
         }
 
-    def stage_resynthesis(self, name: str, cell_dir: str, done: dict) -> dict:
-        decoder = self.config.cells[name].decoder
-        if not decoder:
-            return {"status": "n/a", "reason": "no speech-decoder checkpoint for this tokenizer"}
-        return resynthesis.evaluate(
+    def stage_decoder(self, name: str, cell_dir: str, done: dict) -> dict:
+        tok = done["tokenizer"]
+        k, rate = tok["codebook_size"], tok["frame_rate_hz"]
+        named = self.config.cells[name].decoder
+        if named:
+            try:
+                recon.check_decoder(named, k, rate, name)
+            except (ValueError, FileNotFoundError) as e:
+                raise CellInvalid(str(e)) from None
+            return {"checkpoint": named, "trained": False}
+        c = self.config.decoder
+        config = config_lib.load_config_file(resolve(c.config))
+        config = recon.decoder_train_config(
+            config,
+            codebook_size=k,
+            frame_rate_hz=rate,
+            steps=c.steps,
+            manifest=recon.absolute_manifest(
+                self.manifests["train"], os.path.join(cell_dir, "decoder_audio.jsonl")
+            ),
+            tokens=done["tokenize"]["train_tokens"],
+            seed=self.config.seed,
+        )
+        apply_overrides(config, list(c.overrides), f"cell {name} (decoder)")
+        workdir = os.path.join(cell_dir, "decoder")
+        speech_decoder.train(config, workdir)  # resumes from its checkpoints after a kill
+        return {
+            "checkpoint": os.path.join(workdir, "decoder"),
+            "trained": True,
+            "steps": config.total_steps,
+            "max_tokens": config.input.max_tokens,
+            **recon.training_summary(workdir),
+        }
+
+    def judge(self) -> str:
+        """The ASR judge's tokenizer checkpoint (``evals.judge``), the same for every cell."""
+        spec = self.config.evals.judge
+        if not spec.startswith(recon.JUDGE_CELL):
+            if not os.path.exists(spec):
+                raise FileNotFoundError(f"evals.judge {spec} does not exist")
+            return spec
+        cell = spec[len(recon.JUDGE_CELL) :]
+        marker = os.path.join(self.workdir, "cells", cell, "stages", "tokenizer.json")
+        if not os.path.exists(marker):
+            raise ValueError(
+                f"evals.judge {spec!r}: cell {cell} has no trained tokenizer (its tokenizer "
+                "stage failed or is invalid); fix that cell or name a tokenizer checkpoint"
+            )
+        with open(marker) as f:
+            return json.load(f)["checkpoint"]
+
+    def stage_reconstruction(self, name: str, cell_dir: str, done: dict) -> dict:
+        tok = done["tokenizer"]
+        decoder = done["decoder"]["checkpoint"]
+        recon.check_decoder(decoder, tok["codebook_size"], tok["frame_rate_hz"], name)
+        n = self.config.evals.reconstruction_utterances
+        return recon.evaluate(
             decoder,
-            done["tokenizer"]["checkpoint"],
+            tok["checkpoint"],
+            self.judge(),
             done["tokenize"]["heldout_tokens"],
             self.manifests["heldout"],
-            os.path.join(cell_dir, "resynthesis"),
-            max_utterances=self.config.evals.heldout_utterances,
+            os.path.join(cell_dir, "reconstruction"),
+            max_utterances=n,
+            judge_cache=os.path.join(self.workdir, "judge", f"heldout_{n}.json"),
         )
