@@ -18,7 +18,7 @@ import ml_collections as mlc
 from glmvoice_jax import checkpoint, sharding
 from glmvoice_jax.data import token_layout
 from glmvoice_jax.data.input import hf_sources
-from glmvoice_jax.models import glm, whisper_vq
+from glmvoice_jax.models import fused_attention, glm, whisper_vq
 
 # GLMConfig fields a config may override (None = keep the preset's value).
 MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(glm.GLMConfig))
@@ -265,6 +265,13 @@ def validate(config: mlc.ConfigDict) -> tuple[Any, Any] | None:
             inp.seq_len % c == 0,
             f"model.attention_chunk ({model_cfg.attention_chunk}) must divide input.seq_len "
             f"({inp.seq_len})",
+        )
+    if model_cfg.attention_impl == "splash":  # the kernel's tiles are multiples of 128 lanes
+        lanes = fused_attention.SPLASH_LANES
+        need(
+            inp.seq_len % lanes == 0,
+            f"model.attention_impl='splash' needs input.seq_len to be a multiple of {lanes}, got "
+            f"{inp.seq_len}; change input.seq_len or use model.attention_impl='chunked'",
         )
     return model_cfg, layout
 

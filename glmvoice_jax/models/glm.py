@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from glmvoice_jax import sharding
-from glmvoice_jax.models import attention
+from glmvoice_jax.models import attention, fused_attention
 
 ACT = ("act_batch", "act_len", "act_embed")
 
@@ -50,6 +50,9 @@ REMAT_POLICIES = {
     ),
 }
 HOST_OFFLOAD_POLICIES = frozenset({"offload"})
+
+# Attention implementations, same math: portable ("xla", "chunked") and fused per backend.
+ATTENTION_IMPLS = ("xla", "chunked") + fused_attention.FUSED
 
 
 def check_remat_policy(name: str, devices: Sequence[jax.Device]) -> None:
@@ -97,7 +100,9 @@ class GLMConfig:
       scan_layers: run layers with nnx.scan (True) or an unrolled loop (same parameters).
       remat_policy: one of REMAT_POLICIES ("offload" needs devices with pinned host memory:
         ``check_remat_policy``).
-      attention_impl: "xla" or "chunked" (attention.py).
+      attention_impl: ``model.attention_impl``, one of ATTENTION_IMPLS: "xla" or "chunked"
+        (attention.py, any backend), or the fused kernels (fused_attention.py) "splash" (TPU)
+        and "cudnn" (GPU, bf16/fp16 compute), which check the backend when the step is traced.
       attention_chunk: query block of the chunked attention.
       dropout: hidden dropout rate in [0, 1) (module docstring); 0 = off.
     """
@@ -140,9 +145,15 @@ class GLMConfig:
             raise ValueError(
                 f"unknown remat_policy {self.remat_policy!r}; known: {sorted(REMAT_POLICIES)}"
             )
-        if self.attention_impl not in ("xla", "chunked"):
+        if self.attention_impl not in ATTENTION_IMPLS:
             raise ValueError(
-                f"attention_impl must be 'xla' or 'chunked', not {self.attention_impl!r}"
+                f"model.attention_impl must be one of {', '.join(ATTENTION_IMPLS)} ('splash' on "
+                f"TPU, 'cudnn' on GPU), not {self.attention_impl!r}"
+            )
+        if self.attention_impl == "cudnn" and self.dtype == "float32":
+            raise ValueError(
+                "model.attention_impl='cudnn' needs model.dtype bfloat16 or float16 (cuDNN flash "
+                "attention has no float32 kernel), got 'float32'; use 'xla' or 'chunked' in float32"
             )
         for f in ("param_dtype", "dtype"):
             if getattr(self, f) not in ("float32", "bfloat16", "float16"):
@@ -314,14 +325,15 @@ class GLMAttention(nnx.Module):
     def __call__(self, x, segment_ids, cos, sin):
         dt = x.dtype
         q, k, v = self._qkv(x, cos, sin)
-        o = attention.dot_product_attention(
-            q,
-            k,
-            v,
-            segment_ids,
-            impl=self.cfg.attention_impl,
-            chunk_size=self.cfg.attention_chunk,
-        )
+        impl = self.cfg.attention_impl
+        if impl == "splash":
+            o = fused_attention.splash_attention(q, k, v, segment_ids)
+        elif impl == "cudnn":
+            o = fused_attention.cudnn_attention(q, k, v, segment_ids)
+        else:
+            o = attention.dot_product_attention(
+                q, k, v, segment_ids, impl=impl, chunk_size=self.cfg.attention_chunk
+            )
         return jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
 
     def decode(self, x, cos, sin, k_cache, v_cache, index):
