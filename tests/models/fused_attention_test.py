@@ -64,7 +64,10 @@ def test_splash_matches_xla_on_packed_rows():
         np.testing.assert_allclose(g, w, **GRAD_TOL)
 
 
-@pytest.mark.parametrize("tensor,heads", [(2, 4), (4, 4), (2, 8)])
+@pytest.mark.parametrize(
+    "tensor,heads",
+    [(2, 4), pytest.param(4, 4, marks=pytest.mark.e2e), pytest.param(2, 8, marks=pytest.mark.e2e)],
+)
 def test_splash_under_the_mesh_shards_batch_and_heads(tensor, heads):
     """shard_map over act_batch / act_heads; kv heads stay whole (a slice per query shard)."""
     q, k, v, seg = _packed_batch(b=8 // tensor, t=128, n=heads, h=16, seed=1)
@@ -110,9 +113,13 @@ def test_model_with_fused_attention_refuses_cpu_and_bad_values():
     small = dataclasses.replace(
         glm.VARIANTS["tiny"], num_layers=1, vocab_size=64, embed_dim=32, mlp_dim=64, head_dim=8
     )
-    m = glm.GLMDecoder(dataclasses.replace(small, attention_impl="splash"), rngs=nnx.Rngs(0))
+    splash_cfg = dataclasses.replace(small, attention_impl="splash")
+
+    def forward():  # abstract: the error comes from tracing, nothing is allocated or compiled
+        return glm.GLMDecoder(splash_cfg, rngs=nnx.Rngs(0))(jnp.zeros((1, 128), jnp.int32))
+
     with pytest.raises(ValueError, match="attention_impl='splash' needs a TPU backend"):
-        m(jnp.zeros((1, 128), jnp.int32))
+        jax.eval_shape(forward)
     with pytest.raises(ValueError, match=r"model.attention_impl must be one of .*'flash'"):
         dataclasses.replace(small, attention_impl="flash")
     with pytest.raises(ValueError, match="'cudnn' needs model.dtype bfloat16 or float16"):
