@@ -13,7 +13,7 @@ Pre-flight (a CPU machine with libtpu; docs/decoder_training.md, "Release dims: 
     glmvoice-aot --config configs/decoder_release.py --topology v5p-8
     glmvoice-train --config configs/decoder_release.py --workdir /tmp/x --dry_run
 Command (an accelerator host):
-    glmvoice-import --src glm-4-voice-decoder --dst ckpt/glm-4-voice-decoder
+    glmvoice-import --checkpoint glm-4-voice-decoder --output ckpt/glm-4-voice-decoder
     glmvoice-tokenize --checkpoint TOKENIZER --input audio.jsonl --output tokens.jsonl
     glmvoice-train --config configs/decoder_release.py[:vocab=4096,rate=25] --workdir runs/flow \
         --config.input.manifest=audio.jsonl --config.input.tokens=tokens.jsonl
