@@ -58,6 +58,30 @@ class CellInvalid(ValueError):
     """The cell's tokenizer config does not validate: the cell is skipped, not failed."""
 
 
+class StageStopped(RuntimeError):
+    """A trainer saved and returned before its last step (SIGTERM / SIGINT).
+
+    The stage is not done, so it gets no marker; the sweep stops and a rerun resumes the stage's
+    trainer from its checkpoints.
+    """
+
+
+def check_complete(workdir: str, total: int, what: str) -> None:
+    """Raises StageStopped when the newest intact checkpoint in ``workdir`` is short of ``total``.
+
+    The checkpoint, not the returned metrics: a trainer resumed at its last step logs nothing.
+    """
+    try:
+        _, step = checkpoint.resolve(workdir)
+    except FileNotFoundError:
+        step = 0
+    if step < total:
+        raise StageStopped(
+            f"{what} stopped at step {step} of {total} (a stop signal); run the same command "
+            "again to resume it"
+        )
+
+
 def resolve(spec: str) -> str:
     """A config spec ``path[:arg]``; a relative path is tried from the CWD, then the repo root."""
     path, sep, arg = spec.partition(":")
@@ -191,7 +215,11 @@ class Sweep:
         self.bar = progress_lib.bar(len(names) * len(STAGES), "sweep", "stage", initial=done)
         with self.bar:
             for n, name in enumerate(names, 1):
-                results.append(self.run_cell(name, n, len(names)))
+                try:
+                    results.append(self.run_cell(name, n, len(names)))
+                except StageStopped as e:
+                    self.log(f"[sweep] {e}")
+                    return results
                 ablation_report.write(self.workdir, results, self.config)
         self.log(f"[sweep] done in {(time.perf_counter() - start) / 60:.1f} min")
         return results
@@ -229,6 +257,8 @@ class Sweep:
             s0 = time.perf_counter()
             try:
                 out = getattr(self, f"stage_{stage}")(name, cell_dir, result["stages"])
+            except StageStopped:
+                raise  # not a failure of the cell: the whole sweep stops, resumable
             except CellInvalid as e:
                 result.update(status="invalid", error=str(e), failed_stage=stage)
                 self.log(f"[sweep] cell {name}: invalid config, skipped: {e}")
@@ -293,6 +323,7 @@ class Sweep:
         if not cell.checkpoint:
             self.log(f"[sweep]   {speech_tokenizer_setup.banner(config, cfg).splitlines()[0]}")
             speech_tokenizer.train(config, ckpt)
+            check_complete(ckpt, config.total_steps, f"cell {name}: the tokenizer")
             evals = _last_metrics(
                 ckpt, ("eval_cer", "eval_wer", "codebook_usage", "codebook_perplexity", "step")
             )
@@ -374,6 +405,7 @@ class Sweep:
         config_lib.validate(config)
         lm_dir = os.path.join(cell_dir, "lm")
         summary = lm.train(config, lm_dir)
+        check_complete(lm_dir, config.total_steps, f"cell {name}: the LM")
         tokens = config.total_steps * config.input.global_batch_size * config.input.seq_len
         return {
             "checkpoint": lm_dir,
@@ -476,6 +508,7 @@ class Sweep:
         apply_overrides(config, list(c.overrides), f"cell {name} (decoder)")
         workdir = os.path.join(cell_dir, "decoder")
         speech_decoder.train(config, workdir)  # resumes from its checkpoints after a kill
+        check_complete(workdir, config.total_steps, f"cell {name}: the decoder")
         return {
             "checkpoint": os.path.join(workdir, "decoder"),
             "trained": True,

@@ -168,3 +168,13 @@ def test_sweep_trains_a_decoder_per_cell_and_resumes(tmp_path):
     assert recon["utterances"] == 1 and recon["decoder"] == stages["decoder"]["checkpoint"]
     for key in ("recon_cer", "judge_original_cer", "stoi", "mcd_db", "retokenized_agreement"):
         assert recon[key] is not None
+
+
+def test_a_stage_whose_trainer_stopped_early_is_not_marked_done(tmp_path, monkeypatch):
+    """SIGTERM inside a stage: the trainer saves and returns; the sweep must not mark it done."""
+    with pytest.raises(ablation.StageStopped, match="step 0 of 5.*run the same command"):
+        ablation.check_complete(str(tmp_path / "none"), 5, "cell x: the LM")
+    monkeypatch.setattr(ablation.checkpoint, "resolve", lambda path: (path, 3))
+    with pytest.raises(ablation.StageStopped, match="stopped at step 3 of 5"):
+        ablation.check_complete(str(tmp_path), 5, "cell x: the LM")
+    ablation.check_complete(str(tmp_path), 3, "cell x: the LM")  # complete: no error
