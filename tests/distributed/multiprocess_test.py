@@ -160,6 +160,7 @@ def _wait_for_steps(workdir, procs, n, timeout=240):
     )
 
 
+@pytest.mark.e2e  # 89 s quiet; the SIGTERM and dead-process tests stay in make test
 def test_elastic_resume_after_sigterm_and_after_kill(corpus, compile_cache, tmp_path):
     """4 -> 2 processes after SIGTERM, 2 -> 4 after kill -9: every loss equals one process' loss."""
     wd, cache = str(tmp_path / "run"), compile_cache

@@ -110,6 +110,7 @@ def _quick(c):
     return c
 
 
+@pytest.mark.e2e  # 63 s quiet (make test-e2e)
 def test_trained_decoder_is_loaded_by_decode_and_the_chat_stream(tmp_path):
     # Griffin-Lim vocoder: the trainer writes WORKDIR/decoder (flow + vocoder); glmvoice-decode
     # and the chat tool's SpeechStream make audio from it and from the trainer's checkpoints.
@@ -137,6 +138,7 @@ def test_trained_decoder_is_loaded_by_decode_and_the_chat_stream(tmp_path):
     assert abs(sum(c.size for c in chunks) / (256 * frames_from_tokens(14, 12.5)) - 1) < 0.05
 
 
+@pytest.mark.e2e  # 46 s quiet (make test-e2e)
 def test_init_from_an_imported_release_decoder_with_its_hift(tmp_path):
     # A stand-in for glmvoice-import of glm-4-voice-decoder: a full decoder checkpoint of the tiny
     # preset (64 codes at 12.5 Hz, flow + HiFT). The config names 16 codes: refused in one line

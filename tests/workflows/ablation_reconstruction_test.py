@@ -63,6 +63,10 @@ def test_each_cell_trains_its_decoder_on_its_own_tokens(tmp_path, monkeypatch):
         return {}
 
     monkeypatch.setattr(ablation.speech_decoder, "train", fake_train)
+    # The fake writes no checkpoint; the completeness check reads the real trainer's (its own
+    # test is in ablation_test.py): here it only has to be asked about the decoder's workdir.
+    checked = []
+    monkeypatch.setattr(ablation, "check_complete", lambda *a: checked.append(a))
     c = sweep_config(decoder_steps=7)
     c.decoder.overrides = ("input.global_batch_size=4",)
     sweep = ablation.Sweep(c, str(tmp_path))
@@ -86,6 +90,7 @@ def test_each_cell_trains_its_decoder_on_its_own_tokens(tmp_path, monkeypatch):
         assert audio == str(tmp_path / "audio" / "a.wav")  # absolute for the trainer
         assert out["checkpoint"] == str(cell / "decoder" / "decoder") and out["trained"]
         assert (out["eval_loss_start"], out["eval_mel_l1"], out["step"]) == (40.0, 1.5, 7)
+        assert checked[-1][:2] == (str(cell / "decoder"), 7)
 
 
 def test_the_judge_is_one_cell_and_runs_first(tmp_path):

@@ -58,7 +58,7 @@ def _run(cfg: str, workdir: str, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *extra], env=env, capture_output=True, text=True, timeout=900)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e  # 120 s quiet: make test stays inside its budget (make test-e2e)
 def test_sweep_is_killed_and_resumed_stage_by_stage(tmp_path):
     # Untrained decoders of each cell's vocabulary and rate: the named-decoder path, no training
     # (the decoder training path: test_sweep_trains_a_decoder_per_cell_and_resumes, e2e).
