@@ -7,7 +7,7 @@ Usage:
 
 Resumable: rerun the same command after a kill and it continues at the first unfinished stage of
 the first unfinished cell. Output: DIR/report.md, report.json, report.png, DIR/tensorboard/CELL,
-and per cell DIR/cells/CELL/{tokenizer,tokens,corpus,lm,stages}. See
+and per cell DIR/cells/CELL/{tokenizer,tokens,corpus,lm,decoder,reconstruction,stages}. See
 glmvoice_jax/workflows/ablation.py.
 """
 
