@@ -13,6 +13,9 @@ items into ``num_shards`` output shards of ``records.Example``:
   other flags into the same folder fails instead of mixing two corpora.
 * **Shardable over processes.** Process p of P writes shards p, p + P, ... (defaults
   ``jax.process_index()`` / ``jax.process_count()``); the processes share nothing but the folder.
+  Or over an engine's workers: a job function passes its ``runner`` on to ``run``, and
+  ``beam_runner.BeamRunner`` writes every shard as a Beam work item through the same
+  ``write_shard`` (CPU-side jobs at scale, with the engine's retries and autoscaling).
 * **Bad inputs are skipped, counted and listed.** A producer reports them with ``ShardLog.error``;
   so are documents over ``max_tokens``. Each shard gets ``<shard>.errors.jsonl`` (one
   ``{"index", "id", "reason", "detail"}`` per skipped item) and ``<shard>.stats.json`` (records,
@@ -31,6 +34,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 import numpy as np
 
@@ -44,6 +48,9 @@ JOB_FILE = "job.json"
 KILL_ENV = "GLMVOICE_JOB_KILL_AFTER_RECORDS"
 STATS_SUFFIX = ".stats.json"
 ERRORS_SUFFIX = ".errors.jsonl"
+
+# (shard, input range, log) -> (input index, item id, Example) per kept input.
+Producer = Callable[[int, range, "ShardLog"], Iterable[tuple[int, object, records.Example]]]
 
 
 def default_process() -> tuple[int, int]:
@@ -152,16 +159,105 @@ def check_job_file(out_dir: str, params: Mapping) -> None:
     files.write_json(path, params, sort_keys=True)
 
 
+class Runner(Protocol):
+    """Where a job's shards are written: ``run``'s loop by default, or ``beam_runner.BeamRunner``.
+
+    A job function passes its ``runner`` argument on to ``run``; a runner receives what ``run``
+    receives and returns the same totals.
+    """
+
+    def run(
+        self,
+        plan: JobPlan,
+        produce: Producer,
+        *,
+        params: Mapping,
+        layout: token_layout_lib.TokenLayout | None,
+        max_tokens: int | None,
+        progress: bool,
+    ) -> dict: ...
+
+
+def write_shard(
+    plan: JobPlan,
+    produce: Producer,
+    shard: int,
+    *,
+    layout: token_layout_lib.TokenLayout | None = None,
+    max_tokens: int | None = None,
+    staging_dir: str | None = None,
+    on_item: Callable[[], None] | None = None,
+    on_record: Callable[[], None] | None = None,
+) -> dict:
+    """Writes one shard and its sidecars; the same bytes whichever runner calls it.
+
+    The shard's final rename marks it complete, after its ``.errors.jsonl`` / ``.stats.json``.
+    With ``staging_dir`` (a folder of this attempt only) all three are written there and then
+    moved into ``plan.out_dir``, sidecars first: two attempts at one shard (a retried or a
+    duplicated work item of a distributed engine) never share a temporary file, and since both
+    write the same bytes, whichever rename lands last leaves the same shard.
+
+    Args:
+      plan: the shard plan.
+      produce: the job's producer (see ``run``).
+      shard: the shard to write.
+      layout: counts speech vs text tokens in the stats when given.
+      max_tokens: documents longer than this are skipped as "over_long".
+      staging_dir: write here first, then move into ``plan.out_dir``.
+      on_item: called once per input item the producer yields (progress).
+      on_record: called once per record written (the kill-test hook of ``run``).
+
+    Returns:
+      The shard's stats (what ``<shard>.stats.json`` holds).
+    """
+    path = plan.shard_path(shard)
+    write_path = path if staging_dir is None else os.path.join(staging_dir, os.path.basename(path))
+    log = ShardLog()
+    stats = collections.Counter()
+    with records.ShardWriter(write_path) as writer:
+        for index, item_id, ex in produce(shard, plan.input_range(shard), log):
+            if on_item is not None:
+                on_item()
+            n = len(ex.tokens)
+            if max_tokens is not None and n > max_tokens:
+                log.error(index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}")
+                continue
+            writer.write(ex)
+            stats["records"] += 1
+            stats["tokens"] += n
+            stats["loss_tokens"] += int(ex.loss_mask.sum())
+            if layout is not None and layout.num_audio_tokens:
+                stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
+            stats[f"kind_{ex.kind}"] += 1
+            if on_record is not None:
+                on_record()
+        shard_stats = {
+            **stats,
+            "inputs": len(plan.input_range(shard)),
+            "errors": len(log.errors),
+            "errors_by_reason": dict(collections.Counter(e["reason"] for e in log.errors)),
+            "extra": dict(log.extra),
+        }
+        # Sidecars first: the shard's final rename (on leaving the block) marks completion.
+        files.write_jsonl(write_path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
+        files.write_json(write_path + STATS_SUFFIX, shard_stats, sort_keys=True)
+    if staging_dir is not None:
+        for suffix in (ERRORS_SUFFIX, STATS_SUFFIX, ""):
+            os.replace(write_path + suffix, path + suffix)
+    return shard_stats
+
+
 def run(
     plan: JobPlan,
-    produce: Callable[[int, range, ShardLog], Iterable[tuple[int, object, records.Example]]],
+    produce: Producer,
     *,
     params: Mapping,
     layout: token_layout_lib.TokenLayout | None = None,
     max_tokens: int | None = None,
     progress: bool = True,
+    runner: Runner | None = None,
 ) -> dict:
-    """Writes this process' unfinished shards.
+    """Writes this process' unfinished shards (or hands the job to ``runner``).
 
     Args:
       plan: the shard plan.
@@ -171,69 +267,76 @@ def run(
       layout: counts speech vs text tokens in the stats when given.
       max_tokens: documents longer than this are skipped as "over_long".
       progress: show a progress line.
+      runner: another runner for the same shards (e.g. ``beam_runner.BeamRunner``); by default
+        this process writes ``plan.my_shards()`` itself.
 
     Returns:
       Totals over the shards written now: {"written", "skipped", "records", "tokens", "errors",
       "errors_by_reason"}.
     """
-    check_job_file(plan.out_dir, {**params, "num_shards": plan.num_shards, "name": plan.name})
+    if runner is not None:
+        return runner.run(
+            plan, produce, params=params, layout=layout, max_tokens=max_tokens, progress=progress
+        )
+    check_job_file(plan.out_dir, job_params(plan, params))
     mine = plan.my_shards()
     kill_after = int(os.environ.get(KILL_ENV, "0"))
     total_items = sum(len(plan.input_range(s)) for s in mine)
     bar = progress_lib.bar(total_items, f"[{plan.name}]", "item", enabled=progress)
     written_records = 0
-    totals = {"written": 0, "skipped": 0, "records": 0, "tokens": 0, "errors": 0}
-    reasons: collections.Counter[str] = collections.Counter()
+
+    def on_record() -> None:
+        nonlocal written_records
+        written_records += 1
+        if kill_after and written_records >= kill_after:
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    totals = new_totals()
     for shard in mine:
-        path = plan.shard_path(shard)
-        if os.path.exists(path):
+        if os.path.exists(plan.shard_path(shard)):
             totals["skipped"] += 1
             bar.update(len(plan.input_range(shard)))  # finished by an earlier run
             continue
-        log = ShardLog()
-        stats = collections.Counter()
-        with records.ShardWriter(path) as writer:
-            for index, item_id, ex in produce(shard, plan.input_range(shard), log):
-                bar.update(1)
-                n = len(ex.tokens)
-                if max_tokens is not None and n > max_tokens:
-                    log.error(index, item_id, "over_long", f"{n} tokens > max_tokens {max_tokens}")
-                    continue
-                writer.write(ex)
-                stats["records"] += 1
-                stats["tokens"] += n
-                stats["loss_tokens"] += int(ex.loss_mask.sum())
-                if layout is not None and layout.num_audio_tokens:
-                    stats["speech_tokens"] += int(layout.is_audio(ex.tokens).sum())
-                stats[f"kind_{ex.kind}"] += 1
-                written_records += 1
-                if kill_after and written_records >= kill_after:
-                    sys.stderr.flush()
-                    os.kill(os.getpid(), signal.SIGKILL)
-            by_reason = collections.Counter(e["reason"] for e in log.errors)
-            shard_stats = {
-                **stats,
-                "inputs": len(plan.input_range(shard)),
-                "errors": len(log.errors),
-                "errors_by_reason": dict(by_reason),
-                "extra": dict(log.extra),
-            }
-            # Sidecars first: the shard's final rename (on leaving the block) marks completion.
-            files.write_jsonl(path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
-            files.write_json(path + STATS_SUFFIX, shard_stats, sort_keys=True)
-        totals["written"] += 1
-        totals["records"] += stats["records"]
-        totals["tokens"] += stats["tokens"]
-        totals["errors"] += len(log.errors)
-        reasons.update(by_reason)
+        stats = write_shard(
+            plan,
+            produce,
+            shard,
+            layout=layout,
+            max_tokens=max_tokens,
+            on_item=lambda: bar.update(1),
+            on_record=on_record,
+        )
+        add_shard(totals, stats)
         bar.set_postfix_str(
             f"shards {totals['written'] + totals['skipped']}/{len(mine)} "
             f"records {totals['records']:,} errors {totals['errors']:,}",
             refresh=False,
         )
     bar.close()
-    totals["errors_by_reason"] = dict(reasons)
     return totals
+
+
+def job_params(plan: JobPlan, params: Mapping) -> dict:
+    """What ``job.json`` records: the job's flags plus the shard count and name."""
+    return {**params, "num_shards": plan.num_shards, "name": plan.name}
+
+
+def new_totals() -> dict:
+    """The empty totals of ``run``."""
+    totals = dict.fromkeys(("written", "skipped", "records", "tokens", "errors"), 0)
+    return {**totals, "errors_by_reason": {}}
+
+
+def add_shard(totals: dict, stats: Mapping) -> None:
+    """Adds one written shard's stats (``write_shard``'s result) to ``run``'s totals."""
+    totals["written"] += 1
+    totals["records"] += stats.get("records", 0)
+    totals["tokens"] += stats.get("tokens", 0)
+    totals["errors"] += stats["errors"]
+    reasons = collections.Counter(totals["errors_by_reason"])
+    reasons.update(stats["errors_by_reason"])
+    totals["errors_by_reason"] = dict(reasons)
 
 
 def report(plan: JobPlan, totals: Mapping) -> None:

@@ -34,8 +34,12 @@ def write_text_records(
     process_index: int | None = None,
     process_count: int | None = None,
     progress: bool = True,
+    runner: shard_job.Runner | None = None,
 ) -> tuple[shard_job.JobPlan, dict]:
-    """Runs the job; returns (plan, totals). See the module docstring."""
+    """Runs the job; returns (plan, totals). See the module docstring.
+
+    ``runner``: who writes the shards (``shard_job.run``); e.g. ``beam_runner.BeamRunner``.
+    """
     lay = token_layout_lib.get(layout)
     tok = corpus_io.load_tokenizer(tokenizer, lay)
     corpus = corpus_io.open_corpus(input_spec, split)
@@ -74,6 +78,12 @@ def write_text_records(
         record_version=records.VERSION,
     )
     totals = shard_job.run(
-        plan, produce, params=params, layout=lay, max_tokens=max_tokens, progress=progress
+        plan,
+        produce,
+        params=params,
+        layout=lay,
+        max_tokens=max_tokens,
+        progress=progress,
+        runner=runner,
     )
     return plan, totals
