@@ -26,6 +26,11 @@ setuptools.setup(
         "grain>=0.2.18",
         "array-record>=0.8.6",
         "tensorflow-datasets>=4.9.10",
+        # The CPU-side corpus jobs on a distributed engine (corpora/beam_runner.py; DirectRunner
+        # in the tests, Dataflow / Flink / Spark at scale). 2.77 caps pyarrow < 26, protobuf < 7
+        # and numpy < 2.5; grain, orbax, tfds, tensorboard and array_record pass their tests
+        # with those (pyarrow 25.0.1, protobuf 6.33.6).
+        "apache-beam>=2.77,<3",
         "ml-collections>=1.1.0",
         "absl-py>=2.5.1",
         "numpy>=2.0",

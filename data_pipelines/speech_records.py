@@ -4,6 +4,8 @@ Usage:
   python -m data_pipelines.speech_records --tokens 'tok/*.jsonl' --kind asr \
       --transcripts DATA_DIR/librispeech_local/1.0.0 --tokenizer glm-4/tokenizer.model \
       --out DIR/asr
+  python -m data_pipelines.speech_records ... --runner beam \
+      --beam_options='--runner=DataflowRunner --project=P --region=R ...'
 
 The command line of ``glmvoice_jax.corpora.speech_records``
 (which documents the job: inputs, outputs, errors).
@@ -11,9 +13,11 @@ The command line of ``glmvoice_jax.corpora.speech_records``
 
 from __future__ import annotations
 
+import functools
+
 from absl import app, flags
 
-from glmvoice_jax.corpora import corpus_io, shard_job
+from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.speech_records import KINDS, write_speech_records
 
 
@@ -29,12 +33,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_shards", 16, "Output shards.")
     flags.DEFINE_integer("max_tokens", 8192, "Longer records are skipped (listed).")
     corpus_io.add_process_flags(flags)
+    beam_runner.define_flags(flags)
 
 
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    plan, totals = write_speech_records(
+    job = functools.partial(
+        write_speech_records,
         f.tokens,
         f.out,
         kind=f.kind,
@@ -45,9 +51,13 @@ def main(argv: list[str]) -> None:
         num_shards=f.num_shards,
         split=f.split,
         max_tokens=f.max_tokens,
-        process_index=f.process_index,
-        process_count=f.process_count,
     )
+    if f.runner == "beam":
+        plan, totals = beam_runner.run_job(
+            functools.partial(job, process_index=0, process_count=1), f.beam_options
+        )
+    else:
+        plan, totals = job(process_index=f.process_index, process_count=f.process_count)
     shard_job.report(plan, totals)
 
 

@@ -5,6 +5,8 @@ Usage:
       --tokenizer /path/glm-4/tokenizer.model --layout glm4_voice --num_shards 1024
   python -m data_pipelines.text_records --input DATA_DIR/my_text --out DIR/text \
       --tokenizer bytes --layout demo
+  python -m data_pipelines.text_records ... --runner beam \
+      --beam_options='--runner=DataflowRunner --project=P --region=R ...'
 
 The command line of ``glmvoice_jax.corpora.text_records``
 (which documents the job: inputs, outputs, errors).
@@ -12,9 +14,11 @@ The command line of ``glmvoice_jax.corpora.text_records``
 
 from __future__ import annotations
 
+import functools
+
 from absl import app, flags
 
-from glmvoice_jax.corpora import corpus_io, shard_job
+from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.text_records import write_text_records
 
 
@@ -30,12 +34,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_shards", 16, "Output shards.")
     flags.DEFINE_integer("max_tokens", 1 << 20, "Longer documents are skipped (listed).")
     corpus_io.add_process_flags(flags)
+    beam_runner.define_flags(flags)
 
 
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    plan, totals = write_text_records(
+    job = functools.partial(
+        write_text_records,
         f.input,
         f.out,
         tokenizer=f.tokenizer,
@@ -44,9 +50,13 @@ def main(argv: list[str]) -> None:
         num_shards=f.num_shards,
         split=f.split,
         max_tokens=f.max_tokens,
-        process_index=f.process_index,
-        process_count=f.process_count,
     )
+    if f.runner == "beam":
+        plan, totals = beam_runner.run_job(
+            functools.partial(job, process_index=0, process_count=1), f.beam_options
+        )
+    else:
+        plan, totals = job(process_index=f.process_index, process_count=f.process_count)
     shard_job.report(plan, totals)
 
 

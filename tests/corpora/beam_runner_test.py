@@ -1,0 +1,127 @@
+import functools
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from glmvoice_jax.corpora import beam_runner, speech_records, text_records
+from glmvoice_jax.workflows import demo_sources
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Two threads on the DirectRunner: shards are written concurrently, in no fixed order.
+DIRECT = "--runner=DirectRunner --direct_num_workers=2 --direct_running_mode=multi_threading"
+
+
+def _bytes(out_dir):
+    """Every file of a job's output folder (job.json included) -> its bytes."""
+    return {p.name: p.read_bytes() for p in sorted(pathlib.Path(out_dir).iterdir())}
+
+
+@pytest.fixture(scope="module")
+def demo_text(tmp_path_factory):
+    """The demo's text documents (bundled sentences), plus inputs every job must skip and list."""
+    rows = [
+        json.dumps({"id": f"text{i}", "text": t})
+        for i, t in enumerate(demo_sources.bundled_text_docs(48))
+    ]
+    rows[5] = json.dumps({"id": "blank", "text": "  "})
+    rows[20] = "{broken json"
+    rows[33] = json.dumps({"id": "long", "text": "x" * 1000})  # over --max_tokens
+    path = tmp_path_factory.mktemp("demo") / "text.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def demo_speech(tmp_path_factory):
+    """Stand-in speech tokens of the demo's transcripts (demo_sources.text_derived_tokens)."""
+    d = tmp_path_factory.mktemp("speech")
+    manifest = d / "manifest.jsonl"
+    docs = demo_sources.bundled_text_docs(24, seed=3)
+    rows = [{"id": f"u{i}", "text": t[:80]} for i, t in enumerate(docs)]
+    rows[7]["text"] = " "
+    manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    tokens = demo_sources.text_derived_tokens(str(manifest), str(d / "tokens.jsonl"))
+    return tokens, str(manifest)
+
+
+def _text_job(demo_text, out, **kw):
+    return functools.partial(
+        text_records.write_text_records,
+        demo_text,
+        str(out),
+        tokenizer="bytes",
+        layout="demo",
+        num_shards=5,
+        max_tokens=900,
+        progress=False,
+        **kw,
+    )
+
+
+def test_beam_writes_the_shards_of_the_process_runner(demo_text, demo_speech, tmp_path):
+    for p in range(2):  # the process-sharded runner, two processes
+        _text_job(demo_text, tmp_path / "proc", process_index=p, process_count=2)()
+    plan, totals = beam_runner.run_job(_text_job(demo_text, tmp_path / "beam"), DIRECT)
+    assert _bytes(tmp_path / "proc") == _bytes(tmp_path / "beam")
+    assert totals["written"] == 5 and totals["skipped"] == 0
+    assert totals["errors_by_reason"] == {"empty_text": 1, "bad_json": 1, "over_long": 1}
+    assert not (tmp_path / "beam" / beam_runner.STAGING_DIR).exists()
+
+    tokens, manifest = demo_speech
+    kw = dict(kind="asr", transcripts=manifest, tokenizer="bytes", layout="demo", num_shards=3)
+    _, proc = speech_records.write_speech_records(
+        tokens, str(tmp_path / "asr_proc"), **kw, process_index=0, process_count=1, progress=False
+    )
+    job = functools.partial(
+        speech_records.write_speech_records, tokens, str(tmp_path / "asr_beam"), **kw
+    )
+    _, beam = beam_runner.run_job(job, DIRECT)
+    assert _bytes(tmp_path / "asr_proc") == _bytes(tmp_path / "asr_beam")
+    assert beam == proc and beam["errors_by_reason"] == {"empty_text": 1}
+
+
+def test_beam_rerun_rebuilds_only_missing_shards(demo_text, tmp_path):
+    out = tmp_path / "text"
+    beam_runner.run_job(_text_job(demo_text, out), DIRECT)
+    before = _bytes(out)
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
+    lost = "text-00002-of-00005.array_record"
+    (out / lost).unlink()
+    # What a killed attempt leaves behind: a staging folder with a partial shard.
+    stale = out / beam_runner.STAGING_DIR / "dead"
+    stale.mkdir(parents=True)
+    (stale / lost).write_bytes(b"partial")
+    _, totals = beam_runner.run_job(_text_job(demo_text, out), DIRECT)
+    assert totals["written"] == 1 and totals["skipped"] == 4
+    assert _bytes(out) == before
+    rebuilt = {lost, lost + ".errors.jsonl", lost + ".stats.json"}
+    assert {n for n, t in kept.items() if (out / n).stat().st_mtime_ns != t} == rebuilt
+    _, again = beam_runner.run_job(_text_job(demo_text, out), DIRECT)  # nothing left to do
+    assert again["written"] == 0 and again["skipped"] == 5
+    with pytest.raises(ValueError, match="other parameters"):
+        beam_runner.run_job(_text_job(demo_text, out, split="test"), DIRECT)
+
+
+def test_command_line_runner_beam(demo_text, tmp_path):
+    _text_job(demo_text, tmp_path / "proc", process_index=0, process_count=1)()
+    args = [
+        sys.executable,
+        "-m",
+        "data_pipelines.text_records",
+        f"--input={demo_text}",
+        f"--out={tmp_path / 'beam'}",
+        "--tokenizer=bytes",
+        "--layout=demo",
+        "--num_shards=5",
+        "--max_tokens=900",
+        "--runner=beam",
+        f"--beam_options={DIRECT}",
+    ]
+    r = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote 5 shard(s)" in r.stdout and "'empty_text': 1" in r.stdout
+    assert _bytes(tmp_path / "proc") == _bytes(tmp_path / "beam")
