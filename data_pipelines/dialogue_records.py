@@ -3,7 +3,8 @@ r"""Dialogues -> stage-2 SFT records (two loss copies per dialogue, glm4voice.md
 Usage:
   glmvoice-tokenize --checkpoint TOKENIZER --input dialogue_audio.jsonl --output tok/audio.jsonl
   python -m data_pipelines.dialogue_records --dialogues 'dialogues/*.jsonl' \
-      --speech_tokens 'tok/*.jsonl' --tokenizer glm-4/tokenizer.model --out DIR/sft
+      --speech_tokens 'tok/*.jsonl' --tokenizer glm-4/tokenizer.model --out DIR/sft \
+      [--runner beam --beam_options='--runner=DataflowRunner ...']
 
 Writes DIR/sft/speech_output/ and DIR/sft/text_output/ (the two sources of
 configs/glm4_voice_9b_sft.py). The command line of ``glmvoice_jax.corpora.dialogue_records``
@@ -12,9 +13,11 @@ configs/glm4_voice_9b_sft.py). The command line of ``glmvoice_jax.corpora.dialog
 
 from __future__ import annotations
 
+import functools
+
 from absl import app, flags
 
-from glmvoice_jax.corpora import corpus_io, shard_job
+from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.dialogue_records import write_dialogue_records
 
 
@@ -28,12 +31,14 @@ def _define_flags() -> None:
     flags.DEFINE_integer("num_shards", 16, "Output shards per copy.")
     flags.DEFINE_integer("max_tokens", 8192, "Longer dialogues are skipped (listed).")
     corpus_io.add_process_flags(flags)
+    beam_runner.define_flags(flags)
 
 
 def main(argv: list[str]) -> None:
     del argv
     f = flags.FLAGS
-    results = write_dialogue_records(
+    job = functools.partial(
+        write_dialogue_records,
         f.dialogues,
         f.out,
         tokenizer=f.tokenizer,
@@ -42,9 +47,13 @@ def main(argv: list[str]) -> None:
         source=f.source,
         num_shards=f.num_shards,
         max_tokens=f.max_tokens,
-        process_index=f.process_index,
-        process_count=f.process_count,
     )
+    if f.runner == "beam":
+        results = beam_runner.run_job(
+            functools.partial(job, process_index=0, process_count=1), f.beam_options
+        )
+    else:
+        results = job(process_index=f.process_index, process_count=f.process_count)
     for plan, totals in results.values():
         shard_job.report(plan, totals)
 

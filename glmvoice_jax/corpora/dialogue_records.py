@@ -349,8 +349,11 @@ def write_dialogue_records(
     process_index: int | None = None,
     process_count: int | None = None,
     progress: bool = True,
+    runner: shard_job.Runner | None = None,
 ) -> dict[str, tuple[shard_job.JobPlan, dict]]:
     """Runs the job; returns {copy subfolder: (plan, totals)}. See the module docstring.
+
+    ``runner``: who writes the shards (``shard_job.run``); e.g. ``beam_runner.BeamRunner``.
 
     Raises:
       ValueError: a layout without role or speech tokens, or a tokenizer that does not fit it.
@@ -432,6 +435,7 @@ def write_dialogue_records(
             layout=lay,
             max_tokens=max_tokens,
             progress=progress,
+            runner=runner,
         )
         results[copy] = (plan, totals)
     return results

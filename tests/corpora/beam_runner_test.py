@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from glmvoice_jax.corpora import beam_runner, speech_records, text_records
+from glmvoice_jax.corpora import beam_runner, dialogue_records, speech_records, text_records
 from glmvoice_jax.workflows import demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -82,6 +82,31 @@ def test_beam_writes_the_shards_of_the_process_runner(demo_text, demo_speech, tm
     _, beam = beam_runner.run_job(job, DIRECT)
     assert _bytes(tmp_path / "asr_proc") == _bytes(tmp_path / "asr_beam")
     assert beam == proc and beam["errors_by_reason"] == {"empty_text": 1}
+
+
+def test_beam_job_with_two_plans_matches_the_process_runner(tmp_path):
+    """dialogue_records writes two shard sets: the n-th run call is the n-th pipeline."""
+    turns = [{"role": "user", "audio": "q"}, {"role": "assistant", "text": "Yes.", "audio": "a"}]
+    lines = [json.dumps({"id": f"d{i}", "turns": turns}) for i in range(7)]
+    lines[3] = json.dumps({"id": "solo", "turns": turns[:1]})
+    (tmp_path / "d.jsonl").write_text("\n".join(lines) + "\n")
+    toks = [{"id": "q", "tokens": [1, 2, 3]}, {"id": "a", "tokens": list(range(30))}]
+    (tmp_path / "tok.jsonl").write_text("\n".join(json.dumps(t) for t in toks) + "\n")
+    job = functools.partial(
+        dialogue_records.write_dialogue_records,
+        str(tmp_path / "d.jsonl"),
+        tokenizer="bytes",
+        layout="demo_chat",
+        speech_tokens=str(tmp_path / "tok.jsonl"),
+        num_shards=3,
+        progress=False,
+    )
+    proc = job(str(tmp_path / "proc"), process_index=0, process_count=1)
+    beam = beam_runner.run_job(functools.partial(job, str(tmp_path / "beam")), DIRECT)
+    assert {k: v[1] for k, v in beam.items()} == {k: v[1] for k, v in proc.items()}
+    for copy in dialogue_records.COPIES:
+        assert _bytes(tmp_path / "proc" / copy) == _bytes(tmp_path / "beam" / copy)
+    assert beam["text_output"][1]["errors_by_reason"] == {"no_assistant_turn": 1}
 
 
 def test_beam_rerun_rebuilds_only_missing_shards(demo_text, tmp_path):
