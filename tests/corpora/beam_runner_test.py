@@ -7,7 +7,13 @@ import sys
 
 import pytest
 
-from glmvoice_jax.corpora import beam_runner, dialogue_records, speech_records, text_records
+from glmvoice_jax.corpora import (
+    beam_runner,
+    dialogue_records,
+    shard_job,
+    speech_records,
+    text_records,
+)
 from glmvoice_jax.workflows import demo_sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -150,3 +156,15 @@ def test_command_line_runner_beam(demo_text, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 5 shard(s)" in r.stdout and "'empty_text': 1" in r.stdout
     assert _bytes(tmp_path / "proc") == _bytes(tmp_path / "beam")
+
+
+def test_worker_that_sees_other_inputs_refuses_to_write(demo_text, tmp_path):
+    job = _text_job(demo_text, tmp_path / "text")
+    plan, _ = job(runner=beam_runner._Capture(0))  # the plan a worker would rebuild
+    driver_plan = shard_job.JobPlan(
+        plan.out_dir, plan.name, plan.num_inputs + 1, plan.num_shards
+    )  # the driver saw one more input line
+    with pytest.raises(RuntimeError, match="another job than the driver"):
+        beam_runner._WriteShard(job, 0, driver_plan).setup()
+    with pytest.raises(RuntimeError, match="made 1 shard_job.run call"):
+        beam_runner._WriteShard(job, 1, plan).setup()
