@@ -31,7 +31,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from glmvoice_jax import sharding
-from glmvoice_jax.models import attention, fused_attention
+from glmvoice_jax.models import attention, fused_attention, matmul
 
 ACT = ("act_batch", "act_len", "act_embed")
 
@@ -313,7 +313,7 @@ class GLMAttention(nnx.Module):
         dt = x.dtype
 
         def proj(p: _Proj):
-            y = jnp.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
+            y = matmul.einsum("BTD,DKH->BTKH", x, p.kernel[...].astype(dt))
             return y if p.bias is None else y + p.bias[...].astype(dt)
 
         return (
@@ -334,7 +334,7 @@ class GLMAttention(nnx.Module):
             o = attention.dot_product_attention(
                 q, k, v, segment_ids, impl=impl, chunk_size=self.cfg.attention_chunk
             )
-        return jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
+        return matmul.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
 
     def decode(self, x, cos, sin, k_cache, v_cache, index):
         """Cached step: x [B, T, D] at slots index[b] + t; caches [B, S, K, H] -> updated."""
@@ -354,7 +354,7 @@ class GLMAttention(nnx.Module):
         qg = q.reshape(b, t, kh, n // kh, h)  # (B, T, K, G, H)
         o = attention._attend(qg, k_cache.astype(dt), v_cache.astype(dt), mask, h**-0.5)
         o = o.reshape(b, t, n, h)
-        out = jnp.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
+        out = matmul.einsum("BTNH,NHD->BTD", o, self.out.kernel[...].astype(dt))
         return out, k_cache, v_cache
 
 
@@ -367,9 +367,9 @@ class GLMMLP(nnx.Module):
 
     def __call__(self, x):
         dt = x.dtype
-        a = x @ self.gate.kernel[...].astype(dt)  # (B, T, F)
-        b = x @ self.up.kernel[...].astype(dt)
-        return (jax.nn.silu(a) * b) @ self.down.kernel[...].astype(dt)
+        a = matmul.einsum("BTD,DF->BTF", x, self.gate.kernel[...].astype(dt))
+        b = matmul.einsum("BTD,DF->BTF", x, self.up.kernel[...].astype(dt))
+        return matmul.einsum("BTF,FD->BTD", jax.nn.silu(a) * b, self.down.kernel[...].astype(dt))
 
 
 def hidden_dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
@@ -520,7 +520,7 @@ class GLMDecoder(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """[B, T, D] -> [B, T, V] float32 logits (untied head)."""
         w = self.head.kernel[...].astype(hidden.dtype)
-        return jnp.einsum("BTD,DV->BTV", hidden, w, preferred_element_type=jnp.float32)
+        return matmul.einsum("BTD,DV->BTV", hidden, w, out_dtype=jnp.float32)
 
     def __call__(self, tokens, segment_ids=None, positions=None) -> jax.Array:
         return self.logits(self.hidden_states(tokens, segment_ids, positions))

@@ -27,11 +27,11 @@ from etils import epath
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from glmvoice_jax import checkpoint, config_lib, distributed, losses, metrics, optim, sharding
+from glmvoice_jax import checkpoint, config_lib, distributed, metrics, optim, sharding
 from glmvoice_jax.corpora import dialogue_records
 from glmvoice_jax.data import input as input_pipeline
 from glmvoice_jax.inference import chat_template
-from glmvoice_jax.models import glm
+from glmvoice_jax.models import glm, losses
 from glmvoice_jax.trainers import loop, train_evals
 
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from glmvoice_jax.models import matmul
+
 SUM_KEYS = ("loss_sum", "count", "speech_sum", "speech_count")
 
 
@@ -62,7 +64,7 @@ def chunked_xent_sums(
 
     @jax.checkpoint
     def chunk(h, tgt, w, sp):
-        logits = jnp.einsum("BCD,DV->BCV", h, w_kernel, preferred_element_type=jnp.float32)
+        logits = matmul.einsum("BCD,DV->BCV", h, w_kernel, out_dtype=jnp.float32)
         lse = jax.nn.logsumexp(logits, axis=-1)  # (B, C)
         tgt_logit = jnp.take_along_axis(logits, tgt[..., None], axis=-1)[..., 0]
         nll = (lse - tgt_logit) * w

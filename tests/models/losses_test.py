@@ -3,9 +3,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax import losses
 from glmvoice_jax.data import token_layout
-from glmvoice_jax.models import glm
+from glmvoice_jax.models import glm, losses
 
 CFG = glm.GLMConfig(
     vocab_size=1024,
