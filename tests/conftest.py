@@ -4,6 +4,9 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Tests compile from scratch (no persistent compilation cache from an earlier run, cli/__init__.py);
+# tests/cli/compile_cache_test.py checks the cache itself.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", "")
 
 from absl import flags  # noqa: E402
 

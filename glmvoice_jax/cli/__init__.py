@@ -8,6 +8,13 @@ accelerator type to stderr although the tool then runs fine on the CPU. There ``
 is set to ``cpu`` before JAX is imported, as glmvoice-aot does for its TPU topologies (JAX reads it
 on import). Nothing changes when JAX_PLATFORMS is already set, when a TPU (a Google PCI device,
 /dev/accel*, a vfio group) or a GPU is visible, or when libtpu is not installed.
+
+It also turns JAX's persistent compilation cache on for every tool (issue L item 4: a rerun, a
+resume after preemption or the next stage of a demo loads its compiled steps instead of compiling
+them again): ``JAX_COMPILATION_CACHE_DIR`` defaults to ``$XDG_CACHE_HOME/glmvoice_jax/jax``
+(``~/.cache/...``). Set it to a shared path (``gs://BUCKET/jax_cache`` on a pod, as MaxText's
+``jax_cache_dir``) or to the empty string to turn the cache off. The cache key covers the program,
+the devices and the jax/XLA versions, so a stale entry is never used.
 """
 
 from __future__ import annotations
@@ -50,4 +57,18 @@ def quiet_missing_tpu(
     return True
 
 
+def default_compile_cache(
+    environ: MutableMapping[str, str] = os.environ, jax_imported: bool | None = None
+) -> bool:
+    """Sets JAX_COMPILATION_CACHE_DIR to the user cache unless set (even to ""); True if it did."""
+    if jax_imported is None:
+        jax_imported = "jax" in sys.modules
+    if "JAX_COMPILATION_CACHE_DIR" in environ or jax_imported:
+        return False
+    base = environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(base, "glmvoice_jax", "jax")
+    return True
+
+
 quiet_missing_tpu()
+default_compile_cache()
