@@ -1,36 +1,45 @@
-"""Train-step throughput and MFU of a ~61M-parameter GLM at seq 1024 on this machine.
+"""Train-step throughput, MFU, start-up and peak memory of a ~61M-parameter GLM on this machine.
 
-The practical peak is measured in the same process: the median FLOP/s of a jitted 4096 x 4096
-matmul (float32, and bf16 with float32 accumulation). MFU = model FLOP/s (GLMConfig.
-flops_per_token: 6·N·D + causal attention) / that peak. The model shape is the MaxText reference
-point of jax_stack_notes.md (8 layers, d 512, 8 heads x 64, SwiGLU 1536, vocab 32768, untied,
-batch 8 x 1024), so the figures compare directly.
+The step is the trainer's own: ``lm.step_shapes`` + ``lm.jit_train_step`` (in/out shardings and
+donation as in glmvoice-train) compiled once by ``loop.compile_step``, so every timed step runs the
+same executable (no second compile). The model is issue L's S1, the MaxText reference point
+(8 layers, d 512, 8 heads x 64, SwiGLU 1536, vocab 32768, untied, batch 8 x 1024); bench/
+maxtext_step.py runs MaxText's trainer on the same model and compares.
 
-    python bench/train_step.py [--steps 10] [--dtype float32,bfloat16] [--remat none]
-Writes a JSON line per configuration to stdout and, with --out, to a file.
+Each configuration runs in its own process, so its peak RSS is its own. Per configuration:
+  * step_secs: mean over the steps after the first ``--warmup`` timed ones (MaxText's way);
+  * startup_secs: from the script's first line (before ``import jax``) to the first step
+    dispatched (imports, mesh, init, compile); first_step_done_secs: to its result;
+  * mfu: model FLOP/s (GLMConfig.flops_per_token: 6·N·D without the input embedding + causal
+    attention, MaxText's count) over the matmul peak measured in the same process after the steps
+    (float32: f32 x f32; bf16 compute: bf16 x bf16 -> f32, the rate our bf16 dots run at);
+  * peak_rss_gib (ru_maxrss), minor page faults per step.
+
+    python bench/train_step.py [--steps 6] [--dtype float32,bfloat16] [--remat none]
+        [--attention chunked] [--attention_chunk 256] [--loss_chunk 256] [--out FILE]
+
+Levers (each a comma list; every combination runs): --remat, --attention, --attention_chunk,
+--loss_chunk. Not a test: other processes slow it down; the load average is printed.
 """
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import json
-import platform
-import statistics
 import time
 
-import jax
-import jax.numpy as jnp
-import ml_collections as mlc
-import numpy as np
-from flax import nnx
+T_START = time.perf_counter()  # before jax is imported: start-up counts the imports
 
-from glmvoice_jax import optim, sharding
-from glmvoice_jax.data import token_layout
-from glmvoice_jax.models import glm
-from glmvoice_jax.trainers import lm
+import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 
-MODEL = glm.GLMConfig(
+MODEL = dict(
     vocab_size=32768,
     embed_dim=512,
     num_layers=8,
@@ -42,6 +51,10 @@ MODEL = glm.GLMConfig(
 
 
 def matmul_peak(dtype: str, n: int = 4096, repeats: int = 7) -> float:
+    """Median FLOP/s of a jitted n x n matmul with float32 accumulation."""
+    import jax
+    import jax.numpy as jnp
+
     a = jnp.ones((n, n), dtype)
     b = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
@@ -54,92 +67,162 @@ def matmul_peak(dtype: str, n: int = 4096, repeats: int = 7) -> float:
     return 2 * n**3 / statistics.median(times)
 
 
-def bench_step(dtype: str, remat: str, steps: int, batch_size: int, seq: int) -> dict:
-    cfg = dataclasses.replace(MODEL, dtype=dtype, remat_policy=remat)
-    config = mlc.ConfigDict(
+def step_config(opts: dict):
+    """The trainer config of one configuration (what lm.step_shapes and the step read)."""
+    import ml_collections as mlc
+
+    return mlc.ConfigDict(
         {
+            "seed": 0,
             "total_steps": 1000,
+            "axis_rules": "fsdp",
+            "mesh": {"data": 1, "fsdp": -1, "tensor": 1},
+            "input": {"global_batch_size": opts["batch"], "seq_len": opts["seq"]},
             "optim": dict(
                 b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1, grad_clip_norm=1.0, grad_accum_steps=1
             ),
             "schedule": dict(decay="cosine", warmup_steps=10, peak_lr=3e-4, end_lr=3e-5),
-            "loss": dict(chunk_size=seq),
-            "metrics": dict(on_nonfinite="raise"),
+            "loss": {"chunk_size": opts["loss_chunk"]},
+            "metrics": {"on_nonfinite": "raise"},
         }
     )
+
+
+def run_one(opts: dict) -> dict:
+    """One configuration, in this process: compile once, time the steps."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from glmvoice_jax import sharding
+    from glmvoice_jax.data import token_layout
+    from glmvoice_jax.models import glm
+    from glmvoice_jax.trainers import lm, loop
+
+    cfg = glm.GLMConfig(
+        **MODEL,
+        dtype=opts["dtype"],
+        remat_policy=opts["remat"],
+        attention_impl=opts["attention"],
+        attention_chunk=opts["attention_chunk"],
+    )
+    config = step_config(opts)
     layout = dataclasses.replace(token_layout.get("demo"), vocab_size=cfg.vocab_size)
-    mesh = sharding.make_mesh({"data": 1, "fsdp": -1, "tensor": 1})
-
-    def make():
-        return glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))
-
-    graphdef, params, _ = sharding.init_params(make, mesh, "fsdp")
-    tx = optim.make(config.optim, optim.schedule(config.schedule, 1000), params)
-    train = {
-        "opt": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jnp.zeros(2, jnp.uint32),
-    }
-    step = jax.jit(lm.make_train_step(graphdef, tx, cfg, layout, config), donate_argnums=(0, 1))
-    rng = np.random.default_rng(0)
-    batch = {
-        "tokens": jnp.asarray(rng.integers(0, cfg.vocab_size, (batch_size, seq)), jnp.int32),
-        "segment_ids": jnp.ones((batch_size, seq), jnp.int32),
-        "positions": jnp.broadcast_to(jnp.arange(seq, dtype=jnp.int32), (batch_size, seq)),
-        "loss_mask": jnp.ones((batch_size, seq), jnp.int32),
-    }
-    with sharding.activate(mesh, "fsdp"):
+    mesh = sharding.make_mesh(dict(config.mesh))
+    shapes = lm.step_shapes(config, mesh, cfg, layout)
+    with sharding.activate(mesh, config.axis_rules):
+        params = jax.jit(
+            lambda: nnx.to_pure_dict(nnx.state(shapes.make_model())), out_shardings=shapes.param_sh
+        )()
+        train = jax.jit(shapes.init_train, out_shardings=shapes.train_sh)(params)
+        rng = np.random.default_rng(0)
+        b, t = opts["batch"], opts["seq"]
+        batch = {
+            "tokens": rng.integers(0, cfg.vocab_size, (b, t)).astype(np.int32),
+            "segment_ids": np.ones((b, t), np.int32),
+            "positions": np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy(),
+            "loss_mask": np.ones((b, t), np.int32),
+        }
+        batch = {k: jax.device_put(v, shapes.batch_sh) for k, v in batch.items()}
         t0 = time.perf_counter()
+        step = loop.compile_step(lm.jit_train_step(config, shapes), params, train, batch)
+        compile_secs = time.perf_counter() - t0
+        startup = time.perf_counter() - T_START
         params, train, out = step(params, train, batch)
         jax.block_until_ready(out["loss"])
-        compile_secs = time.perf_counter() - t0
-        times = []
-        for _ in range(steps):
-            t = time.perf_counter()
+        first_done = time.perf_counter() - T_START
+        times, faults = [], []
+        for _ in range(opts["steps"]):
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+            t1 = time.perf_counter()
             params, train, out = step(params, train, batch)
             jax.block_until_ready(out["loss"])
-            times.append(time.perf_counter() - t)
-    dt = statistics.median(times)
-    flops = cfg.flops_per_token(seq) * batch_size * seq
+            times.append(time.perf_counter() - t1)
+            faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    timed = times[opts["warmup"] :] or times
+    dt = statistics.mean(timed)
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    peak_dtype = "float32" if opts["dtype"] == "float32" else opts["dtype"]
+    peak = matmul_peak(peak_dtype)
+    flops = cfg.flops_per_token(t) * b * t
     return {
-        "dtype": dtype,
-        "remat": remat,
+        **{k: opts[k] for k in ("dtype", "remat", "attention", "attention_chunk", "loss_chunk")},
         "params": cfg.param_count(),
-        "batch": batch_size,
-        "seq": seq,
+        "batch": b,
+        "seq": t,
+        "jax": jax.__version__,
         "compile_secs": round(compile_secs, 1),
+        "startup_secs": round(startup, 1),
+        "first_step_done_secs": round(first_done, 1),
         "step_secs": round(dt, 3),
-        "tokens_per_sec": round(batch_size * seq / dt, 1),
-        "model_flops_per_sec": flops / dt,
+        "step_secs_all": [round(x, 3) for x in times],
+        "tokens_per_sec": round(b * t / dt, 1),
+        "model_gflops_per_sec": round(flops / dt / 1e9, 1),
+        "peak_matmul_gflops": round(peak / 1e9, 1),
+        "mfu_vs_matmul_peak": round(flops / dt / peak, 3),
+        "peak_rss_gib": round(peak_rss, 2),
+        "minor_faults_per_step": int(statistics.mean(faults[opts["warmup"] :] or faults)),
         "loss": float(out["loss"]),
     }
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--steps", type=int, default=6, help="timed steps after the first")
+    p.add_argument("--warmup", type=int, default=1, help="timed steps left out of the mean")
     p.add_argument("--dtype", default="float32,bfloat16")
     p.add_argument("--remat", default="none")
+    p.add_argument("--attention", default="chunked")
+    p.add_argument("--attention_chunk", default="256")
+    p.add_argument("--loss_chunk", default="256")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--out", default="")
+    p.add_argument("--one", default="", help=argparse.SUPPRESS)  # child: one JSON configuration
     args = p.parse_args()
-    peaks = {"float32": matmul_peak("float32"), "bfloat16": matmul_peak("bfloat16")}
+    if args.one:
+        print("ROW " + json.dumps(run_one(json.loads(args.one))), flush=True)
+        return
     env = {
-        "machine": f"{platform.processor() or platform.machine()}, {jax.device_count()} "
-        f"{jax.devices()[0].platform} device(s)",
-        "jax": jax.__version__,
-        "peak_matmul_flops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+        "machine": platform.processor() or platform.machine(),
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "load_before": os.getloadavg(),
     }
-    print(json.dumps(env))
+    print(json.dumps(env), flush=True)
     rows = []
-    for dtype in args.dtype.split(","):
-        for remat in args.remat.split(","):
-            r = bench_step(dtype, remat, args.steps, args.batch, args.seq)
-            r["mfu_vs_matmul_peak"] = round(r["model_flops_per_sec"] / peaks[dtype], 3)
-            r["model_gflops_per_sec"] = round(r.pop("model_flops_per_sec") / 1e9, 1)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
+    grid = itertools.product(
+        args.dtype.split(","),
+        args.remat.split(","),
+        args.attention.split(","),
+        [int(x) for x in args.attention_chunk.split(",")],
+        [int(x) for x in args.loss_chunk.split(",")],
+    )
+    for dtype, remat, attention, achunk, lchunk in grid:
+        opts = dict(
+            dtype=dtype,
+            remat=remat,
+            attention=attention,
+            attention_chunk=achunk,
+            loss_chunk=lchunk,
+            batch=args.batch,
+            seq=args.seq,
+            steps=args.steps,
+            warmup=args.warmup,
+        )
+        res = subprocess.run(
+            [sys.executable, __file__, "--one", json.dumps(opts)],
+            capture_output=True,
+            text=True,
+        )
+        line = [x for x in res.stdout.splitlines() if x.startswith("ROW ")]
+        if res.returncode or not line:
+            print(res.stderr[-3000:], file=sys.stderr)
+            raise SystemExit(f"configuration {opts} failed (exit {res.returncode})")
+        row = json.loads(line[-1][4:])
+        row["load_after"] = os.getloadavg()[0]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=2)
