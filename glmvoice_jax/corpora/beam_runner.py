@@ -20,6 +20,10 @@ each work item calls the same ``shard_job.write_shard`` with the job's own produ
   own (``OUT/.staging/<random>``) and moves them into place, the shard last; a shard that exists
   is complete and is skipped, by the driver when it lists the work and by a worker that gets it
   again. Two attempts at one shard write the same bytes, so whichever move lands last is right.
+* **Local or bucket output.** ``OUT`` may be a ``gs://`` (any etils.epath) URI, which workers
+  without a shared filesystem all reach: an attempt then writes into a local folder of its own
+  on the worker (``shard_job.local_staging``) and copies the files up, the shard last
+  (``shard_job.write_shard``); the driver lists and reads the folder through epath.
 * **Resumable.** A rerun with the same flags lists only the missing shards; ``job.json`` is
   checked and written once, by the driver, before any shard (a folder holding another job's
   output is refused, as with the process runner).
@@ -43,21 +47,28 @@ Usage (see ``data_pipelines/text_records.py``; docs/corpora_at_scale.md §5)::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import shutil
 import sys
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent import futures
 
 import apache_beam as beam
 from apache_beam.options import pipeline_options
+from etils import epath
 
 from glmvoice_jax.corpora import shard_job
 from glmvoice_jax.data import token_layout as token_layout_lib
+from glmvoice_jax.metrics import is_remote
 
-STAGING_DIR = ".staging"  # under the output folder; removed when the pipeline has finished
+# Under a local output folder; removed when the pipeline has finished. (A remote folder's attempts
+# stage on their worker's disk instead: shard_job.local_staging.)
+STAGING_DIR = ".staging"
+STATS_READERS = 32  # threads reading the stats files back: one round trip each on a bucket
 RUNNERS = ("process", "beam")
 _NAMESPACE = "glmvoice"
 
@@ -120,7 +131,8 @@ class BeamRunner:
         del produce, layout, max_tokens  # rebuilt on the workers by calling self.job
         call, self._calls = self._calls, self._calls + 1
         shard_job.check_job_file(plan.out_dir, shard_job.job_params(plan, params))
-        todo = [s for s in range(plan.num_shards) if not os.path.exists(plan.shard_path(s))]
+        done = shard_job.finished_shards(plan)
+        todo = [s for s in range(plan.num_shards) if s not in done]
         if progress:
             print(
                 f"[{plan.name}] beam: {len(todo)} of {plan.num_shards} shards to write",
@@ -136,18 +148,21 @@ class BeamRunner:
                     | "Spread" >> beam.Reshuffle()
                     | "Write" >> beam.ParDo(_WriteShard(self.job, call, plan))
                 )
-        missing = [plan.shard_path(s) for s in todo if not os.path.exists(plan.shard_path(s))]
+        done = shard_job.finished_shards(plan)
+        missing = [plan.shard_path(s) for s in todo if s not in done]
         if missing:
             raise RuntimeError(
                 f"the Beam pipeline finished but {len(missing)} shard(s) are missing, e.g. "
                 f"{missing[0]}; are the workers writing to another filesystem than this one?"
             )
-        shutil.rmtree(os.path.join(plan.out_dir, STAGING_DIR), ignore_errors=True)
+        if not is_remote(plan.out_dir):
+            shutil.rmtree(os.path.join(plan.out_dir, STAGING_DIR), ignore_errors=True)
         totals = shard_job.new_totals()
         totals["skipped"] = plan.num_shards - len(todo)
-        for s in todo:
-            with open(plan.shard_path(s) + shard_job.STATS_SUFFIX, encoding="utf-8") as f:
-                shard_job.add_shard(totals, json.load(f))
+        paths = [epath.Path(plan.shard_path(s) + shard_job.STATS_SUFFIX) for s in todo]
+        with futures.ThreadPoolExecutor(STATS_READERS) as pool:
+            for text in pool.map(lambda p: p.read_text(encoding="utf-8"), paths):
+                shard_job.add_shard(totals, json.loads(text))
         return totals
 
 
@@ -199,21 +214,32 @@ class _WriteShard(beam.DoFn):
                 "workers must read the same input files as the driver"
             )
 
+    @contextlib.contextmanager
+    def _staging(self) -> Iterator[str]:
+        """A folder of this attempt only: on the worker's disk for a remote output folder."""
+        attempt = uuid.uuid4().hex
+        if is_remote(self.plan.out_dir):
+            with shard_job.local_staging(self.plan.out_dir, attempt) as staging:
+                yield staging
+            return
+        staging = os.path.join(self.plan.out_dir, STAGING_DIR, attempt)
+        os.makedirs(staging)
+        yield staging
+        os.rmdir(staging)
+
     def process(self, shard: int):
-        if os.path.exists(self.plan.shard_path(shard)):
+        if epath.Path(self.plan.shard_path(shard)).exists():
             self.skipped.inc()  # a retried or duplicated work item whose shard is done
             return
-        staging = os.path.join(self.plan.out_dir, STAGING_DIR, uuid.uuid4().hex)
-        os.makedirs(staging)
-        stats = shard_job.write_shard(
-            self.plan,
-            self._produce,
-            shard,
-            layout=self._layout,
-            max_tokens=self._max_tokens,
-            staging_dir=staging,
-        )
-        os.rmdir(staging)
+        with self._staging() as staging:
+            stats = shard_job.write_shard(
+                self.plan,
+                self._produce,
+                shard,
+                layout=self._layout,
+                max_tokens=self._max_tokens,
+                staging_dir=staging,
+            )
         self.records.inc(stats.get("records", 0))
         self.errors.inc(stats["errors"])
         self.written.inc()

@@ -11,6 +11,10 @@ items into ``num_shards`` output shards of ``records.Example``:
   a finished shard is skipped on a rerun. A killed job rerun with the same flags produces the same
   files as an uninterrupted run. ``job.json`` in the output folder records the flags; a rerun with
   other flags into the same folder fails instead of mixing two corpora.
+* **Local or remote output.** The output folder may be a ``gs://`` (any etils.epath) URI: object
+  stores cannot rename, and ArrayRecord writes only local files, so a shard is written into a
+  local staging folder (``convert/io/remote.staging_dir``) and copied up, its sidecars first and
+  the shard last; the shard's presence still marks it complete, and a rerun skips it.
 * **Shardable over processes.** Process p of P writes shards p, p + P, ... (defaults
   ``jax.process_index()`` / ``jax.process_count()``); the processes share nothing but the folder.
   Or over an engine's workers: a job function passes its ``runner`` on to ``run``, and
@@ -28,20 +32,25 @@ items into ``num_shards`` output shards of ``records.Example``:
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sys
-from collections.abc import Callable, Iterable, Mapping
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 import numpy as np
+from etils import epath
 
 from glmvoice_jax import files
 from glmvoice_jax import progress as progress_lib
 from glmvoice_jax.data import records
 from glmvoice_jax.data import token_layout as token_layout_lib
+from glmvoice_jax.metrics import is_remote
 
 JOB_FILE = "job.json"
 # Test hook: SIGKILL this process after writing this many records (a job killed mid-shard).
@@ -55,7 +64,7 @@ Producer = Callable[[int, range, "ShardLog"], Iterable[tuple[int, object, record
 
 def default_process() -> tuple[int, int]:
     """(jax.process_index(), jax.process_count()); (0, 1) where JAX is not initialised."""
-    import jax  # lazy: the corpus jobs run without JAX; only the default process index needs it
+    import jax  # here, not at the top: only the default asks JAX for its distributed state
 
     return jax.process_index(), jax.process_count()
 
@@ -142,12 +151,12 @@ def check_job_file(out_dir: str, params: Mapping) -> None:
     Raises:
       ValueError: the folder holds the output of a job with other parameters.
     """
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, JOB_FILE)
+    root = epath.Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / JOB_FILE
     params = json.loads(json.dumps(dict(params)))  # normalise tuples etc.
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            old = json.load(f)
+    if path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
         if old != params:
             diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
             raise ValueError(
@@ -156,7 +165,59 @@ def check_job_file(out_dir: str, params: Mapping) -> None:
                 "folder"
             )
         return
-    files.write_json(path, params, sort_keys=True)
+    if is_remote(out_dir):  # an object appears whole: no temporary name needed (nor possible)
+        path.write_text(json.dumps(params, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    else:
+        files.write_json(os.fspath(path), params, sort_keys=True)
+
+
+def finished_shards(plan: JobPlan) -> set[int]:
+    """The shards of ``plan`` that exist (are complete), from one listing of its folder.
+
+    One listing, not a check per shard: on a bucket, 4,096 existence checks are minutes of round
+    trips. gcsfs caches listings per process and never sees other processes' writes (a Beam
+    worker's), so a remote folder's cached listing is dropped first.
+    """
+    root = epath.Path(plan.out_dir)
+    if is_remote(plan.out_dir):
+        epath.backend.fsspec_backend.fs(plan.out_dir).invalidate_cache()
+    names = {p.name for p in root.iterdir()} if root.exists() else set()
+    return {s for s in range(plan.num_shards) if os.path.basename(plan.shard_path(s)) in names}
+
+
+@contextlib.contextmanager
+def local_staging(out_dir: str, attempt: str) -> Iterator[str]:
+    """A fresh, empty local folder where one attempt writes a shard of the remote ``out_dir``.
+
+    ``$GLMVOICE_STAGING/upload/<out_dir without ://>/<attempt>`` (``remote.staging_dir``); what a
+    killed attempt of the same name left there is removed first, and the folder on leaving.
+    """
+    from glmvoice_jax.convert.io import remote  # lazy: ~2 s of imports; local output needs none
+
+    base = remote.staging_dir(out_dir, "upload")
+    path = os.path.join(base, attempt)
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            os.rmdir(base)  # the last attempt out removes the empty base folder
+
+
+def _upload(write_path: str, path: str) -> None:
+    """Copies a staged shard and its sidecars to the remote ``path``, the shard last.
+
+    Each file is replaced whole, as the local runner's renames do (``remote.publish`` would keep
+    a file of the same size, e.g. a stale ``.stats.json``). An object appears only when its
+    upload completes, so the shard, copied last, still marks the shard complete.
+    """
+    from glmvoice_jax.convert.io import remote  # lazy, as in local_staging
+
+    for suffix in (ERRORS_SUFFIX, STATS_SUFFIX, ""):
+        with open(write_path + suffix, "rb") as f, epath.Path(path + suffix).open("wb") as g:
+            shutil.copyfileobj(f, g, remote.COPY_CHUNK)
 
 
 class Runner(Protocol):
@@ -195,7 +256,9 @@ def write_shard(
     With ``staging_dir`` (a folder of this attempt only) all three are written there and then
     moved into ``plan.out_dir``, sidecars first: two attempts at one shard (a retried or a
     duplicated work item of a distributed engine) never share a temporary file, and since both
-    write the same bytes, whichever rename lands last leaves the same shard.
+    write the same bytes, whichever rename lands last leaves the same shard. A remote
+    ``plan.out_dir`` is always written through a local ``staging_dir`` (a fresh one when none is
+    given) and the files are copied up in the same order.
 
     Args:
       plan: the shard plan.
@@ -203,7 +266,8 @@ def write_shard(
       shard: the shard to write.
       layout: counts speech vs text tokens in the stats when given.
       max_tokens: documents longer than this are skipped as "over_long".
-      staging_dir: write here first, then move into ``plan.out_dir``.
+      staging_dir: write here first, then move (or copy, to a remote folder) into
+        ``plan.out_dir``.
       on_item: called once per input item the producer yields (progress).
       on_record: called once per record written (the kill-test hook of ``run``).
 
@@ -211,6 +275,18 @@ def write_shard(
       The shard's stats (what ``<shard>.stats.json`` holds).
     """
     path = plan.shard_path(shard)
+    if staging_dir is None and is_remote(plan.out_dir):
+        with local_staging(plan.out_dir, uuid.uuid4().hex) as staging:
+            return write_shard(
+                plan,
+                produce,
+                shard,
+                layout=layout,
+                max_tokens=max_tokens,
+                staging_dir=staging,
+                on_item=on_item,
+                on_record=on_record,
+            )
     write_path = path if staging_dir is None else os.path.join(staging_dir, os.path.basename(path))
     log = ShardLog()
     stats = collections.Counter()
@@ -241,7 +317,9 @@ def write_shard(
         # Sidecars first: the shard's final rename (on leaving the block) marks completion.
         files.write_jsonl(write_path + ERRORS_SUFFIX, log.errors, ensure_ascii=False)
         files.write_json(write_path + STATS_SUFFIX, shard_stats, sort_keys=True)
-    if staging_dir is not None:
+    if staging_dir is not None and is_remote(plan.out_dir):
+        _upload(write_path, path)
+    elif staging_dir is not None:
         for suffix in (ERRORS_SUFFIX, STATS_SUFFIX, ""):
             os.replace(write_path + suffix, path + suffix)
     return shard_stats
@@ -293,20 +371,30 @@ def run(
             os.kill(os.getpid(), signal.SIGKILL)
 
     totals = new_totals()
+    done = finished_shards(plan)
+    # A remote folder's shards go through a local folder named after this process, so a rerun
+    # after a kill clears what the killed attempt left there.
+    remote = is_remote(plan.out_dir)
     for shard in mine:
-        if os.path.exists(plan.shard_path(shard)):
+        if shard in done:
             totals["skipped"] += 1
             bar.update(len(plan.input_range(shard)))  # finished by an earlier run
             continue
-        stats = write_shard(
-            plan,
-            produce,
-            shard,
-            layout=layout,
-            max_tokens=max_tokens,
-            on_item=lambda: bar.update(1),
-            on_record=on_record,
-        )
+        with (
+            local_staging(plan.out_dir, f"process-{plan.process_index}")
+            if remote
+            else contextlib.nullcontext()
+        ) as staging:
+            stats = write_shard(
+                plan,
+                produce,
+                shard,
+                layout=layout,
+                max_tokens=max_tokens,
+                staging_dir=staging,
+                on_item=lambda: bar.update(1),
+                on_record=on_record,
+            )
         add_shard(totals, stats)
         bar.set_postfix_str(
             f"shards {totals['written'] + totals['skipped']}/{len(mine)} "
