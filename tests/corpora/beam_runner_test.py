@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+from etils import epath
 
 from glmvoice_jax.corpora import (
     beam_runner,
@@ -168,3 +169,55 @@ def test_worker_that_sees_other_inputs_refuses_to_write(demo_text, tmp_path):
         beam_runner._WriteShard(job, 0, driver_plan).setup()
     with pytest.raises(RuntimeError, match="made 1 shard_job.run call"):
         beam_runner._WriteShard(job, 1, plan).setup()
+
+
+def _remote_bytes(uri):
+    """Every file of a remote output folder -> its bytes (as ``_bytes`` for a local one)."""
+    return {p.name: p.read_bytes() for p in sorted(epath.Path(uri).iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def local_staging(tmp_path, monkeypatch):
+    """Where remote shards are staged ($GLMVOICE_STAGING); must be empty after each job."""
+    staging = tmp_path / "staging"
+    monkeypatch.setenv("GLMVOICE_STAGING", str(staging))
+    return staging
+
+
+def _empty(folder):
+    return not folder.exists() or not any(p.is_file() for p in folder.rglob("*"))
+
+
+def test_bucket_output_matches_local_output(demo_text, fake_gcs, local_staging, tmp_path):
+    """gs:// output: beam and process runners write the local process runner's bytes."""
+    _text_job(demo_text, tmp_path / "proc", process_index=0, process_count=1)()
+    local = _bytes(tmp_path / "proc")
+    _, totals = beam_runner.run_job(_text_job(demo_text, "gs://bucket/beam"), DIRECT)
+    assert _remote_bytes("gs://bucket/beam") == local
+    assert totals["written"] == 5
+    assert totals["errors_by_reason"] == {"empty_text": 1, "bad_json": 1, "over_long": 1}
+    for p in range(2):
+        _text_job(demo_text, "gs://bucket/proc", process_index=p, process_count=2)()
+    assert _remote_bytes("gs://bucket/proc") == local
+    assert _empty(local_staging)
+    with pytest.raises(ValueError, match="other parameters"):
+        _text_job(demo_text, "gs://bucket/proc", split="test", process_count=1)()
+
+
+def test_bucket_rerun_rewrites_only_the_missing_shard(demo_text, fake_gcs, local_staging):
+    out = "gs://bucket/text"
+    beam_runner.run_job(_text_job(demo_text, out), DIRECT)
+    before = _remote_bytes(out)
+    objects = dict(fake_gcs)  # path -> stored object; a rewrite stores a new one
+    lost = "text-00002-of-00005.array_record"
+    (epath.Path(out) / lost).unlink()
+    _, totals = beam_runner.run_job(_text_job(demo_text, out), DIRECT)
+    assert totals["written"] == 1 and totals["skipped"] == 4
+    assert _remote_bytes(out) == before
+    rewritten = {k.rsplit("/", 1)[-1] for k, v in fake_gcs.items() if objects.get(k) is not v}
+    assert rewritten == {lost, lost + ".errors.jsonl", lost + ".stats.json"}
+    (epath.Path(out) / lost).unlink()  # the process runner resumes the same way
+    _, totals = _text_job(demo_text, out, process_index=0, process_count=1)()
+    assert totals["written"] == 1 and totals["skipped"] == 4
+    assert _remote_bytes(out) == before
+    assert _empty(local_staging)
