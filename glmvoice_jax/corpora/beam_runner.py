@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shlex
 import shutil
@@ -57,13 +58,25 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent import futures
 
-import apache_beam as beam
-from apache_beam.options import pipeline_options
 from etils import epath
 
 from glmvoice_jax.corpora import shard_job
 from glmvoice_jax.data import token_layout as token_layout_lib
 from glmvoice_jax.metrics import is_remote
+
+
+def _not_apitools(record: logging.LogRecord) -> bool:
+    # Beam's BigQuery client stub logs this on the root logger at import when apitools (the
+    # `gcp` extra, which the record jobs do not use) is absent: noise on every job command.
+    return not record.getMessage().startswith("apitools not found")
+
+
+logging.getLogger().addFilter(_not_apitools)
+try:
+    import apache_beam as beam
+    from apache_beam.options import pipeline_options
+finally:
+    logging.getLogger().removeFilter(_not_apitools)
 
 # Under a local output folder; removed when the pipeline has finished. (A remote folder's attempts
 # stage on their worker's disk instead: shard_job.local_staging.)

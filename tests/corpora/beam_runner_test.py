@@ -156,6 +156,7 @@ def test_command_line_runner_beam(demo_text, tmp_path):
     r = subprocess.run(args, cwd=REPO, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "wrote 5 shard(s)" in r.stdout and "'empty_text': 1" in r.stdout
+    assert "apitools" not in r.stderr  # Beam's import-time BigQuery notice is filtered
     assert _bytes(tmp_path / "proc") == _bytes(tmp_path / "beam")
 
 
