@@ -16,7 +16,7 @@ Each configuration runs in its own process, so its peak RSS is its own. Per conf
   * peak_rss_gib (ru_maxrss), minor page faults per step.
 
     python bench/train_step.py [--steps 6] [--dtype float32,bfloat16] [--remat none]
-        [--attention chunked] [--attention_chunk 256] [--loss_chunk 256] [--out FILE]
+        [--attention causal_blocks] [--attention_chunk 256] [--loss_chunk 256] [--out FILE]
 
 Levers (each a comma list; every combination runs): --remat, --attention, --attention_chunk,
 --loss_chunk. Not a test: other processes slow it down; the load average is printed.
@@ -172,7 +172,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=1, help="timed steps left out of the mean")
     p.add_argument("--dtype", default="float32,bfloat16")
     p.add_argument("--remat", default="none")
-    p.add_argument("--attention", default="chunked")
+    p.add_argument("--attention", default="causal_blocks")
     p.add_argument("--attention_chunk", default="256")
     p.add_argument("--loss_chunk", default="256")
     p.add_argument("--batch", type=int, default=8)

@@ -4,10 +4,15 @@ Softmax is computed in float32 whatever the compute dtype (GLM-4 `attention_soft
 glm4voice.md §4.2). Two implementations with identical math:
 
 * ``"xla"``: one [B, K, G, T, S] score tensor. Simple and fastest for short rows.
-* ``"chunked"``: queries processed in blocks of ``chunk_size`` under ``jax.checkpoint``, each
-  against the keys up to its own end only (blocks above the causal diagonal are skipped), so the
-  live score tensor is at most [B, K, G, chunk, S] and the score work about (n + 1) / 2n of
-  "xla"'s for n blocks: what makes seq 8192 fit without a fused kernel.
+* ``"chunked"``: queries processed in blocks of ``chunk_size`` under ``jax.checkpoint`` in a
+  ``lax.map``, so the live score tensor is [B, K, G, chunk, S]: what makes seq 8192 fit without a
+  fused kernel (the 9B configs' choice; its memory is bounded by one block whatever the compiler).
+* ``"causal_blocks"``: the same blocks in a Python loop, block i against keys [0, (i + 1) chunk)
+  only, so the blocks above the causal diagonal are never computed: (n + 1) / 2n of the score work
+  for n blocks. The fastest portable form where compute is the limit (the CPU: bench/train_step.py).
+  The blocks are independent ops, and XLA may schedule several at once: the 9B v6e-256 step needs
+  38.2 GiB per chip with it against 18.2 with "chunked" (docs/aot.md), while on v5p it is 2 GiB
+  smaller. Use it where memory is not the limit, and check with glmvoice-aot.
 
 Both accumulate the two matmuls in float32 (matmul.einsum): bf16 compute runs bf16 x bf16 ->
 float32 dots forward and backward.
@@ -65,8 +70,8 @@ def dot_product_attention(
       k: [B, T, K, H] keys; N must be a multiple of K (query head n uses kv head n // (N/K)).
       v: [B, T, K, H] values.
       segment_ids: [B, T] int, 0 = padding.
-      impl: "xla" or "chunked" (see module docstring).
-      chunk_size: query block of the chunked implementation.
+      impl: "xla", "chunked" or "causal_blocks" (see module docstring).
+      chunk_size: query block of the chunked implementations.
 
     Returns:
       [B, T, N, H] in the dtype of v.
@@ -80,32 +85,40 @@ def dot_product_attention(
     q = q.reshape(b, t, kh, g, h)  # (B, T, K, G, H): head n -> (n // G, n % G)
     if impl == "xla" or t <= chunk_size:
         out = _attend(q, k, v, packed_causal_mask(segment_ids, segment_ids), scale)
-    elif impl == "chunked":
+    elif impl in ("chunked", "causal_blocks"):
         if t % chunk_size:
             raise ValueError(
                 f"attention chunk_size ({chunk_size}) must divide the sequence length ({t})"
             )
-        # Query block i sees keys [0, (i + 1) * chunk) only: the blocks above the causal diagonal
-        # are never computed (half the score work and memory of "xla" for many blocks). A Python
-        # loop, so each block's key length is static; inside the layer scan it is traced once.
-        outs = []
-        for i in range(t // chunk_size):
-            lo, hi = i * chunk_size, (i + 1) * chunk_size
+        nc = t // chunk_size
+        if impl == "chunked":
+            qc = q.reshape(b, nc, chunk_size, kh, g, h).swapaxes(0, 1)  # (C, B, c, K, G, H)
+            segc = segment_ids.reshape(b, nc, chunk_size).swapaxes(0, 1)  # (C, B, c)
 
             @jax.checkpoint
-            def block(qb, segb, kb, vb, segk, lo=lo):
-                return _attend(qb, kb, vb, packed_causal_mask(segb, segk, q_offset=lo), scale)
+            def block(qb, segb, offset):
+                mask = packed_causal_mask(segb, segment_ids, q_offset=offset)
+                return _attend(qb, k, v, mask, scale)
 
-            outs.append(
-                block(
-                    q[:, lo:hi],
-                    segment_ids[:, lo:hi],
-                    k[:, :hi],
-                    v[:, :hi],
-                    segment_ids[:, :hi],
-                )
-            )  # (B, c, K, G, H)
-        out = jnp.concatenate(outs, axis=1)  # (B, T, K, G, H)
+            offsets = jnp.arange(nc) * chunk_size
+            outc = jax.lax.map(lambda a: block(*a), (qc, segc, offsets))  # (C, B, c, K, G, H)
+            out = outc.swapaxes(0, 1).reshape(b, t, kh, g, h)
+        else:
+            outs = []
+            for i in range(nc):  # static key lengths: block i sees keys [0, (i + 1) * chunk)
+                lo, hi = i * chunk_size, (i + 1) * chunk_size
+
+                @jax.checkpoint
+                def block(qb, segb, kb, vb, segk, lo=lo):
+                    mask = packed_causal_mask(segb, segk, q_offset=lo)
+                    return _attend(qb, kb, vb, mask, scale)
+
+                sl = (slice(None), slice(lo, hi))
+                sk = (slice(None), slice(0, hi))
+                outs.append(block(q[sl], segment_ids[sl], k[sk], v[sk], segment_ids[sk]))
+            out = jnp.concatenate(outs, axis=1)  # (B, T, K, G, H)
     else:
-        raise ValueError(f"unknown attention impl {impl!r}; use 'xla' or 'chunked'")
+        raise ValueError(
+            f"unknown attention impl {impl!r}; use 'xla', 'chunked' or 'causal_blocks'"
+        )
     return out.reshape(b, t, n, h)  # (B, T, N, H)

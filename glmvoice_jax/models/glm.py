@@ -52,7 +52,7 @@ REMAT_POLICIES = {
 HOST_OFFLOAD_POLICIES = frozenset({"offload"})
 
 # Attention implementations, same math: portable ("xla", "chunked") and fused per backend.
-ATTENTION_IMPLS = ("xla", "chunked") + fused_attention.FUSED
+ATTENTION_IMPLS = ("xla", "chunked", "causal_blocks") + fused_attention.FUSED
 
 
 def check_remat_policy(name: str, devices: Sequence[jax.Device]) -> None:
@@ -100,10 +100,11 @@ class GLMConfig:
       scan_layers: run layers with nnx.scan (True) or an unrolled loop (same parameters).
       remat_policy: one of REMAT_POLICIES ("offload" needs devices with pinned host memory:
         ``check_remat_policy``).
-      attention_impl: ``model.attention_impl``, one of ATTENTION_IMPLS: "xla" or "chunked"
-        (attention.py, any backend), or the fused kernels (fused_attention.py) "splash" (TPU)
-        and "cudnn" (GPU, bf16/fp16 compute), which check the backend when the step is traced.
-      attention_chunk: query block of the chunked attention.
+      attention_impl: ``model.attention_impl``, one of ATTENTION_IMPLS: "xla", "chunked" or
+        "causal_blocks" (attention.py, any backend), or the fused kernels (fused_attention.py)
+        "splash" (TPU) and "cudnn" (GPU, bf16/fp16 compute), which check the backend when the
+        step is traced.
+      attention_chunk: query block of the chunked attentions.
       dropout: hidden dropout rate in [0, 1) (module docstring); 0 = off.
     """
 
