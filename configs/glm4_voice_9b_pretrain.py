@@ -7,10 +7,10 @@ gradient accumulation that fit there. Compiled with ``glmvoice-aot`` on a CPU ma
 overrides (docs/aot.md, "9B step as shipped"), GiB per chip:
 
     slice        mesh                accum  total / HBM
-    v5p-512      fsdp 256            1      34.27 / 95.74
-    v5p-128      fsdp 64             2      69.19 / 95.74
-    v6e-256      fsdp 256            2      18.18 / 31.25
-    2xv6e-256    data 2 x fsdp 256   1      17.35 / 31.25
+    v5p-512      fsdp 256            1      30.26 / 95.74
+    v5p-128      fsdp 64             2      64.91 / 95.74
+    v6e-256      fsdp 256            2      17.15 / 31.25
+    2xv6e-256    data 2 x fsdp 256   1      19.10 / 31.25
 
 Pre-flight (the README's command; exit 1 if the step does not fit):
     glmvoice-aot --config configs/glm4_voice_9b_pretrain.py --topology v5p-512
