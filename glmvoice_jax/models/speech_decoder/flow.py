@@ -80,6 +80,7 @@ def euler_cfg(
     n_steps: int,
     cfg_rate: float,
     hard_mask: bool = False,
+    matmul_dtype: str | None = None,
 ) -> jax.Array:
     """``ConditionalCFM.solve_euler`` with classifier-free guidance (§7).
 
@@ -98,6 +99,8 @@ def euler_cfg(
       n_steps: Euler steps (10).
       cfg_rate: r (0.7).
       hard_mask: padding-neutral estimator masks (padded batches of held-out evals).
+      matmul_dtype: None = exact float32; "bfloat16" = the opt-in fast mode
+        (``TransformerBlock``; its mel distance from exact mode is in docs/decoder_speed.md).
 
     Returns:
       (B, T, M) the sample at t = 1.
@@ -110,12 +113,19 @@ def euler_cfg(
     b = z.shape[0]
     r = jnp.float32(cfg_rate)
     graphdef, state = nnx.split(estimator)
+    if matmul_dtype is not None:
+        # Cast the transformer weights once, outside the loop, instead of in every step.
+        state = jax.tree_util.tree_map_with_path(
+            lambda path, v: v.astype(matmul_dtype) if _is_block_kernel(path) else v, state
+        )
 
     def step(i: jax.Array, carry: tuple[jax.Array, jax.Array, jax.Array]) -> tuple:
         x, t, dt = carry
         est = nnx.merge(graphdef, state)
         x2 = jnp.concatenate([x, x], axis=0)
-        v = est(x2, mask2, mu2, jnp.broadcast_to(t, (2 * b,)), spks2, cond2, hard_mask)
+        v = est(
+            x2, mask2, mu2, jnp.broadcast_to(t, (2 * b,)), spks2, cond2, hard_mask, matmul_dtype
+        )
         v = (jnp.float32(1.0) + r) * v[:b] - r * v[b:]
         x = x + dt * v
         t = t + dt
@@ -125,6 +135,12 @@ def euler_cfg(
     carry = (z, t_span[0], t_span[1] - t_span[0])
     x, _, _ = jax.lax.fori_loop(1, n_steps + 1, step, carry)
     return x
+
+
+def _is_block_kernel(path: tuple) -> bool:
+    """A transformer-block ``Linear`` kernel: the matmuls ``matmul_dtype`` applies to."""
+    name = jax.tree_util.keystr(path)
+    return "transformer_blocks" in name and "kernel" in name
 
 
 class Flow(nnx.Module):
@@ -207,6 +223,7 @@ class Flow(nnx.Module):
         prompt_feat: jax.Array | None = None,
         noise: jax.Array | None = None,
         embedding: jax.Array | None = None,
+        matmul_dtype: str | None = None,
     ) -> jax.Array:
         """``flow.inference``: mel of the new tokens (§3), channel-last.
 
@@ -216,6 +233,7 @@ class Flow(nnx.Module):
           prompt_feat: (B, P, M) mel of earlier chunks copied into ``cond``, or None.
           noise: (B, T, M) initial flow noise z; None → zeros (deterministic mode, §14).
           embedding: (B, S) x-vector; None → zeros (what GLM always passes).
+          matmul_dtype: None = exact float32 (default, parity); "bfloat16" = fast mode.
 
         Returns:
           (B, T - P, M) with T = frames_from_tokens(N_prompt + N_new).
@@ -238,6 +256,14 @@ class Flow(nnx.Module):
         z = jnp.zeros_like(mu) if noise is None else noise
         mask = jnp.ones((b, t_frames, 1), jnp.float32)
         mel = euler_cfg(
-            self.estimator, z, mask, mu, spks, cond, cfg.n_timesteps, cfg.inference_cfg_rate
+            self.estimator,
+            z,
+            mask,
+            mu,
+            spks,
+            cond,
+            cfg.n_timesteps,
+            cfg.inference_cfg_rate,
+            matmul_dtype=matmul_dtype,
         )
         return mel[:, p:]

@@ -70,15 +70,16 @@ def check_tokens(tokens: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndar
     return arr.astype(np.int32)
 
 
-@nnx.jit
+@nnx.jit(static_argnames="matmul_dtype")
 def _decode(
     model: SpeechDecoder,
     tokens: jax.Array,
     flow_noise: jax.Array | None,
     phases: jax.Array | None,
     nsf_noise: jax.Array | None,
+    matmul_dtype: str | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    mel = model.flow.inference(tokens, noise=flow_noise)  # (1, T, M)
+    mel = model.flow.inference(tokens, noise=flow_noise, matmul_dtype=matmul_dtype)  # (1, T, M)
     wav, _ = model.hift(mel, phases=phases, noise=nsf_noise)  # (1, L)
     return mel, wav
 
@@ -88,6 +89,7 @@ def tokens_to_audio(
     tokens: Sequence[int] | np.ndarray,
     *,
     key: jax.Array | None = None,
+    matmul_dtype: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Offline decode of one utterance (``offline_inference``): tokens → (mel, waveform).
 
@@ -99,6 +101,9 @@ def tokens_to_audio(
       tokens: 1-D codebook ids in [0, vocab_size).
       key: PRNG key for the flow noise z, the NSF phases and the NSF noise. None → the
         deterministic mode of §14 (z = 0, no NSF noise, zero phases); dropout is always off.
+      matmul_dtype: None = exact float32 (the default; what parity tests check). "bfloat16" =
+        opt-in fast mode: the flow estimator's transformer matmuls take bfloat16 inputs with
+        float32 accumulation (docs/decoder_speed.md has its speed and mel distance).
 
     Returns:
       (mel [M, T] float32, wav [256·T] float32 at 22050 Hz), T = frames_from_tokens(N).
@@ -119,5 +124,7 @@ def tokens_to_audio(
             k_noise, (1, t_frames * cfg.hift.upsample_factor, g), jnp.float32
         )
     with jax.default_matmul_precision("highest"):
-        mel, wav = _decode(model, jnp.asarray(ids)[None], flow_noise, phases, nsf_noise)
+        mel, wav = _decode(
+            model, jnp.asarray(ids)[None], flow_noise, phases, nsf_noise, matmul_dtype
+        )
     return np.asarray(mel[0]).T, np.asarray(wav[0])

@@ -36,15 +36,19 @@ SOURCE_CACHE_LEN = 256
 WEB_DEMO_BLOCK_SIZES = (25, 50, 100, 150, 200)  # the last size repeats
 
 
-@nnx.jit
+@nnx.jit(static_argnames="matmul_dtype")
 def _flow(
     model: SpeechDecoder,
     tokens: jax.Array,
     prompt_tokens: jax.Array | None,
     prompt_feat: jax.Array | None,
     noise: jax.Array | None,
+    matmul_dtype: str | None = None,
 ) -> jax.Array:
-    return model.flow.inference(tokens, prompt_tokens, prompt_feat, noise=noise)[0]  # (T_new, M)
+    mel = model.flow.inference(
+        tokens, prompt_tokens, prompt_feat, noise=noise, matmul_dtype=matmul_dtype
+    )
+    return mel[0]  # (T_new, M)
 
 
 @nnx.jit
@@ -69,6 +73,7 @@ class Token2Wav:
         hift_fn: Callable[[np.ndarray, np.ndarray | None], tuple[np.ndarray, np.ndarray]]
         | None = None,
         key: jax.Array | None = None,
+        matmul_dtype: str | None = None,
     ):
         """Creates an empty state.
 
@@ -79,6 +84,8 @@ class Token2Wav:
           hift_fn: (mel (T, M), cache_source (K,) or None) → (speech (L,), source (L,));
             default: the model's HiFT, jitted per shape.
           key: PRNG key for the default flow / HiFT noise; None → deterministic mode (§14).
+          matmul_dtype: the default flow's estimator matmul inputs: None = exact float32
+            (parity), "bfloat16" = fast mode (``tokens_to_audio``).
         """
         self.model = model
         self.flow_fn = flow_fn or self._flow
@@ -88,6 +95,7 @@ class Token2Wav:
         self.cache_mel: np.ndarray | None = None  # (1, M)
         self.cache_source: np.ndarray | None = None  # (256,)
         self.key = key
+        self.matmul_dtype = matmul_dtype
         self.calls = 0  # token2wav calls so far: the key of call i is fold_in(key, i)
 
     def __call__(
@@ -153,6 +161,7 @@ class Token2Wav:
                 jnp.asarray(prompt_tokens)[None] if prompt_tokens.size else None,
                 jnp.asarray(prompt_feat)[None] if prompt_feat.shape[0] else None,
                 noise,
+                self.matmul_dtype,
             )
         return np.asarray(mel)
 
@@ -194,6 +203,7 @@ def stream_decode(
     token2wav: Token2Wav | None = None,
     *,
     key: jax.Array | None = None,
+    matmul_dtype: str | None = None,
     on_chunk: Callable[[np.ndarray, np.ndarray, Chunk], None] | None = None,
 ) -> tuple[np.ndarray, list[Chunk]]:
     """Decodes like web_demo.py: flush full blocks, then the remainder with finalize=True.
@@ -209,6 +219,7 @@ def stream_decode(
         duplicated cache frame, §12.3); False drops that duplicate ("fixed mode").
       token2wav: the state machine to drive; default ``Token2Wav(model, key=key)``.
       key: PRNG key of the default state machine; None → deterministic mode (§14).
+      matmul_dtype: of the default state machine: None = exact (parity), "bfloat16" = fast.
       on_chunk: called after every call as on_chunk(speech, mel, chunk) with the samples just
         emitted (L,), the returned mel (T, M) and the call's ``Chunk``; the emitted samples are
         the audio of ``emitted_mel(mel, chunk)``.
@@ -223,7 +234,7 @@ def stream_decode(
     if not block_sizes or min(block_sizes) <= 0:
         raise ValueError(f"block_sizes must be positive, got {tuple(block_sizes)}")
     sizes = itertools.chain(block_sizes, itertools.repeat(block_sizes[-1]))
-    state = token2wav or Token2Wav(model, key=key)
+    state = token2wav or Token2Wav(model, key=key, matmul_dtype=matmul_dtype)
     n_mels = model.config.flow.output_size
     feats: list[np.ndarray] = []
     speech: list[np.ndarray] = []

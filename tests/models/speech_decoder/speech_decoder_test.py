@@ -73,3 +73,19 @@ def test_random_mode_runs_and_respects_the_clamp(model):
     assert np.isfinite(mel).all() and np.isfinite(wav).all()
     assert np.abs(wav).max() <= 0.99
     assert np.abs(mel - det_mel).max() > 1e-2  # the noise is really used
+
+
+def test_bf16_fast_mode_is_opt_in_and_close_to_exact(model):
+    """matmul_dtype="bfloat16" (docs/decoder_speed.md) changes the mel only slightly; the default
+    stays the exact mode that the parity tests above check."""
+    tokens = UTTERANCES[2]["tokens"]
+    mel, wav = tokens_to_audio(model, tokens)
+    fast_mel, fast_wav = tokens_to_audio(model, tokens, matmul_dtype="bfloat16")
+    assert fast_mel.shape == mel.shape and fast_wav.shape == wav.shape
+    diff = np.abs(fast_mel - mel).max()
+    print(f"bf16 fast mode: mel max abs diff {diff:.2e}, wav {np.abs(fast_wav - wav).max():.2e}")
+    assert 0 < diff < 5e-2
+    stream_wav, _ = stream_decode(model, tokens, block_sizes=(10,), matmul_dtype="bfloat16")
+    exact_stream_wav, _ = stream_decode(model, tokens, block_sizes=(10,))
+    assert stream_wav.shape == exact_stream_wav.shape
+    assert np.abs(stream_wav - exact_stream_wav).max() < 5e-2
