@@ -11,7 +11,10 @@ mode (decoder.md §14), float32. Default input: 125 tokens = 10.0 s of audio (86
   so the flow work grows to (172 + 516 + 861) / 861 = 1.8x the whole-utterance work.
   first-chunk latency = time from the call to the first emitted audio (25 tokens, 1.59 s).
 RTF = wall time / audio duration, median of --repeats warm runs (compile excluded and reported
-separately). Also reported: the largest |whole - streaming| sample difference. --modes export
+separately). Also reported: the largest |whole - streaming| sample difference. The *_bf16 modes
+are the opt-in fast mode (``matmul_dtype="bfloat16"``: the estimator's transformer matmuls take
+bfloat16 inputs with float32 accumulation); each reports its mel / sample distance from the
+exact mode of the same kind ("vs_exact"). See docs/decoder_speed.md. --modes export
 adds the jax.export artifact (size, export time, RTF of ``call``, difference to whole).
 
     python bench/decoder_rtf.py [--tokens 125] [--repeats 3] [--out FILE]
@@ -83,6 +86,17 @@ def random_decoder(cfg: DecoderConfig, seed: int = 0) -> SpeechDecoder:
     return decoder_pt.build_decoder(cfg, params)
 
 
+def distance(wav: np.ndarray, ref: np.ndarray) -> dict:
+    """Sample differences of two waveforms over their common length (float32 at 22050 Hz)."""
+    n = min(wav.size, ref.size)
+    diff = np.abs(wav[:n] - ref[:n])
+    return {
+        "max_abs": float(diff.max()),
+        "rms_diff": float(np.sqrt(np.mean(diff**2))),
+        "rms_ref": float(np.sqrt(np.mean(ref[:n] ** 2))),
+    }
+
+
 def timed(fn, repeats: int) -> tuple[float, list[float]]:
     """(compile + first run secs, warm run secs)."""
     t = time.perf_counter()
@@ -101,7 +115,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=125)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--variant", default="glm4_voice_decoder", choices=sorted(VARIANTS))
-    parser.add_argument("--modes", default="whole,streaming", help="whole,streaming,export")
+    parser.add_argument(
+        "--modes",
+        default="whole,streaming,whole_bf16,streaming_bf16",
+        help="any of whole,streaming,whole_bf16,streaming_bf16,export",
+    )
     parser.add_argument("--out", default=None, help="also append the JSON result to this file")
     args = parser.parse_args()
 
@@ -123,26 +141,33 @@ def main() -> None:
         "init_secs": round(init_secs, 1),
     }
     modes = args.modes.split(",")
-    wavs = {}
-    if "whole" in modes:
+    wavs, mels = {}, {}
+    for mode in ("whole", "whole_bf16"):
+        if mode not in modes:
+            continue
+        dtype = "bfloat16" if mode.endswith("_bf16") else None
         out = {}
 
-        def whole() -> None:
-            out["wav"] = tokens_to_audio(model, tokens)[1]
+        def whole(dtype=dtype, out=out) -> None:
+            out["mel"], out["wav"] = tokens_to_audio(model, tokens, matmul_dtype=dtype)
 
         first, runs = timed(whole, args.repeats)
-        wavs["whole"] = out["wav"]
+        wavs[mode], mels[mode] = out["wav"], out["mel"]
         med = statistics.median(runs)
-        result["whole"] = {
+        result[mode] = {
             "first_call_secs": round(first, 2),
             "warm_secs": [round(r, 2) for r in runs],
             "rtf": round(med / audio_secs, 3),
+            "loadavg_after": os.getloadavg(),
         }
-    if "streaming" in modes:
+    for mode in ("streaming", "streaming_bf16"):
+        if mode not in modes:
+            continue
+        dtype = "bfloat16" if mode.endswith("_bf16") else None
         latencies: list[float] = []
         out = {}
 
-        def streaming() -> None:
+        def streaming(dtype=dtype, out=out, latencies=latencies) -> None:
             start = time.perf_counter()
             seen = []
 
@@ -151,12 +176,14 @@ def main() -> None:
                     latencies.append(time.perf_counter() - start)
                 seen.append(chunk)
 
-            out["wav"], out["chunks"] = stream_decode(model, tokens, on_chunk=on_chunk)
+            out["wav"], out["chunks"] = stream_decode(
+                model, tokens, matmul_dtype=dtype, on_chunk=on_chunk
+            )
 
         first, runs = timed(streaming, args.repeats)
-        wavs["streaming"] = out["wav"]
+        wavs[mode] = out["wav"]
         streamed_secs = out["wav"].size / cfg.hift.sampling_rate
-        result["streaming"] = {
+        result[mode] = {
             "chunks": [c.new_tokens for c in out["chunks"]],
             "audio_secs": round(streamed_secs, 3),
             "first_call_secs": round(first, 2),
@@ -164,7 +191,15 @@ def main() -> None:
             "rtf": round(statistics.median(runs) / streamed_secs, 3),
             "first_chunk_latency_secs_warm": round(statistics.median(latencies[1:]), 3),
             "first_chunk_latency_secs_cold": round(latencies[0], 2),
+            "loadavg_after": os.getloadavg(),
         }
+    for fast, exact in (("whole_bf16", "whole"), ("streaming_bf16", "streaming")):
+        if fast in wavs and exact in wavs:
+            result[fast]["vs_exact"] = distance(wavs[fast], wavs[exact])
+            if fast in mels:
+                d = np.abs(mels[fast] - mels[exact])
+                result[fast]["vs_exact"]["mel_max_abs"] = float(d.max())
+                result[fast]["vs_exact"]["mel_mean_abs"] = float(d.mean())
     if "export" in modes:
         t = time.perf_counter()
         platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
@@ -189,13 +224,7 @@ def main() -> None:
             diff = np.abs(out["wav"] - wavs["whole"])
             result["export"]["max_abs_vs_whole"] = float(np.nanmax(diff))
     if "whole" in wavs and "streaming" in wavs:
-        n = min(w.size for w in wavs.values())
-        diff = np.abs(wavs["whole"][:n] - wavs["streaming"][:n])
-        result["whole_vs_streaming"] = {
-            "max_abs": float(diff.max()),
-            "rms_diff": float(np.sqrt(np.mean(diff**2))),
-            "rms_whole": float(np.sqrt(np.mean(wavs["whole"][:n] ** 2))),
-        }
+        result["whole_vs_streaming"] = distance(wavs["streaming"], wavs["whole"])
     result["machine"]["loadavg_after"] = os.getloadavg()
     line = json.dumps(result)
     print(line)
