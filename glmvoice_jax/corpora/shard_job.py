@@ -48,6 +48,7 @@ from etils import epath
 
 from glmvoice_jax import files
 from glmvoice_jax import progress as progress_lib
+from glmvoice_jax.convert.io import remote
 from glmvoice_jax.data import records
 from glmvoice_jax.data import token_layout as token_layout_lib
 from glmvoice_jax.metrics import is_remote
@@ -192,8 +193,6 @@ def local_staging(out_dir: str, attempt: str) -> Iterator[str]:
     ``$GLMVOICE_STAGING/upload/<out_dir without ://>/<attempt>`` (``remote.staging_dir``); what a
     killed attempt of the same name left there is removed first, and the folder on leaving.
     """
-    from glmvoice_jax.convert.io import remote  # lazy: ~2 s of imports; local output needs none
-
     base = remote.staging_dir(out_dir, "upload")
     path = os.path.join(base, attempt)
     shutil.rmtree(path, ignore_errors=True)
@@ -213,8 +212,6 @@ def _upload(write_path: str, path: str) -> None:
     a file of the same size, e.g. a stale ``.stats.json``). An object appears only when its
     upload completes, so the shard, copied last, still marks the shard complete.
     """
-    from glmvoice_jax.convert.io import remote  # lazy, as in local_staging
-
     for suffix in (ERRORS_SUFFIX, STATS_SUFFIX, ""):
         with open(write_path + suffix, "rb") as f, epath.Path(path + suffix).open("wb") as g:
             shutil.copyfileobj(f, g, remote.COPY_CHUNK)
