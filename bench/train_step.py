@@ -1,10 +1,12 @@
-"""Train-step throughput, MFU, start-up and peak memory of a ~61M-parameter GLM on this machine.
+"""Train-step throughput, MFU, start-up and peak memory of a GLM train step on this machine.
 
 The step is the trainer's own: ``lm.step_shapes`` + ``lm.jit_train_step`` (in/out shardings and
 donation as in glmvoice-train) compiled once by ``loop.compile_step``, so every timed step runs the
 same executable (no second compile). The model is issue L's S1, the MaxText reference point
 (8 layers, d 512, 8 heads x 64, SwiGLU 1536, vocab 32768, untied, batch 8 x 1024); bench/
-maxtext_step.py runs MaxText's trainer on the same model and compares.
+maxtext_step.py runs MaxText's trainer on the same model and compares. ``--model 1b`` is a ~1.06B
+GLM-4-shaped model (GQA 16 query heads over 2 kv heads of 128, SwiGLU 5632, 18 layers, vocab 65536)
+for accelerators, where the attention implementations are compared (docs/attention.md).
 
 Each configuration runs in its own process, so its peak RSS is its own. Per configuration:
   * step_secs: mean over the steps after the first ``--warmup`` timed ones (MaxText's way);
@@ -13,9 +15,10 @@ Each configuration runs in its own process, so its peak RSS is its own. Per conf
   * mfu: model FLOP/s (GLMConfig.flops_per_token: 6·N·D without the input embedding + causal
     attention, MaxText's count) over the matmul peak measured in the same process after the steps
     (float32: f32 x f32; bf16 compute: bf16 x bf16 -> f32, the rate our bf16 dots run at);
-  * peak_rss_gib (ru_maxrss), minor page faults per step.
+  * peak_rss_gib (ru_maxrss), minor page faults per step; on accelerators the device's peak
+    bytes in use (``Device.memory_stats``).
 
-    python bench/train_step.py [--steps 6] [--dtype float32,bfloat16] [--remat none]
+    python bench/train_step.py [--model s1] [--steps 6] [--dtype float32,bfloat16] [--remat none]
         [--attention causal_blocks] [--attention_chunk 256] [--loss_chunk 256] [--out FILE]
 
 Levers (each a comma list; every combination runs): --remat, --attention, --attention_chunk,
@@ -39,22 +42,36 @@ import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 
-MODEL = dict(
-    vocab_size=32768,
-    embed_dim=512,
-    num_layers=8,
-    num_heads=8,
-    num_kv_heads=8,
-    head_dim=64,
-    mlp_dim=1536,
-)
+MODELS = {
+    # Issue L's S1, the MaxText reference point: ~61M parameters.
+    "s1": dict(
+        vocab_size=32768,
+        embed_dim=512,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=8,
+        head_dim=64,
+        mlp_dim=1536,
+    ),
+    # ~1.06B, GLM-4's shape scaled down (GQA 8:1, head 128): the accelerator comparison model.
+    "1b": dict(
+        vocab_size=65536,
+        embed_dim=2048,
+        num_layers=18,
+        num_heads=16,
+        num_kv_heads=2,
+        head_dim=128,
+        mlp_dim=5632,
+    ),
+}
 
 
-def matmul_peak(dtype: str, n: int = 4096, repeats: int = 7) -> float:
-    """Median FLOP/s of a jitted n x n matmul with float32 accumulation."""
+def matmul_peak(dtype: str, n: int = 0, repeats: int = 7) -> float:
+    """Median FLOP/s of a jitted n x n matmul, f32 accumulation (n 4096 on CPU, else 8192)."""
     import jax
     import jax.numpy as jnp
 
+    n = n or (4096 if jax.default_backend() == "cpu" else 8192)
     a = jnp.ones((n, n), dtype)
     b = jnp.ones((n, n), dtype)
     f = jax.jit(lambda x, y: jnp.matmul(x, y, preferred_element_type=jnp.float32))
@@ -100,7 +117,7 @@ def run_one(opts: dict) -> dict:
     from glmvoice_jax.trainers import lm, loop
 
     cfg = glm.GLMConfig(
-        **MODEL,
+        **MODELS[opts["model"]],
         dtype=opts["dtype"],
         remat_policy=opts["remat"],
         attention_impl=opts["attention"],
@@ -142,15 +159,21 @@ def run_one(opts: dict) -> dict:
     timed = times[opts["warmup"] :] or times
     dt = statistics.mean(timed)
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB
+    stats = jax.devices()[0].memory_stats() or {}  # None on CPU
+    device_peak = stats.get("peak_bytes_in_use", 0) / 2**30
     peak_dtype = "float32" if opts["dtype"] == "float32" else opts["dtype"]
     peak = matmul_peak(peak_dtype)
     flops = cfg.flops_per_token(t) * b * t
     return {
-        **{k: opts[k] for k in ("dtype", "remat", "attention", "attention_chunk", "loss_chunk")},
+        **{
+            k: opts[k]
+            for k in ("model", "dtype", "remat", "attention", "attention_chunk", "loss_chunk")
+        },
         "params": cfg.param_count(),
         "batch": b,
         "seq": t,
         "jax": jax.__version__,
+        "device": jax.devices()[0].device_kind,
         "compile_secs": round(compile_secs, 1),
         "startup_secs": round(startup, 1),
         "first_step_done_secs": round(first_done, 1),
@@ -161,6 +184,7 @@ def run_one(opts: dict) -> dict:
         "peak_matmul_gflops": round(peak / 1e9, 1),
         "mfu_vs_matmul_peak": round(flops / dt / peak, 3),
         "peak_rss_gib": round(peak_rss, 2),
+        "device_peak_gib": round(device_peak, 2),
         "minor_faults_per_step": int(statistics.mean(faults[opts["warmup"] :] or faults)),
         "loss": float(out["loss"]),
     }
@@ -168,6 +192,7 @@ def run_one(opts: dict) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser()
+    p.add_argument("--model", default="s1", choices=sorted(MODELS))
     p.add_argument("--steps", type=int, default=6, help="timed steps after the first")
     p.add_argument("--warmup", type=int, default=1, help="timed steps left out of the mean")
     p.add_argument("--dtype", default="float32,bfloat16")
@@ -200,6 +225,7 @@ def main() -> None:
     )
     for dtype, remat, attention, achunk, lchunk in grid:
         opts = dict(
+            model=args.model,
             dtype=dtype,
             remat=remat,
             attention=attention,
@@ -216,16 +242,20 @@ def main() -> None:
             text=True,
         )
         line = [x for x in res.stdout.splitlines() if x.startswith("ROW ")]
-        if res.returncode or not line:
+        if res.returncode or not line:  # recorded, and the other configurations still run
             print(res.stderr[-3000:], file=sys.stderr)
-            raise SystemExit(f"configuration {opts} failed (exit {res.returncode})")
-        row = json.loads(line[-1][4:])
+            row = {**opts, "failed": f"exit {res.returncode}: {res.stderr.strip()[-300:]}"}
+        else:
+            row = json.loads(line[-1][4:])
         row["load_after"] = os.getloadavg()[0]
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"env": env, "rows": rows}, f, indent=2)
+    failed = [r for r in rows if "failed" in r]
+    if failed:
+        raise SystemExit(f"{len(failed)} of {len(rows)} configurations failed")
 
 
 if __name__ == "__main__":

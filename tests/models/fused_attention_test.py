@@ -1,7 +1,9 @@
 """Fused attention (splash, cuDNN) against the xla path: same numbers, same packing semantics.
 
-Splash runs in Pallas interpret mode on CPU; cuDNN cannot run here, so its argument plumbing is
-checked through jax's reference implementation and its refusal off-GPU is tested.
+Splash runs in Pallas interpret mode on CPU. cuDNN runs only on a GPU: off-GPU its argument
+plumbing is checked through jax's reference implementation and its refusal is tested; on a GPU
+(``ON_GPU``; bench/gpu_check.sh runs them on the device machine) the kernel itself is checked in
+bf16 against float32 math, beside our own bf16 ``xla`` path.
 """
 
 import dataclasses
@@ -21,6 +23,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # float32 tolerances (measured max abs error: forward 8e-7, gradients 9e-6).
 FWD_TOL = dict(atol=1e-5, rtol=1e-5)
 GRAD_TOL = dict(atol=1e-4, rtol=1e-4)
+
+ON_GPU = jax.default_backend() == "gpu"
+gpu_only = pytest.mark.skipif(not ON_GPU, reason="cuDNN flash attention needs a GPU")
 
 
 def _packed_batch(b=2, t=256, n=4, kh=2, h=32, seed=0):
@@ -154,3 +159,56 @@ def test_decoder_with_splash_matches_xla(monkeypatch):
     seg = jnp.sort(jnp.where(seg == 0, 9, seg), axis=1) % 9  # contiguous docs, padding last
     pos = jnp.broadcast_to(jnp.arange(128) % 32, (2, 128))
     np.testing.assert_allclose(fused(tokens, seg, pos), ref(tokens, seg, pos), **FWD_TOL)
+
+
+def _bf16_bound(err_xla: float, ref) -> float:
+    """What cuDNN's bf16 error may be: twice our own bf16 path's, or one bf16 ulp of the largest
+    reference value, whichever is larger (bf16 keeps 8 significant bits)."""
+    return max(2.0 * err_xla, 2.0**-7 * float(jnp.max(jnp.abs(ref))))
+
+
+@gpu_only
+def test_cudnn_matches_float32_math_as_closely_as_our_bf16_path():
+    """bf16 inputs, packed rows with padding, GQA 8:2; the cuDNN fused kernel must be in the HLO."""
+    q, k, v, seg = _packed_batch(b=2, t=512, n=8, kh=2, h=64, seed=2)
+    bf = [x.astype(jnp.bfloat16) for x in (q, k, v)]
+    exact = [x.astype(jnp.float32) for x in bf]  # the same inputs, float32 math
+
+    def cudnn(q, k, v):
+        return fused_attention.cudnn_attention(q, k, v, seg)
+
+    hlo = jax.jit(cudnn).lower(*bf).compile().as_text()
+    assert "__cudnn$fmha" in hlo, "no cuDNN fused attention call in the compiled step"
+    ref_out = _xla(seg)(*exact)
+    ref = _loss_and_grads(_xla(seg), *exact)
+    ours, got = _loss_and_grads(_xla(seg), *bf), _loss_and_grads(cudnn, *bf)
+    report = {}
+    pairs = [("out", ref_out, _xla(seg)(*bf), cudnn(*bf))]
+    pairs += [(f"d{n}", r, o, g) for n, r, o, g in zip("qkv", ref[1], ours[1], got[1])]
+    for name, r, o, g in pairs:
+        err_xla = float(jnp.max(jnp.abs(o.astype(jnp.float32) - r)))
+        err_cudnn = float(jnp.max(jnp.abs(g.astype(jnp.float32) - r)))
+        report[name] = (err_cudnn, err_xla, _bf16_bound(err_xla, r))
+    print("max abs error vs float32 math (cudnn, xla bf16, bound):", report)
+    for name, (err_cudnn, _, bound) in report.items():
+        assert err_cudnn <= bound, (name, report[name])
+
+
+@gpu_only
+def test_decoder_with_cudnn_matches_xla_in_bf16():
+    """The whole decoder (packed rows, rotary restarting per document, scan + remat) in bf16."""
+    cfg = dataclasses.replace(
+        glm.VARIANTS["tiny"], num_layers=2, init_std=0.1, dtype="bfloat16", head_dim=64
+    )
+    exact = glm.GLMDecoder(dataclasses.replace(cfg, dtype="float32"), rngs=nnx.Rngs(0))
+    ours = glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))
+    fused = glm.GLMDecoder(dataclasses.replace(cfg, attention_impl="cudnn"), rngs=nnx.Rngs(0))
+    tokens = jax.random.randint(jax.random.key(3), (2, 256), 0, cfg.vocab_size)
+    seg = jnp.asarray(np.repeat([[1, 2, 3, 0]], 64, axis=1).repeat(2, axis=0), jnp.int32)
+    seg = jnp.sort(jnp.where(seg == 0, 9, seg), axis=1) % 9  # contiguous docs, padding last
+    pos = jnp.broadcast_to(jnp.arange(256) % 64, (2, 256))
+    ref = exact(tokens, seg, pos).astype(jnp.float32)
+    err_xla = float(jnp.max(jnp.abs(ours(tokens, seg, pos).astype(jnp.float32) - ref)))
+    err_cudnn = float(jnp.max(jnp.abs(fused(tokens, seg, pos).astype(jnp.float32) - ref)))
+    print(f"decoder logits max abs error vs float32: cudnn {err_cudnn:.3g}, xla bf16 {err_xla:.3g}")
+    assert err_cudnn <= _bf16_bound(err_xla, ref)
