@@ -35,7 +35,8 @@ class FlowConfig:
       inference_cfg_rate: classifier-free-guidance rate r: v = (1 + r) v_cond - r v_uncond.
       training_cfg_rate: probability of dropping the conditions in training (§15.1).
       sigma_min: flow-matching sigma (training only).
-      n_timesteps: Euler steps at inference (hard-coded to 10 in ``flow.inference``).
+      n_timesteps: Euler steps at inference (10, hard-coded in the reference's ``flow.inference``);
+        the default of ``Flow.inference``, whose ``n_steps`` overrides it (fast mode).
       unet_channels: channels of the estimator's U-Net levels.
       unet_head_dim: attention head width of the U-Net transformer blocks.
       unet_heads: attention heads of the U-Net transformer blocks.

@@ -96,7 +96,7 @@ def euler_cfg(
       mu: (B, T, M).
       spks: (B, M).
       cond: (B, T, M).
-      n_steps: Euler steps (10).
+      n_steps: Euler steps (10 in the reference; fewer in the fast mode).
       cfg_rate: r (0.7).
       hard_mask: padding-neutral estimator masks (padded batches of held-out evals).
       matmul_dtype: None = exact float32; "bfloat16" = the opt-in fast mode
@@ -224,6 +224,7 @@ class Flow(nnx.Module):
         noise: jax.Array | None = None,
         embedding: jax.Array | None = None,
         matmul_dtype: str | None = None,
+        n_steps: int | None = None,
     ) -> jax.Array:
         """``flow.inference``: mel of the new tokens (§3), channel-last.
 
@@ -234,9 +235,15 @@ class Flow(nnx.Module):
           noise: (B, T, M) initial flow noise z; None → zeros (deterministic mode, §14).
           embedding: (B, S) x-vector; None → zeros (what GLM always passes).
           matmul_dtype: None = exact float32 (default, parity); "bfloat16" = fast mode.
+          n_steps: Euler steps on the same cosine t-schedule; None = ``cfg.n_timesteps`` (10,
+            the reference and the parity tests). Fewer steps are the opt-in fast mode
+            (docs/decoder_speed.md has their mel distance from 10 steps).
 
         Returns:
           (B, T - P, M) with T = frames_from_tokens(N_prompt + N_new).
+
+        Raises:
+          ValueError: ``n_steps`` < 1, or more prompt frames than the tokens give.
         """
         cfg = self.cfg
         if prompt_tokens is not None and prompt_tokens.shape[1] > 0:
@@ -246,24 +253,60 @@ class Flow(nnx.Module):
         p = 0 if prompt_feat is None else prompt_feat.shape[1]
         if p and p > t_frames:
             raise ValueError(f"prompt_feat has {p} frames but {n} tokens give only {t_frames}")
+        cond = jnp.zeros((b, t_frames, cfg.output_size), jnp.float32)
+        if p:
+            cond = cond.at[:, :p].set(prompt_feat)
+        mel = self.sample(tokens, cond, noise, embedding, matmul_dtype, n_steps)
+        return mel[:, p:]
+
+    def sample(
+        self,
+        tokens: jax.Array,
+        cond: jax.Array,
+        noise: jax.Array | None = None,
+        embedding: jax.Array | None = None,
+        matmul_dtype: str | None = None,
+        n_steps: int | None = None,
+    ) -> jax.Array:
+        """The flow on all tokens with a given ``cond``: every frame, prompt frames included.
+
+        ``inference`` is this with cond = prompt_feat zero-padded to T, then dropping the P
+        prompt frames. Taking cond whole lets ``export.export_stream`` keep a single symbolic
+        length (T from N) instead of a prompt length P that it could not relate to T.
+
+        Args:
+          tokens: (B, N) ids (prompt + new), already range-checked.
+          cond: (B, T, M), T = frames_from_tokens(N): earlier mels, then zeros.
+          noise: (B, T, M) initial z; None → zeros (deterministic mode, §14).
+          embedding: (B, S) x-vector; None → zeros.
+          matmul_dtype: None = exact float32; "bfloat16" = fast mode.
+          n_steps: Euler steps; None = ``cfg.n_timesteps`` (10).
+
+        Returns:
+          (B, T, M).
+
+        Raises:
+          ValueError: ``n_steps`` < 1.
+        """
+        cfg = self.cfg
+        n_steps = cfg.n_timesteps if n_steps is None else n_steps
+        if n_steps < 1:
+            raise ValueError(f"n_steps must be at least 1 Euler step, got {n_steps}")
+        b, t_frames = cond.shape[0], cond.shape[1]
         if embedding is None:
             embedding = jnp.zeros((b, cfg.spk_embed_dim), jnp.float32)
         spks = self.speaker(embedding)  # (B, M)
         mu = self.mu(tokens, t_frames)  # (B, T, M)
-        cond = jnp.zeros_like(mu)
-        if p:
-            cond = cond.at[:, :p].set(prompt_feat)
         z = jnp.zeros_like(mu) if noise is None else noise
         mask = jnp.ones((b, t_frames, 1), jnp.float32)
-        mel = euler_cfg(
+        return euler_cfg(
             self.estimator,
             z,
             mask,
             mu,
             spks,
             cond,
-            cfg.n_timesteps,
+            n_steps,
             cfg.inference_cfg_rate,
             matmul_dtype=matmul_dtype,
         )
-        return mel[:, p:]

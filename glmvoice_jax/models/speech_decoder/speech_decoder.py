@@ -22,6 +22,11 @@ from glmvoice_jax.models.speech_decoder.hift import HiFT
 from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
 from glmvoice_jax.models.speech_decoder.mel import GriffinLimVocoder
 
+# The opt-in fast preset of ``tokens_to_audio`` (and, with a bounded history, of streaming):
+# bf16 transformer matmuls and 5 Euler steps instead of 10; chosen from the speed and the
+# distance from exact mode measured in docs/decoder_speed.md. Exact f32, 10 steps stays default.
+FAST_MODE = {"matmul_dtype": "bfloat16", "n_steps": 5}
+
 
 class SpeechDecoder(nnx.Module):
     """``flow`` (tokens → mel) and ``hift``, the vocoder slot (mel → waveform).
@@ -70,7 +75,7 @@ def check_tokens(tokens: Sequence[int] | np.ndarray, vocab_size: int) -> np.ndar
     return arr.astype(np.int32)
 
 
-@nnx.jit(static_argnames="matmul_dtype")
+@nnx.jit(static_argnames=("matmul_dtype", "n_steps"))
 def _decode(
     model: SpeechDecoder,
     tokens: jax.Array,
@@ -78,8 +83,11 @@ def _decode(
     phases: jax.Array | None,
     nsf_noise: jax.Array | None,
     matmul_dtype: str | None = None,
+    n_steps: int | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    mel = model.flow.inference(tokens, noise=flow_noise, matmul_dtype=matmul_dtype)  # (1, T, M)
+    mel = model.flow.inference(
+        tokens, noise=flow_noise, matmul_dtype=matmul_dtype, n_steps=n_steps
+    )  # (1, T, M)
     wav, _ = model.hift(mel, phases=phases, noise=nsf_noise)  # (1, L)
     return mel, wav
 
@@ -90,6 +98,7 @@ def tokens_to_audio(
     *,
     key: jax.Array | None = None,
     matmul_dtype: str | None = None,
+    n_steps: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Offline decode of one utterance (``offline_inference``): tokens → (mel, waveform).
 
@@ -104,12 +113,14 @@ def tokens_to_audio(
       matmul_dtype: None = exact float32 (the default; what parity tests check). "bfloat16" =
         opt-in fast mode: the flow estimator's transformer matmuls take bfloat16 inputs with
         float32 accumulation (docs/decoder_speed.md has its speed and mel distance).
+      n_steps: Euler steps of the flow; None = the config's 10 (exact). Fewer = opt-in fast
+        mode, same cosine t-schedule; ``FAST_MODE`` is the measured preset.
 
     Returns:
       (mel [M, T] float32, wav [256·T] float32 at 22050 Hz), T = frames_from_tokens(N).
 
     Raises:
-      ValueError: empty tokens or an id outside the codebook.
+      ValueError: empty tokens, an id outside the codebook, or ``n_steps`` < 1.
     """
     cfg = model.config
     ids = check_tokens(tokens, cfg.flow.vocab_size)
@@ -125,6 +136,6 @@ def tokens_to_audio(
         )
     with jax.default_matmul_precision("highest"):
         mel, wav = _decode(
-            model, jnp.asarray(ids)[None], flow_noise, phases, nsf_noise, matmul_dtype
+            model, jnp.asarray(ids)[None], flow_noise, phases, nsf_noise, matmul_dtype, n_steps
         )
     return np.asarray(mel[0]).T, np.asarray(wav[0])

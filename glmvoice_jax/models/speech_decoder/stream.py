@@ -28,15 +28,23 @@ import numpy as np
 from flax import nnx
 
 from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
-from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder, check_tokens
+from glmvoice_jax.models.speech_decoder.speech_decoder import (
+    FAST_MODE,
+    SpeechDecoder,
+    check_tokens,
+)
 
 MEL_OVERLAP_LEN = 34  # int(5 / 12.5 * 22050 / 256): 5 tokens of mel
 MEL_CACHE_LEN = 1
 SOURCE_CACHE_LEN = 256
 WEB_DEMO_BLOCK_SIZES = (25, 50, 100, 150, 200)  # the last size repeats
+MIN_HISTORY_TOKENS = 10  # bounded-history streaming: one encoder block, ≥ 34 + 34 cond frames
+# The opt-in fast preset of ``stream_decode``: FAST_MODE plus a bounded history of 25 tokens
+# (docs/decoder_speed.md has its speed and its distance from exact streaming).
+STREAMING_FAST_MODE = {**FAST_MODE, "history_tokens": 25}
 
 
-@nnx.jit(static_argnames="matmul_dtype")
+@nnx.jit(static_argnames=("matmul_dtype", "n_steps"))
 def _flow(
     model: SpeechDecoder,
     tokens: jax.Array,
@@ -44,9 +52,10 @@ def _flow(
     prompt_feat: jax.Array | None,
     noise: jax.Array | None,
     matmul_dtype: str | None = None,
+    n_steps: int | None = None,
 ) -> jax.Array:
     mel = model.flow.inference(
-        tokens, prompt_tokens, prompt_feat, noise=noise, matmul_dtype=matmul_dtype
+        tokens, prompt_tokens, prompt_feat, noise=noise, matmul_dtype=matmul_dtype, n_steps=n_steps
     )
     return mel[0]  # (T_new, M)
 
@@ -74,6 +83,7 @@ class Token2Wav:
         | None = None,
         key: jax.Array | None = None,
         matmul_dtype: str | None = None,
+        n_steps: int | None = None,
     ):
         """Creates an empty state.
 
@@ -86,6 +96,7 @@ class Token2Wav:
           key: PRNG key for the default flow / HiFT noise; None → deterministic mode (§14).
           matmul_dtype: the default flow's estimator matmul inputs: None = exact float32
             (parity), "bfloat16" = fast mode (``tokens_to_audio``).
+          n_steps: the default flow's Euler steps; None = the config's 10 (exact).
         """
         self.model = model
         self.flow_fn = flow_fn or self._flow
@@ -96,6 +107,7 @@ class Token2Wav:
         self.cache_source: np.ndarray | None = None  # (256,)
         self.key = key
         self.matmul_dtype = matmul_dtype
+        self.n_steps = n_steps
         self.calls = 0  # token2wav calls so far: the key of call i is fold_in(key, i)
 
     def __call__(
@@ -162,6 +174,7 @@ class Token2Wav:
                 jnp.asarray(prompt_feat)[None] if prompt_feat.shape[0] else None,
                 noise,
                 self.matmul_dtype,
+                self.n_steps,
             )
         return np.asarray(mel)
 
@@ -204,6 +217,8 @@ def stream_decode(
     *,
     key: jax.Array | None = None,
     matmul_dtype: str | None = None,
+    n_steps: int | None = None,
+    history_tokens: int | None = None,
     on_chunk: Callable[[np.ndarray, np.ndarray, Chunk], None] | None = None,
 ) -> tuple[np.ndarray, list[Chunk]]:
     """Decodes like web_demo.py: flush full blocks, then the remainder with finalize=True.
@@ -220,6 +235,13 @@ def stream_decode(
       token2wav: the state machine to drive; default ``Token2Wav(model, key=key)``.
       key: PRNG key of the default state machine; None → deterministic mode (§14).
       matmul_dtype: of the default state machine: None = exact (parity), "bfloat16" = fast.
+      n_steps: Euler steps of the default state machine; None = the config's 10 (exact).
+      history_tokens: None (exact, the reference) re-runs the flow on the whole history for
+        every chunk. H ≥ ``MIN_HISTORY_TOKENS`` gives the flow only the last H earlier tokens
+        and the matching tail of the earlier mels (``history_window``), so a chunk costs at
+        most H + block tokens however long the stream is (opt-in; its distance from exact
+        streaming is in docs/decoder_speed.md). ``Chunk.prompt_tokens`` and
+        ``prompt_feat_frames`` then count what the flow was given.
       on_chunk: called after every call as on_chunk(speech, mel, chunk) with the samples just
         emitted (L,), the returned mel (T, M) and the call's ``Chunk``; the emitted samples are
         the audio of ``emitted_mel(mel, chunk)``.
@@ -228,13 +250,20 @@ def stream_decode(
       (the concatenated emitted waveform, one ``Chunk`` per call).
 
     Raises:
-      ValueError: empty tokens, an id outside the codebook, or a non-positive block size.
+      ValueError: empty tokens, an id outside the codebook, a non-positive block size, or
+        ``history_tokens`` < ``MIN_HISTORY_TOKENS``.
     """
     ids = check_tokens(tokens, model.config.flow.vocab_size)
     if not block_sizes or min(block_sizes) <= 0:
         raise ValueError(f"block_sizes must be positive, got {tuple(block_sizes)}")
+    if history_tokens is not None and history_tokens < MIN_HISTORY_TOKENS:
+        raise ValueError(
+            f"history_tokens must be at least {MIN_HISTORY_TOKENS} (the held-back overlap is 5 "
+            f"tokens of mel), got {history_tokens}; None keeps the whole history (exact)"
+        )
+    frame_rate = model.config.flow.input_frame_rate
     sizes = itertools.chain(block_sizes, itertools.repeat(block_sizes[-1]))
-    state = token2wav or Token2Wav(model, key=key, matmul_dtype=matmul_dtype)
+    state = token2wav or Token2Wav(model, key=key, matmul_dtype=matmul_dtype, n_steps=n_steps)
     n_mels = model.config.flow.output_size
     feats: list[np.ndarray] = []
     speech: list[np.ndarray] = []
@@ -246,9 +275,14 @@ def stream_decode(
         if finalize:
             size = ids.size - start
         prompt_feat = np.concatenate(feats, axis=0) if feats else np.zeros((0, n_mels), np.float32)
-        wav, mel = state(ids[start : start + size], ids[:start], prompt_feat, finalize)
+        first_token, first_frame = history_window(
+            start, size, prompt_feat.shape[0], history_tokens, frame_rate
+        )
+        prompt_feat = prompt_feat[first_frame:]  # (P_window, M)
+        prompt = ids[first_token:start]
+        wav, mel = state(ids[start : start + size], prompt, prompt_feat, finalize)
         chunks.append(
-            Chunk(size, start, prompt_feat.shape[0], mel.shape[0], wav.shape[0], finalize)
+            Chunk(size, prompt.size, prompt_feat.shape[0], mel.shape[0], wav.shape[0], finalize)
         )
         duplicate = not parity and len(chunks) > 1
         feats.append(mel[MEL_CACHE_LEN:] if duplicate else mel)
@@ -257,6 +291,50 @@ def stream_decode(
             on_chunk(wav, mel, chunks[-1])
         start += size
     return np.concatenate(speech), chunks
+
+
+def history_window(
+    start: int,
+    size: int,
+    prompt_frames: int,
+    history_tokens: int | None,
+    input_frame_rate: float = 12.5,
+) -> tuple[int, int]:
+    """First prompt token and first prompt-mel frame that a bounded-history chunk keeps.
+
+    The flow returns T(prompt + new) - P frames. Keeping the last H tokens and dropping the
+    first T(start + size) - T(H + size) prompt frames leaves that count unchanged, so the
+    overlap / cache state machine sees the same shapes as in exact streaming, and the kept
+    frames end where the full prompt_feat ends: parity mode's duplicated frame (decoder.md
+    §12.3) stays where the reference puts it, relative to the new chunk. Frame counts are
+    floored per call, so the kept mel may start up to one frame off the kept tokens' first
+    frame; the measured effect is part of the distance in docs/decoder_speed.md.
+
+    Args:
+      start: tokens already decoded (the full prompt length).
+      size: new tokens of this chunk.
+      prompt_frames: frames of the full prompt_feat (all earlier returned mels).
+      history_tokens: H, or None for the whole history.
+      input_frame_rate: token rate (12.5 Hz).
+
+    Returns:
+      (first_token, first_frame): prompt_tokens = ids[first_token:start] and
+      prompt_feat = full_prompt_feat[first_frame:]; (0, 0) when the whole history fits.
+
+    Raises:
+      ValueError: the window would need more mel frames than the prompt has (H too small).
+    """
+    if history_tokens is None or start <= history_tokens:
+        return 0, 0
+    first_frame = frames_from_tokens(start + size, input_frame_rate) - frames_from_tokens(
+        history_tokens + size, input_frame_rate
+    )
+    if first_frame > prompt_frames:
+        raise ValueError(
+            f"history_tokens = {history_tokens} keeps fewer mel frames than the stream holds "
+            f"back ({first_frame} > {prompt_frames}); use a larger history"
+        )
+    return start - history_tokens, first_frame
 
 
 def emitted_mel(mel: np.ndarray, chunk: Chunk) -> np.ndarray:

@@ -3,6 +3,7 @@
 import dataclasses
 
 import numpy as np
+import pytest
 
 from glmvoice_jax.models.speech_decoder import VARIANTS
 from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
@@ -66,3 +67,39 @@ def test_block_boundary_end_never_finalizes():
     _, chunks = stream_decode(_Stub(), np.zeros(75, np.int32), token2wav=_token2wav([]))
     assert [dataclasses.astuple(c)[0] for c in chunks] == [25, 50]
     assert not any(c.finalize for c in chunks)
+
+
+def test_bounded_history_gives_the_flow_the_tail_of_the_history():
+    """history_tokens=H: the flow sees at most H + block tokens, its prompt_feat is the tail of
+    exact streaming's prompt_feat, and every chunk returns and emits as much as in exact mode."""
+    exact_log, log, given = [], [], []
+    _, exact = stream_decode(_Stub(), np.zeros(700, np.int32), token2wav=_token2wav(exact_log))
+    t2w = _token2wav(log)
+    stub_flow = t2w.flow_fn
+
+    def flow_fn(tokens, prompt_tokens, prompt_feat):
+        given.append((tokens.size, prompt_feat.copy()))
+        return stub_flow(tokens, prompt_tokens, prompt_feat)
+
+    t2w.flow_fn = flow_fn
+    mels = []
+    _, chunks = stream_decode(
+        _Stub(),
+        np.zeros(700, np.int32),
+        token2wav=t2w,
+        history_tokens=60,
+        on_chunk=lambda wav, mel, chunk: mels.append(mel),
+    )
+    assert [n for n, _ in log] == [25, 75, 160, 210, 260, 235]  # ≤ 60 + block tokens
+    assert [c.prompt_tokens for c in chunks] == [0, 25, 60, 60, 60, 60]
+    for field in ("new_tokens", "returned_mel_frames", "samples", "finalize"):
+        assert [getattr(c, field) for c in chunks] == [getattr(c, field) for c in exact]
+    for i, (_, feat) in enumerate(given):
+        history = np.concatenate(mels[:i]) if i else np.zeros((0, 80), np.float32)
+        assert feat.shape[0] == chunks[i].prompt_feat_frames
+        np.testing.assert_array_equal(feat, history[history.shape[0] - feat.shape[0] :])
+
+
+def test_too_short_history_is_refused():
+    with pytest.raises(ValueError, match="history_tokens must be at least 10"):
+        stream_decode(_Stub(), np.zeros(50, np.int32), token2wav=_token2wav([]), history_tokens=5)
