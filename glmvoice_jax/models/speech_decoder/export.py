@@ -1,4 +1,7 @@
-"""The speech decoder as one ``jax.export`` function: tokens (N,) int32 → waveform, any N.
+"""The speech decoder as ``jax.export`` functions: tokens (N,) int32 → waveform, any N.
+
+``export_decoder`` exports the whole utterance; ``export_stream`` the streaming chunk (flow and
+HiFT separately, for a caller that runs ``stream.Token2Wav``'s state machine itself).
 
 Ref: decoder.md §2 (frames from tokens, export note), §14 (deterministic mode), §18 (export
 contract); jax.export shape polymorphism. Used by ``glmvoice-export-decoder``.
@@ -17,6 +20,7 @@ Axes: N tokens, T = ⌊441 N / 64⌋ mel frames, L = 256·T samples.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -24,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from glmvoice_jax.models.speech_decoder.layers import frames_per_token
+from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens, frames_per_token
 from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder
+from glmvoice_jax.models.speech_decoder.stream import SOURCE_CACHE_LEN
 
 _SEARCH_TOKENS = 1_000_000
 
@@ -101,3 +106,124 @@ def export_decoder(
         return jax.export.export(jax.jit(decode), platforms=tuple(platforms))(
             jax.ShapeDtypeStruct((n,), jnp.int32)
         )
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamExport:
+    """The streaming chunk as three ``jax.export`` functions (deterministic mode, §14).
+
+    The state machine of ``stream.Token2Wav`` (cross-fade, caches) stays on the caller's side in
+    numpy; these are its two jitted pieces, with symbolic lengths so one artifact serves every
+    chunk and history size:
+
+    * flow: (tokens (N,) int32 = prompt + new ids, cond (T, M) float32 = the earlier mels, then
+      zeros) → mel (T, M) of every frame, T = ⌊441 N / 64⌋; the caller drops the P prompt frames.
+    * hift: mel (T, M) → (speech (256 T,), source (256 T,)): a stream's first call.
+    * hift_cached: (mel (T, M), cache_source (256,)) → (speech, source): every later call.
+
+    ``token2wav_fns`` adapts them to ``Token2Wav``'s flow_fn / hift_fn.
+    """
+
+    flow: jax.export.Exported
+    hift: jax.export.Exported
+    hift_cached: jax.export.Exported
+
+
+def export_stream(
+    model: SpeechDecoder,
+    *,
+    max_tokens: int | None = None,
+    platforms: Sequence[str] = ("cpu",),
+    matmul_dtype: str | None = None,
+    n_steps: int | None = None,
+) -> StreamExport:
+    """Exports the per-chunk flow and HiFT of streaming (``StreamExport``).
+
+    Unlike ``export_decoder`` the flow takes checked ids: ``Token2Wav``'s caller validates them
+    (``check_tokens``) before a chunk is formed.
+
+    Args:
+      model: the decoder (HiFT vocoder).
+      max_tokens: the largest prompt + new token count of one flow call; default and upper
+        bound: ``exact_token_limit``.
+      platforms: lowering platforms.
+      matmul_dtype: the flow's fast-mode option (None = exact).
+      n_steps: the flow's Euler steps (None = 10, exact).
+
+    Returns:
+      The three exported functions.
+
+    Raises:
+      ValueError: as ``export_decoder``.
+    """
+    cfg = model.config
+    if cfg.vocoder != "hift":
+        raise ValueError(f"this decoder's vocoder is {cfg.vocoder!r}; jax.export needs HiFT")
+    limit = exact_token_limit(cfg.flow.input_frame_rate)
+    max_tokens = limit if max_tokens is None else max_tokens
+    if not 1 <= max_tokens <= limit:
+        raise ValueError(f"max_tokens = {max_tokens} is outside [1, {limit}] (see export_decoder)")
+    graphdef, state = nnx.split(model)
+    m_bins = cfg.flow.output_size
+
+    def flow(tokens: jax.Array, cond: jax.Array) -> jax.Array:
+        m = nnx.merge(graphdef, state)
+        mel = m.flow.sample(tokens[None], cond[None], matmul_dtype=matmul_dtype, n_steps=n_steps)
+        return mel[0]  # (T, M)
+
+    def hift(mel: jax.Array) -> tuple[jax.Array, jax.Array]:
+        wav, s = nnx.merge(graphdef, state).hift(mel[None])
+        return wav[0], s[0]  # (L,), (L,)
+
+    def hift_cached(mel: jax.Array, cache_source: jax.Array) -> tuple[jax.Array, jax.Array]:
+        wav, s = nnx.merge(graphdef, state).hift(mel[None], cache_source[None])
+        return wav[0], s[0]  # (L,), (L,)
+
+    ratio = frames_per_token(cfg.flow.input_frame_rate)
+    n, t_flow = jax.export.symbolic_shape(
+        f"N, floordiv({ratio.numerator} * N, {ratio.denominator})",
+        constraints=(f"N <= {max_tokens}",),
+    )
+    (t,) = jax.export.symbolic_shape("T")
+    platforms = tuple(platforms)
+    f32 = jnp.float32
+    with jax.default_matmul_precision("highest"):
+        return StreamExport(
+            flow=jax.export.export(jax.jit(flow), platforms=platforms)(
+                jax.ShapeDtypeStruct((n,), jnp.int32),
+                jax.ShapeDtypeStruct((t_flow, m_bins), f32),
+            ),
+            hift=jax.export.export(jax.jit(hift), platforms=platforms)(
+                jax.ShapeDtypeStruct((t, m_bins), f32)
+            ),
+            hift_cached=jax.export.export(jax.jit(hift_cached), platforms=platforms)(
+                jax.ShapeDtypeStruct((t, m_bins), f32),
+                jax.ShapeDtypeStruct((SOURCE_CACHE_LEN,), f32),
+            ),
+        )
+
+
+def token2wav_fns(exported: StreamExport, input_frame_rate: float = 12.5) -> tuple:
+    """(flow_fn, hift_fn) for ``stream.Token2Wav`` that call the exported pieces.
+
+    flow_fn pads prompt_feat with zeros to T frames (what ``Flow.inference`` puts in ``cond``)
+    and returns the frames after the P prompt frames, so a ``Token2Wav`` built on these gives
+    what the jitted model gives.
+    """
+
+    def flow_fn(tokens: np.ndarray, prompt_tokens: np.ndarray, prompt_feat: np.ndarray):
+        ids = np.concatenate([prompt_tokens, tokens]).astype(np.int32)  # (N,)
+        cond = np.zeros((frames_from_tokens(ids.size, input_frame_rate), prompt_feat.shape[1]))
+        cond[: prompt_feat.shape[0]] = prompt_feat  # (T, M)
+        mel = np.asarray(exported.flow.call(ids, cond.astype(np.float32)))
+        return mel[prompt_feat.shape[0] :]  # (T - P, M)
+
+    def hift_fn(mel: np.ndarray, cache_source: np.ndarray | None):
+        mel = np.asarray(mel, np.float32)
+        if cache_source is None:
+            speech, source = exported.hift.call(mel)
+        else:
+            speech, source = exported.hift_cached.call(mel, np.asarray(cache_source, np.float32))
+        return np.asarray(speech), np.asarray(source)
+
+    return flow_fn, hift_fn
