@@ -21,8 +21,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import tfds_builders
 
 
@@ -63,4 +64,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

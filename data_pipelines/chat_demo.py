@@ -15,8 +15,9 @@ import os
 import subprocess
 import sys
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.workflows import chat_demo
 
 
@@ -64,4 +65,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

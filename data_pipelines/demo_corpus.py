@@ -8,8 +8,9 @@ The command line of ``glmvoice_jax.corpora.demo_corpus``
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora.demo_corpus import write_demo_corpus
 
 
@@ -33,4 +34,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

@@ -8,8 +8,9 @@ The command line of ``glmvoice_jax.workflows.demo``
 
 from __future__ import annotations
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.workflows.demo import run
 
 
@@ -37,4 +38,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.data import token_layout
 from glmvoice_jax.inference import sampling
 from glmvoice_jax.workflows.demo_sources import LAYOUT, build_demo_sources, text_derived_tokens
@@ -55,4 +56,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.dialogue_records import write_dialogue_records
 
@@ -60,4 +61,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

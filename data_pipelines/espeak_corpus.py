@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora.espeak_corpus import _MARKER, SENTENCE_SETS, make_corpus
 
 
@@ -40,4 +41,4 @@ if __name__ == "__main__":
     flags.DEFINE_enum("sentences", "natural", sorted(SENTENCE_SETS), "Bundled sentence list.")
     flags.DEFINE_integer("max_sentences", None, "Use only the first N sentences.")
     flags.DEFINE_integer("variants_per_sentence", 3, "Voices per sentence (1..6).")
-    app.run(main)
+    doors.run(main, __doc__)

@@ -10,8 +10,9 @@ The command line of ``glmvoice_jax.corpora.grammar_sentences``
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import espeak_corpus
 from glmvoice_jax.corpora.grammar_sentences import BASE_PATH, generate, write
 
@@ -31,4 +32,4 @@ if __name__ == "__main__":
     flags.DEFINE_string("out", None, "Output sentence file.", required=True)
     flags.DEFINE_integer("num_sentences", 6000, "Sentences in all (kept + new).")
     flags.DEFINE_integer("seed", 0, "RNG seed of the new sentences.")
-    app.run(main)
+    doors.run(main, __doc__)

@@ -19,8 +19,9 @@ FineWeb-style parquet text needs no recipe: ``data_pipelines.text_records --inpu
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import hf_corpora
 
 
@@ -45,4 +46,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

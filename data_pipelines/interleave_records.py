@@ -11,8 +11,9 @@ The command line of ``glmvoice_jax.corpora.interleave_records``
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import corpus_io, shard_job
 from glmvoice_jax.corpora.interleave_records import write_interleaved_records
 from glmvoice_jax.data import interleave
@@ -81,4 +82,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

@@ -9,8 +9,9 @@ figures); prints OUT/report.json's well-formed fraction and answer-text CER, bef
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.workflows import sft_demo
 
 
@@ -46,4 +47,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

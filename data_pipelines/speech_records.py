@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import functools
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.speech_records import KINDS, write_speech_records
 
@@ -63,4 +64,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

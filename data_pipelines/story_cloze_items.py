@@ -14,7 +14,9 @@ from glmvoice_jax.corpora.story_cloze_items import DEMO_ITEMS_PATH, write_items
 
 if __name__ == "__main__":
     # Flags are defined only when run as a script, so importing this module claims no flag names.
-    from absl import app, flags
+    from absl import flags
+
+    from glmvoice_jax.cli import doors
 
     _OUT = flags.DEFINE_string("out", DEMO_ITEMS_PATH, "Output JSONL.")
     _NUM = flags.DEFINE_integer("num_items", 100, "Number of stories.")
@@ -24,4 +26,4 @@ if __name__ == "__main__":
         del argv
         print(write_items(_OUT.value, _NUM.value, _SEED.value))
 
-    app.run(main)
+    doors.run(main, __doc__)

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import functools
 
-from absl import app, flags
+from absl import flags
 
+from glmvoice_jax.cli import doors
 from glmvoice_jax.corpora import beam_runner, corpus_io, shard_job
 from glmvoice_jax.corpora.text_records import write_text_records
 
@@ -62,4 +63,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == "__main__":
     _define_flags()
-    app.run(main)
+    doors.run(main, __doc__)

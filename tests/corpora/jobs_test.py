@@ -184,3 +184,26 @@ def test_speech_asr_tts_jobs(tmp_path):
     assert target[-1] == LAYOUT.special("<|end_of_audio|>")
     with pytest.raises(ValueError, match="needs --transcripts"):
         speech_records.write_speech_records(str(toks), str(tmp_path / "x"), kind="asr", **kw)
+
+
+@pytest.mark.parametrize(
+    "flags,message",
+    [
+        (["--input=/nonexistent/*.txt", "--tokenizer=bytes"], "matches no file"),
+        (["--input=x.txt", "--tokenizer=byte"], "not 'bytes' and not a tokenizer model file"),
+    ],
+)
+def test_job_user_errors_are_one_line_without_traceback(flags, message, tmp_path):
+    """python -m data_pipelines.* enters through cli/doors.run, like the glmvoice-* tools."""
+    cmd = [sys.executable, "-m", "data_pipelines.text_records", f"--out={tmp_path}/o", *flags]
+    r = subprocess.run(cmd + ["--layout=demo"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_every_job_enters_through_doors():
+    for path in sorted(pathlib.Path(REPO, "data_pipelines").glob("*.py")):
+        text = path.read_text()
+        if "__main__" in text:
+            assert "doors.run(main, __doc__)" in text and "app.run(" not in text, path.name
