@@ -267,8 +267,18 @@ def rotary_tables(positions: jax.Array, cfg: GLMConfig) -> tuple[jax.Array, jax.
     return jnp.cos(angles), jnp.sin(angles)
 
 
+@jax.custom_vjp
 def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    """Rotates adjacent pairs (2i, 2i+1) of the first R dims of x [B, T, heads, H]."""
+    """Rotates adjacent pairs (2i, 2i+1) of the first R dims of x [B, T, heads, H].
+
+    The backward pass is the inverse rotation (sin negated), the same fused elementwise op as the
+    forward; autodiff's transpose of the slices, stack and concatenate cost about twice as much
+    on CPU (bench/train_step.py). Positions carry no gradient.
+    """
+    return _rotate(x, cos, sin)
+
+
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     r = cos.shape[-1] * 2
     rot, rest = x[..., :r], x[..., r:]
     pairs = rot.astype(jnp.float32).reshape(*rot.shape[:-1], r // 2, 2)  # (B, T, heads, R/2, 2)
@@ -276,6 +286,18 @@ def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
     c, s = cos[:, :, None, :], sin[:, :, None, :]  # (B, T, 1, R/2)
     out = jnp.stack([x0 * c - x1 * s, x1 * c + x0 * s], axis=-1).reshape(rot.shape)
     return jnp.concatenate([out.astype(x.dtype), rest], axis=-1)
+
+
+def _rotary_fwd(x, cos, sin):
+    return _rotate(x, cos, sin), (cos, sin)
+
+
+def _rotary_bwd(res, g):
+    cos, sin = res
+    return _rotate(g, cos, -sin), None, None
+
+
+apply_rotary.defvjp(_rotary_fwd, _rotary_bwd)
 
 
 class GLMAttention(nnx.Module):
