@@ -11,13 +11,19 @@ mode (decoder.md §14), float32. Default input: 125 tokens = 10.0 s of audio (86
   so the flow work grows to (172 + 516 + 861) / 861 = 1.8x the whole-utterance work.
   first-chunk latency = time from the call to the first emitted audio (25 tokens, 1.59 s).
 RTF = wall time / audio duration, median of --repeats warm runs (compile excluded and reported
-separately). Also reported: the largest |whole - streaming| sample difference. The *_bf16 modes
-are the opt-in fast mode (``matmul_dtype="bfloat16"``: the estimator's transformer matmuls take
-bfloat16 inputs with float32 accumulation); each reports its mel / sample distance from the
-exact mode of the same kind ("vs_exact"). See docs/decoder_speed.md. --modes export
-adds the jax.export artifact (size, export time, RTF of ``call``, difference to whole).
+separately). Also reported: the largest |whole - streaming| sample difference.
 
-    python bench/decoder_rtf.py [--tokens 125] [--repeats 3] [--out FILE]
+Fast modes are named ``<whole|streaming>[_bf16][_s<N>][_h<H>]`` and are opt-in options of the
+decoder: _bf16 = ``matmul_dtype="bfloat16"`` (the estimator's transformer matmuls take bfloat16
+inputs with float32 accumulation), _s<N> = ``n_steps=N`` Euler steps instead of 10 (same cosine
+t-schedule), _h<H> = ``history_tokens=H`` (streaming only: each chunk's flow sees the last H
+earlier tokens, not the whole history). ``fast`` / ``streaming_fast`` name the presets
+``FAST_MODE`` / ``STREAMING_FAST_MODE``. Each fast mode reports its mel / sample distance from
+the exact mode of the same kind ("vs_exact", when that mode ran too). See docs/decoder_speed.md.
+--modes export adds the jax.export artifact (size, export time, RTF of ``call``, difference to
+whole).
+
+    python bench/decoder_rtf.py [--tokens 125] [--repeats 3] [--modes ...] [--out FILE]
 
 Not a test. Other processes on the machine slow it down: the load average before and after is
 printed with the figures.
@@ -45,7 +51,32 @@ from glmvoice_jax.models.speech_decoder import (
     tokens_to_audio,
 )
 from glmvoice_jax.models.speech_decoder.layers import frames_from_tokens
-from glmvoice_jax.models.speech_decoder.stream import stream_decode
+from glmvoice_jax.models.speech_decoder.speech_decoder import FAST_MODE
+from glmvoice_jax.models.speech_decoder.stream import STREAMING_FAST_MODE, stream_decode
+
+DEFAULT_MODES = "whole,streaming,whole_bf16,streaming_bf16,fast,streaming_fast"
+
+
+def parse_mode(mode: str) -> tuple[str, dict]:
+    """'streaming_bf16_s5_h25' → ('streaming', {matmul_dtype, n_steps, history_tokens})."""
+    if mode == "fast":
+        return "whole", dict(FAST_MODE)
+    if mode == "streaming_fast":
+        return "streaming", dict(STREAMING_FAST_MODE)
+    kind, *opts = mode.split("_")
+    if kind not in ("whole", "streaming"):
+        raise SystemExit(f"unknown mode {mode!r}: expected whole..., streaming..., export")
+    options: dict = {}
+    for opt in opts:
+        if opt == "bf16":
+            options["matmul_dtype"] = "bfloat16"
+        elif opt[:1] == "s" and opt[1:].isdigit():
+            options["n_steps"] = int(opt[1:])
+        elif opt[:1] == "h" and opt[1:].isdigit() and kind == "streaming":
+            options["history_tokens"] = int(opt[1:])
+        else:
+            raise SystemExit(f"unknown option {opt!r} in mode {mode!r} (bf16, s<N>, h<H>)")
+    return kind, options
 
 
 def machine() -> dict:
@@ -117,8 +148,9 @@ def main() -> None:
     parser.add_argument("--variant", default="glm4_voice_decoder", choices=sorted(VARIANTS))
     parser.add_argument(
         "--modes",
-        default="whole,streaming,whole_bf16,streaming_bf16",
-        help="any of whole,streaming,whole_bf16,streaming_bf16,export",
+        default=DEFAULT_MODES,
+        help="comma-separated: whole, streaming, export, fast, streaming_fast, or "
+        "<whole|streaming>[_bf16][_s<N>][_h<H>] (module docstring)",
     )
     parser.add_argument("--out", default=None, help="also append the JSON result to this file")
     args = parser.parse_args()
@@ -142,32 +174,30 @@ def main() -> None:
     }
     modes = args.modes.split(",")
     wavs, mels = {}, {}
-    for mode in ("whole", "whole_bf16"):
-        if mode not in modes:
+    for mode in modes:
+        if mode == "export":
             continue
-        dtype = "bfloat16" if mode.endswith("_bf16") else None
-        out = {}
+        kind, options = parse_mode(mode)
+        if kind == "whole":
+            out = {}
 
-        def whole(dtype=dtype, out=out) -> None:
-            out["mel"], out["wav"] = tokens_to_audio(model, tokens, matmul_dtype=dtype)
+            def whole(options=options, out=out) -> None:
+                out["mel"], out["wav"] = tokens_to_audio(model, tokens, **options)
 
-        first, runs = timed(whole, args.repeats)
-        wavs[mode], mels[mode] = out["wav"], out["mel"]
-        med = statistics.median(runs)
-        result[mode] = {
-            "first_call_secs": round(first, 2),
-            "warm_secs": [round(r, 2) for r in runs],
-            "rtf": round(med / audio_secs, 3),
-            "loadavg_after": os.getloadavg(),
-        }
-    for mode in ("streaming", "streaming_bf16"):
-        if mode not in modes:
+            first, runs = timed(whole, args.repeats)
+            wavs[mode], mels[mode] = out["wav"], out["mel"]
+            result[mode] = {
+                "options": options,
+                "first_call_secs": round(first, 2),
+                "warm_secs": [round(r, 2) for r in runs],
+                "rtf": round(statistics.median(runs) / audio_secs, 3),
+                "loadavg_after": os.getloadavg(),
+            }
             continue
-        dtype = "bfloat16" if mode.endswith("_bf16") else None
         latencies: list[float] = []
         out = {}
 
-        def streaming(dtype=dtype, out=out, latencies=latencies) -> None:
+        def streaming(options=options, out=out, latencies=latencies) -> None:
             start = time.perf_counter()
             seen = []
 
@@ -176,15 +206,15 @@ def main() -> None:
                     latencies.append(time.perf_counter() - start)
                 seen.append(chunk)
 
-            out["wav"], out["chunks"] = stream_decode(
-                model, tokens, matmul_dtype=dtype, on_chunk=on_chunk
-            )
+            out["wav"], out["chunks"] = stream_decode(model, tokens, on_chunk=on_chunk, **options)
 
         first, runs = timed(streaming, args.repeats)
         wavs[mode] = out["wav"]
         streamed_secs = out["wav"].size / cfg.hift.sampling_rate
         result[mode] = {
+            "options": options,
             "chunks": [c.new_tokens for c in out["chunks"]],
+            "flow_tokens": [c.new_tokens + c.prompt_tokens for c in out["chunks"]],
             "audio_secs": round(streamed_secs, 3),
             "first_call_secs": round(first, 2),
             "warm_secs": [round(r, 2) for r in runs],
@@ -193,13 +223,15 @@ def main() -> None:
             "first_chunk_latency_secs_cold": round(latencies[0], 2),
             "loadavg_after": os.getloadavg(),
         }
-    for fast, exact in (("whole_bf16", "whole"), ("streaming_bf16", "streaming")):
-        if fast in wavs and exact in wavs:
-            result[fast]["vs_exact"] = distance(wavs[fast], wavs[exact])
-            if fast in mels:
-                d = np.abs(mels[fast] - mels[exact])
-                result[fast]["vs_exact"]["mel_max_abs"] = float(d.max())
-                result[fast]["vs_exact"]["mel_mean_abs"] = float(d.mean())
+    for mode in wavs:
+        exact = parse_mode(mode)[0]
+        if mode == exact or exact not in wavs:
+            continue
+        result[mode]["vs_exact"] = distance(wavs[mode], wavs[exact])
+        if mode in mels:
+            d = np.abs(mels[mode] - mels[exact])
+            result[mode]["vs_exact"]["mel_max_abs"] = float(d.max())
+            result[mode]["vs_exact"]["mel_mean_abs"] = float(d.mean())
     if "export" in modes:
         t = time.perf_counter()
         platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())

@@ -8,7 +8,11 @@ Every chunk re-runs the flow on the whole history (prompt tokens + their returne
 ``cond``), cross-fades the first 34 new frames with the held-back overlap (a symmetric Hamming
 window on log-mel values), prepends the 1-frame HiFT cache and overwrites the first 256 source
 samples with the cached source. The state machine runs on the host in numpy; flow and HiFT are
-jitted per shape. Deterministic mode (§14: z = 0, no NSF noise, zero phases) unless a PRNG key is
+jitted per shape (``export.export_stream`` exports them for callers without the model). Opt-in
+fast options (docs/decoder_speed.md): ``history_tokens`` bounds the history the flow re-runs on,
+``n_steps`` / ``matmul_dtype`` as in ``tokens_to_audio``; ``STREAMING_FAST_MODE`` is the preset.
+
+Deterministic mode (§14: z = 0, no NSF noise, zero phases) unless a PRNG key is
 given; then every call draws its own flow noise, harmonic phases and NSF noise from
 fold_in(key, call index) (the reference reseeds torch with 42 per call; JAX cannot reproduce
 that stream).
