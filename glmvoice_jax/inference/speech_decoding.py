@@ -24,8 +24,17 @@ import numpy as np
 import soundfile as sf
 
 from glmvoice_jax import progress as progress_lib
-from glmvoice_jax.models.speech_decoder.speech_decoder import SpeechDecoder, tokens_to_audio
-from glmvoice_jax.models.speech_decoder.stream import Chunk, emitted_mel, stream_decode
+from glmvoice_jax.models.speech_decoder.speech_decoder import (
+    FAST_MODE,
+    SpeechDecoder,
+    tokens_to_audio,
+)
+from glmvoice_jax.models.speech_decoder.stream import (
+    STREAMING_FAST_MODE,
+    Chunk,
+    emitted_mel,
+    stream_decode,
+)
 
 NOISE_MODES = ("random", "zeros")
 ERRORS_FILE = "errors.jsonl"
@@ -209,10 +218,16 @@ def _finite(x: np.ndarray, what: str) -> None:
 
 
 def _decode_whole(
-    model: SpeechDecoder, req: Request, out: str, key: jax.Array | None, save_mel: bool
+    model: SpeechDecoder,
+    req: Request,
+    out: str,
+    key: jax.Array | None,
+    save_mel: bool,
+    fast: bool = False,
 ) -> Result:
     start = time.perf_counter()
-    mel, wav = tokens_to_audio(model, req.tokens, key=key)  # (M, T), (L,)
+    options = FAST_MODE if fast else {}
+    mel, wav = tokens_to_audio(model, req.tokens, key=key, **options)  # (M, T), (L,)
     wall = time.perf_counter() - start
     _finite(wav, "audio")
     tmp = os.path.join(out, f"{req.id}.wav.partial")
@@ -224,7 +239,12 @@ def _decode_whole(
 
 
 def _decode_streaming(
-    model: SpeechDecoder, req: Request, out: str, key: jax.Array | None, save_mel: bool
+    model: SpeechDecoder,
+    req: Request,
+    out: str,
+    key: jax.Array | None,
+    save_mel: bool,
+    fast: bool = False,
 ) -> Result:
     tmp = os.path.join(out, f"{req.id}.wav.partial")
     mels: list[np.ndarray] = []
@@ -245,7 +265,8 @@ def _decode_streaming(
             samples += speech.size
             mels.append(emitted_mel(mel, chunk))
 
-        _, chunks = stream_decode(model, req.tokens, key=key, on_chunk=on_chunk)
+        options = STREAMING_FAST_MODE if fast else {}
+        _, chunks = stream_decode(model, req.tokens, key=key, on_chunk=on_chunk, **options)
         wall = time.perf_counter() - start
     os.replace(tmp, os.path.join(out, f"{req.id}.wav"))
     if save_mel:
@@ -262,6 +283,7 @@ def decode_file(
     seed: int = 0,
     save_mel: bool = False,
     streaming: bool = False,
+    fast: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> Report:
     """Decodes every valid line of ``input_path``; bad lines go to ``output_dir/errors.jsonl``.
@@ -276,6 +298,9 @@ def decode_file(
       save_mel: also write ``<id>.mel.npy`` [M, T].
       streaming: use the web_demo chunk schedule (25, 50, 100, 150, then 200 tokens) and write
         each chunk's audio as soon as it exists; the mel is then the streamed one.
+      fast: the opt-in fast preset (``FAST_MODE``: bf16 matmuls, 5 Euler steps; streaming adds
+        a 25-token history, ``STREAMING_FAST_MODE``); its distance from the exact default is in
+        docs/decoder_speed.md.
       log: progress sink, e.g. ``print``; None → silent.
 
     Returns:
@@ -309,7 +334,7 @@ def decode_file(
             key = None if noise == "zeros" else jax.random.fold_in(jax.random.key(seed), item.line)
             decode = _decode_streaming if streaming else _decode_whole
             try:
-                result = decode(model, item, output_dir, key, save_mel)
+                result = decode(model, item, output_dir, key, save_mel, fast)
             except (ValueError, FloatingPointError, RuntimeError, OSError) as e:
                 for suffix in (".wav.partial", ".mel.npy.partial"):
                     partial = os.path.join(output_dir, item.id + suffix)

@@ -140,3 +140,17 @@ def test_usage_errors_exit_1(tmp_path, capsys):
             sys.argv = old_argv
         assert exit_info.value.code == 1
         assert message in capsys.readouterr().err
+
+
+def test_fast_preset_is_opt_in_and_close_to_exact(ckpt, tmp_path):
+    """--fast runs FAST_MODE (bf16, 5 Euler steps): same length, near the exact reference audio
+    (bounds as tests/models/speech_decoder: wav rms < 0.02; measured 0.0118), not equal to it."""
+    utt = UTTS["vtok2_n18"]
+    src = _write_lines(tmp_path / "tokens.jsonl", [json.dumps(utt)])
+    argv = ["glmvoice-decode", "--checkpoint", ckpt, "--input", src, "--noise", "zeros"]
+    decode.main(argv + ["--output", str(tmp_path / "fast"), "--fast", "--noprogress"])
+    wav = sf.read(tmp_path / "fast" / "vtok2_n18.wav", dtype="float32")[0]
+    want = _expected("vtok2_n18.wav.npy")
+    assert wav.shape == want.shape
+    rms = float(np.sqrt(np.mean((wav - want) ** 2)))
+    assert 0 < rms < 0.02, rms
