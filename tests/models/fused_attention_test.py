@@ -144,6 +144,15 @@ def test_config_validation_of_splash_sequence_length():
 
 
 @pytest.mark.e2e
+def _packed_rows(t: int, vocab: int):
+    """Two rows of 3 contiguous documents of t/4 tokens, then t/4 padding; positions restart."""
+    tokens = jax.random.randint(jax.random.key(3), (2, t), 0, vocab)
+    seg = jnp.asarray(np.repeat([[1, 2, 3, 0]], t // 4, axis=1).repeat(2, axis=0), jnp.int32)
+    seg = jnp.sort(jnp.where(seg == 0, 9, seg), axis=1) % 9  # contiguous docs, padding last
+    pos = jnp.broadcast_to(jnp.arange(t) % (t // 4), (2, t))
+    return tokens, seg, pos
+
+
 def test_decoder_with_splash_matches_xla(monkeypatch):
     """The whole decoder (packed row, rotary, scan + remat) with splash in interpret mode."""
     monkeypatch.setattr(
@@ -154,10 +163,7 @@ def test_decoder_with_splash_matches_xla(monkeypatch):
     cfg = dataclasses.replace(glm.VARIANTS["tiny"], num_layers=2, init_std=0.1)
     ref = glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))
     fused = glm.GLMDecoder(dataclasses.replace(cfg, attention_impl="splash"), rngs=nnx.Rngs(0))
-    tokens = jax.random.randint(jax.random.key(3), (2, 128), 0, cfg.vocab_size)
-    seg = jnp.asarray(np.repeat([[1, 2, 3, 0]], 32, axis=1).repeat(2, axis=0), jnp.int32)
-    seg = jnp.sort(jnp.where(seg == 0, 9, seg), axis=1) % 9  # contiguous docs, padding last
-    pos = jnp.broadcast_to(jnp.arange(128) % 32, (2, 128))
+    tokens, seg, pos = _packed_rows(128, cfg.vocab_size)
     np.testing.assert_allclose(fused(tokens, seg, pos), ref(tokens, seg, pos), **FWD_TOL)
 
 
@@ -203,10 +209,7 @@ def test_decoder_with_cudnn_matches_xla_in_bf16():
     exact = glm.GLMDecoder(dataclasses.replace(cfg, dtype="float32"), rngs=nnx.Rngs(0))
     ours = glm.GLMDecoder(cfg, rngs=nnx.Rngs(0))
     fused = glm.GLMDecoder(dataclasses.replace(cfg, attention_impl="cudnn"), rngs=nnx.Rngs(0))
-    tokens = jax.random.randint(jax.random.key(3), (2, 256), 0, cfg.vocab_size)
-    seg = jnp.asarray(np.repeat([[1, 2, 3, 0]], 64, axis=1).repeat(2, axis=0), jnp.int32)
-    seg = jnp.sort(jnp.where(seg == 0, 9, seg), axis=1) % 9  # contiguous docs, padding last
-    pos = jnp.broadcast_to(jnp.arange(256) % 64, (2, 256))
+    tokens, seg, pos = _packed_rows(256, cfg.vocab_size)
     ref = exact(tokens, seg, pos).astype(jnp.float32)
     err_xla = float(jnp.max(jnp.abs(ours(tokens, seg, pos).astype(jnp.float32) - ref)))
     err_cudnn = float(jnp.max(jnp.abs(fused(tokens, seg, pos).astype(jnp.float32) - ref)))
