@@ -96,6 +96,7 @@ def test_cpu_compile_and_benchmark():
     assert "per-device memory" in text and "measured:" in text and "tokens/s/chip" in text
 
 
+@pytest.mark.e2e  # 20 s: make test-e2e; the LM step's CPU compile stays in make test
 def test_cpu_compile_of_the_speech_tokenizer_step():
     r = preflight.report(_tiny_config(TOKENIZER, TOKENIZER_TINY), "cpu", 0.5, benchmark_steps=1)
     assert r["trainer"] == "speech_tokenizer" and r["remat_policy"] == "none"

@@ -217,6 +217,7 @@ def test_sigterm_to_every_process_saves_one_step_and_exits_zero(corpus, compile_
     assert checkpoint.resolve(os.path.join(wd, "checkpoints"))[1] == saved.pop()
 
 
+@pytest.mark.e2e  # 28 s: make test-e2e; the SIGTERM case above stays in make test
 def test_a_dead_process_makes_the_others_exit(corpus, compile_cache, tmp_path):
     wd = str(tmp_path / "dead")
     procs = _launch(corpus, wd, 2, 10_000, cache=compile_cache)

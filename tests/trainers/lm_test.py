@@ -152,6 +152,7 @@ def test_train_writes_everything_and_resumes(corpus, tmp_path):
     assert not os.path.exists(partial)
 
 
+@pytest.mark.e2e  # 25 s: make test-e2e; exact resume on the same mesh stays in make test
 def test_restore_onto_another_mesh(corpus, tmp_path):
     """Saved on data 2 x fsdp 4, restored on fsdp 8: identical values, training continues."""
     a, b = str(tmp_path / "a"), str(tmp_path / "b")

@@ -24,6 +24,8 @@ def model():
     return load_decoder(FIXTURES)
 
 
+# e2e (27 s): whole-utterance export is checked by make test (tests/cli/export_decoder_test.py).
+@pytest.mark.e2e
 def test_exported_chunks_reproduce_stream_decode(model):
     utt = json.loads((FIXTURES / "tokens.jsonl").read_text().splitlines()[0])
     want, want_chunks = stream_decode(model, utt["tokens"], block_sizes=(10,))
