@@ -298,8 +298,8 @@ def decode_file(
       save_mel: also write ``<id>.mel.npy`` [M, T].
       streaming: use the web_demo chunk schedule (25, 50, 100, 150, then 200 tokens) and write
         each chunk's audio as soon as it exists; the mel is then the streamed one.
-      fast: the opt-in fast preset (``FAST_MODE``: bf16 matmuls, 5 Euler steps; streaming adds
-        a 25-token history, ``STREAMING_FAST_MODE``); its distance from the exact default is in
+      fast: the opt-in fast preset (``FAST_MODE``: bf16 matmuls, 5 Euler steps; streaming takes
+        4 steps and a 25-token history, ``STREAMING_FAST_MODE``); its distance from exact is in
         docs/decoder_speed.md.
       log: progress sink, e.g. ``print``; None → silent.
 
